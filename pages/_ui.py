@@ -1,0 +1,41 @@
+"""What every page shares: the session's state, the page list and the "do this first" guard."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.session import StudioState
+
+PAGES = [
+    ("pages/1_data.py", "1 · Data", "📁"),
+    ("pages/2_backbone.py", "2 · Backbone", "🧠"),
+    ("pages/3_freezing.py", "3 · Freezing", "🧊"),
+    ("pages/4_train.py", "4 · Train", "🏋️"),
+    ("pages/5_test.py", "5 · Test", "🎯"),
+]
+_PAGE_OF_STEP = {"Data": PAGES[0], "Backbone": PAGES[1], "Freezing": PAGES[2], "Train": PAGES[3]}
+_WHAT_TO_DO = {
+    "Data": "load a data set (or the sample) first",
+    "Backbone": "choose a backbone first",
+    "Freezing": "choose how many layer groups stay frozen first",
+    "Train": "train a model first",
+}
+
+
+def get_state() -> StudioState:
+    """This browser session's state, created on first use."""
+    if "studio" not in st.session_state:
+        st.session_state["studio"] = StudioState()
+    return st.session_state["studio"]
+
+
+def require(*steps: str) -> StudioState:
+    """Stop the page with a pointer to the earlier step it needs, when that step is not done."""
+    state = get_state()
+    for step in steps:
+        if not state.steps_done[step]:
+            path, title, icon = _PAGE_OF_STEP[step]
+            st.info(f"This step needs an earlier one: {_WHAT_TO_DO[step]}.", icon="👈")
+            st.page_link(path, label=f"Go to {title}", icon=icon)
+            st.stop()
+    return state
