@@ -1,0 +1,78 @@
+"""Command line: `python -m core <command> ...`, the same engine as the web app, without the UI.
+
+Commands: check-data, backbones, train, predict, export. Each returns a process exit status (non-zero on error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command -> (module, function); the function takes the parsed arguments and returns an exit status.
+COMMANDS = {
+    "check-data": ("core.data", "main_check_data"),
+    "backbones": ("core.backbones", "main_backbones"),
+    "train": ("core.training", "main_train"),
+    "predict": ("core.evaluation", "main_predict"),
+    "export": ("core.export", "main_export"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check-data", help="check a data set (zip, folder, CSV/TSV) and print the report")
+    check.add_argument("path")
+    check.add_argument("--text-column", help="for a text CSV: the column that holds the texts")
+    check.add_argument("--label-column", help="for a CSV: the column that holds the labels")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    backbones = sub.add_parser("backbones", help="list the backbone catalogue with availability")
+    backbones.add_argument("--modality", choices=["image", "text"])
+    backbones.add_argument("--json", action="store_true")
+
+    train = sub.add_parser("train", help="train a classifier exactly as the Train page does")
+    train.add_argument("--data", required=True, help="zip, folder or CSV/TSV, or 'sample-images' / 'sample-texts'")
+    train.add_argument("--text-column")
+    train.add_argument("--label-column")
+    train.add_argument("--backbone", help="catalogue name (default: the best offline one for the data)")
+    train.add_argument("--frozen-groups", type=int, help="layer groups kept frozen (default: all = feature extraction)")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--class-weights", action="store_true")
+    train.add_argument("--backbone-lr-factor", type=float)
+    train.add_argument("--augmentation", choices=["none", "light", "strong"])
+    train.add_argument("--patience", type=int)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    train.add_argument("--out", required=True, help="folder for metrics.json and the best model")
+
+    predict = sub.add_parser("predict", help="predict classes of new images or texts with a trained model")
+    predict.add_argument("--model", required=True, help="a run folder or an exported bundle")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--json", action="store_true")
+    predict.add_argument("inputs", nargs="+", help="image files, or texts (for a text model)")
+
+    export = sub.add_parser("export", help="write a model bundle (safetensors, ONNX, TorchScript) and check parity")
+    export.add_argument("--model", required=True, help="a run folder")
+    export.add_argument("--out", required=True, help="bundle folder to write")
+    export.add_argument("--data", help="data set to run the parity check on (default: the run's own test split)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    module_name, function_name = COMMANDS[args.command]
+    function = getattr(importlib.import_module(module_name), function_name)
+    return int(function(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
