@@ -1,0 +1,518 @@
+"""Training jobs that run off the script thread, so the Train page stays responsive and survives a refresh.
+
+A `TrainingJob` owns one worker thread, a stop `threading.Event` and a lock-protected log of the metrics the
+engine (`core.training.fit`) reports through its callback events. Pages never touch the worker: they call
+`snapshot()` (a copy) from a polling fragment.
+
+Jobs live in a module-level registry (`JOBS`), not in a browser session, so that a refreshed or reopened page (a
+new Streamlit session) finds the job again with `latest()`. Training is heavy, so at most `max_running_jobs()`
+jobs train at once on this machine (default 1, env `TRANSFER_STUDIO_MAX_JOBS`); a later job waits as "queued"
+and starts, in order, when a running one ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from core.dataset import Dataset
+from core.paths import workspace_subdir
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, COMPLETED, STOPPED, FAILED = "queued", "running", "completed", "stopped", "failed"
+ACTIVE_STATUSES = (QUEUED, RUNNING)
+FINISHED_STATUSES = (COMPLETED, STOPPED, FAILED)
+
+#: The finished jobs kept in memory (their records stay in the run store and run folders regardless).
+KEEP_FINISHED_JOBS = 20
+#: Step metrics kept per job for the live chart; older points are thinned, never the epoch metrics.
+MAX_STEP_POINTS = 5000
+
+FitFunction = Callable[..., Any]
+
+
+def max_running_jobs() -> int:
+    """How many jobs may train at the same time on this machine (env `TRANSFER_STUDIO_MAX_JOBS`, default 1)."""
+    value = os.environ.get("TRANSFER_STUDIO_MAX_JOBS", "1")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        log.warning("TRANSFER_STUDIO_MAX_JOBS=%r is not a whole number; using 1", value)
+        return 1
+
+
+def new_run_id(backbone: str) -> str:
+    """A run id that sorts by start time and says which backbone it trained: `20250101-120000-resnet18-1a2b3c`."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in backbone)[:40]
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{safe}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A consistent copy of a job's state at one moment, for a page to draw.
+
+    Attributes:
+        job_id: the job's id (also its run id, the name of its run folder).
+        status: queued, running, completed, stopped or failed.
+        phase: what the job is doing: "queued", "starting", "features" (the feature / activation cache pass),
+            "training", or "done".
+        error: the failure message when status is failed, else None.
+        steps: per-step metrics in order (each a dict with at least `step` and `train_loss` when training).
+        epochs: per-epoch metrics in order (`epoch`, `train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`).
+        progress: fraction of the whole run done, 0..1.
+        eta_seconds: estimated seconds left, None until it can be estimated.
+        elapsed_seconds: seconds since the job started training (0 while queued).
+        cache_mode: "features", "activations" or "none" once the engine has said; None before.
+        cache_note: the engine's sentence about caching (why it is off, or what is reused).
+        best_epoch: the epoch whose checkpoint is kept, once known.
+        run_dir: the run folder.
+        queue_position: 1-based place in the queue while queued, else None.
+        info: what the engine said at the start of training (steps per epoch, device, ...).
+    """
+
+    job_id: str
+    status: str
+    phase: str
+    error: str | None
+    steps: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
+    progress: float
+    eta_seconds: float | None
+    elapsed_seconds: float
+    cache_mode: str | None
+    cache_note: str | None
+    best_epoch: int | None
+    run_dir: str
+    queue_position: int | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """Engine events may be dicts, dataclasses or simple objects; the log keeps plain dicts."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if hasattr(value, "__dict__"):
+        return {k: v for k, v in vars(value).items() if not k.startswith("_")}
+    return {"value": value}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN is no number for progress purposes
+
+
+def _is_cache_phase(metrics: dict[str, Any]) -> bool:
+    phase = str(metrics.get("phase", "")).lower()
+    return phase in {"features", "feature", "cache", "caching", "activations", "feature_cache"}
+
+
+class _Slots:
+    """The machine-wide queue: FIFO, at most `max_running_jobs()` jobs training at once."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.waiting: list[TrainingJob] = []
+        self.running: set[str] = set()
+
+    def acquire(self, job: TrainingJob) -> bool:
+        """Block until `job` may run (True) or was stopped while waiting (False)."""
+        with self.condition:
+            self.waiting.append(job)
+            try:
+                while True:
+                    if job.stop_requested:
+                        return False
+                    if self.waiting[0] is job and len(self.running) < max_running_jobs():
+                        self.running.add(job.job_id)
+                        return True
+                    self.condition.wait(timeout=0.5)
+            finally:
+                self.waiting.remove(job)
+                self.condition.notify_all()
+
+    def release(self, job: TrainingJob) -> None:
+        with self.condition:
+            self.running.discard(job.job_id)
+            self.condition.notify_all()
+
+    def position(self, job: TrainingJob) -> int | None:
+        with self.condition:
+            return self.waiting.index(job) + 1 if job in self.waiting else None
+
+    def wake(self) -> None:
+        with self.condition:
+            self.condition.notify_all()
+
+
+_SLOTS = _Slots()
+_REGISTRY_LOCK = threading.Lock()
+#: Every job of this server process, by job id, oldest first.
+JOBS: dict[str, TrainingJob] = {}
+
+
+class _JobCallback:
+    """The engine-facing side of a job: HF `TrainerCallback`-style events written into the job's log."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        self._job = job
+
+    def on_train_begin(self, info: Any) -> None:
+        self._job._record_begin(_as_dict(info))
+
+    def on_step_end(self, metrics: Any) -> None:
+        self._job._record_step(_as_dict(metrics))
+
+    def on_epoch_end(self, metrics: Any) -> None:
+        self._job._record_epoch(_as_dict(metrics))
+
+    def on_train_end(self, result: Any) -> None:
+        self._job._record_end(result)
+
+
+class TrainingJob:
+    """One training run in a background thread: start it, poll `snapshot()`, `stop()` it.
+
+    Args:
+        dataset: the split data set to train on.
+        config: a `core.training.TrainConfig` (anything with the fields `fit` reads; `backbone` and `epochs` are
+            used here for naming and progress).
+        run_dir: the run folder; default `workspace/runs/<job_id>/`.
+        backbone: an already-built `Backbone` to train (the job owns it; pass a copy of a shared one), or None so
+            that the engine loads its own with `load_backbone`.
+        fit_fn: the training function, `fit(dataset, config, run_dir, backbone=..., callbacks=..., stop_event=...)`;
+            default `core.training.fit`. Tests inject fakes here.
+        label: a short description for lists ("efficientnet_lite0, 3 frozen, lr 0.001").
+        owner: an opaque id of who started it (a browser session), so a page can tell its own jobs apart.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        config: Any,
+        run_dir: str | Path | None = None,
+        backbone: Any = None,
+        fit_fn: FitFunction | None = None,
+        label: str = "",
+        owner: str | None = None,
+    ) -> None:
+        backbone_name = str(getattr(config, "backbone", "model"))
+        self.job_id = Path(run_dir).name if run_dir is not None else new_run_id(backbone_name)
+        self.run_dir = str(run_dir) if run_dir is not None else str(workspace_subdir("runs") / self.job_id)
+        self.dataset = dataset
+        self.config = config
+        self.label = label or backbone_name
+        self.owner = owner
+        self.created_at = time.time()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.result: Any = None
+        self._backbone = backbone
+        self._fit_fn = fit_fn
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._status = QUEUED
+        self._phase = "queued"
+        self._error: str | None = None
+        self._steps: list[dict[str, Any]] = []
+        self._epochs: list[dict[str, Any]] = []
+        self._info: dict[str, Any] = {}
+        self._progress = 0.0
+        self._train_started: float | None = None
+        self._best_epoch: int | None = None
+
+    # ----------------------------------------------------------------------------------------------- control
+    def start(self) -> TrainingJob:
+        """Register the job and start its worker; it trains as soon as a slot on this machine is free."""
+        if self._thread is not None:
+            raise RuntimeError(f"Job {self.job_id} was already started; create a new TrainingJob to train again.")
+        _register(self)
+        self._thread = threading.Thread(target=self._work, name=f"train-{self.job_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the job to stop: the engine honours it within one batch; a queued job never starts."""
+        self._stop.set()
+        _SLOTS.wake()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end (tests, the CLI); True when it has."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def status(self) -> str:
+        with self._lock:
+            return self._status
+
+    @property
+    def error(self) -> str | None:
+        with self._lock:
+            return self._error
+
+    @property
+    def is_running(self) -> bool:
+        """True while the job is queued or training (what the sidebar shows as "running")."""
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    def snapshot(self) -> JobSnapshot:
+        """A copy of everything a page draws; cheap, safe to call from any thread at any rate."""
+        position = _SLOTS.position(self)
+        with self._lock:
+            now = self.finished_at or time.time()
+            elapsed = now - self.started_at if self.started_at else 0.0
+            return JobSnapshot(
+                job_id=self.job_id,
+                status=self._status,
+                phase=self._phase,
+                error=self._error,
+                steps=[dict(m) for m in self._steps],
+                epochs=[dict(m) for m in self._epochs],
+                progress=self._progress,
+                eta_seconds=self._eta(),
+                elapsed_seconds=elapsed,
+                cache_mode=self._info.get("cache_mode"),
+                cache_note=self._info.get("cache_note"),
+                best_epoch=self._best_epoch,
+                run_dir=self.run_dir,
+                queue_position=position,
+                info=dict(self._info),
+            )
+
+    # ----------------------------------------------------------------------------------------------- worker
+    def _work(self) -> None:
+        if not _SLOTS.acquire(self):
+            with self._lock:
+                self._status, self._phase = STOPPED, "done"
+                self.finished_at = time.time()
+            log.info("Job %s was stopped before it started", self.job_id)
+            _prune()
+            return
+        try:
+            with self._lock:
+                self._status, self._phase = RUNNING, "starting"
+                self.started_at = time.time()
+            log.info("Job %s starts training %s", self.job_id, self.label)
+            fit = self._fit_fn or _default_fit()
+            result = fit(
+                self.dataset,
+                self.config,
+                self.run_dir,
+                backbone=self._backbone,
+                callbacks=(_JobCallback(self),),
+                stop_event=self._stop,
+            )
+            self._backbone = None  # the trained weights are in the run folder; free the memory
+            self._finish(result)
+        except Exception as exc:  # noqa: BLE001 - any failure of a run must reach the user, not kill the server
+            log.exception("Job %s failed", self.job_id)
+            message = str(exc).strip() or type(exc).__name__
+            with self._lock:
+                self._status, self._phase, self._error = FAILED, "done", message
+                self.finished_at = time.time()
+        finally:
+            _SLOTS.release(self)
+            _prune()
+
+    def _finish(self, result: Any) -> None:
+        summary = _as_dict(result)
+        engine_status = str(summary.get("status") or "").lower()
+        with self._lock:
+            self.result = result
+            if engine_status == FAILED:
+                self._status = FAILED
+                self._error = str(summary.get("error") or "Training failed; see the server log.")
+            elif engine_status == STOPPED or (self._stop.is_set() and engine_status != COMPLETED):
+                self._status = STOPPED
+            else:
+                self._status = COMPLETED
+                self._progress = 1.0
+            best = summary.get("best_epoch")
+            if best is not None:
+                self._best_epoch = int(best)
+            for key in ("cache_mode", "cache_note"):
+                if summary.get(key) is not None and self._info.get(key) is None:
+                    self._info[key] = summary[key]
+            self._phase = "done"
+            self.finished_at = time.time()
+        log.info("Job %s %s", self.job_id, self.status)
+
+    # -------------------------------------------------------------------------------------- engine events
+    def _record_begin(self, info: dict[str, Any]) -> None:
+        with self._lock:
+            self._info.update({k: v for k, v in info.items() if _is_plain(v)})
+            if self._phase == "starting":
+                self._phase = "features" if info.get("cache_mode") in {"features", "activations"} else "training"
+
+    def _record_step(self, metrics: dict[str, Any]) -> None:
+        now = time.time()
+        with self._lock:
+            if _is_cache_phase(metrics):
+                self._phase = "features"
+            else:
+                self._phase = "training"
+                if self._train_started is None:
+                    self._train_started = now
+                entry = {k: v for k, v in metrics.items() if _is_plain(v)}
+                entry.setdefault("step", len(self._steps) + 1)
+                if "train_loss" not in entry and "loss" in entry:
+                    entry["train_loss"] = entry["loss"]
+                entry["time"] = now - (self.started_at or now)
+                self._steps.append(entry)
+                if len(self._steps) > MAX_STEP_POINTS:
+                    self._steps = self._steps[::2]
+            self._update_progress(metrics)
+
+    def _record_epoch(self, metrics: dict[str, Any]) -> None:
+        with self._lock:
+            entry = {k: v for k, v in metrics.items() if _is_plain(v)}
+            entry.setdefault("epoch", len(self._epochs) + 1)
+            self._epochs.append(entry)
+            if entry.get("best_epoch") is not None:
+                self._best_epoch = int(entry["best_epoch"])
+            else:
+                self._best_epoch = _best_epoch(self._epochs)
+            self._phase = "training"
+            if self._train_started is None:
+                self._train_started = time.time()
+            epochs = _number(getattr(self.config, "epochs", None))
+            if epochs:
+                self._progress = max(self._progress, min(1.0, float(entry["epoch"]) / epochs))
+            self._update_progress(metrics)
+
+    def _record_end(self, result: Any) -> None:
+        summary = _as_dict(result)
+        with self._lock:
+            if summary.get("best_epoch") is not None:
+                self._best_epoch = int(summary["best_epoch"])
+
+    def _update_progress(self, metrics: dict[str, Any]) -> None:
+        """Progress from whatever the engine reports: `progress`, or `step`/`total_steps`; never goes back."""
+        progress = _number(metrics.get("progress"))
+        if progress is None:
+            step, total = _number(metrics.get("global_step", metrics.get("step"))), None
+            for key in ("total_steps", "steps_total", "num_steps"):
+                total = total or _number(metrics.get(key))
+            if step is not None and total:
+                progress = step / total
+        if progress is not None and not _is_cache_phase(metrics):
+            self._progress = max(self._progress, min(1.0, progress))
+        elif progress is not None:
+            self._info["cache_progress"] = min(1.0, progress)
+
+    def _eta(self) -> float | None:
+        if self._status != RUNNING or self._train_started is None or self._progress <= 0.0:
+            return None
+        spent = time.time() - self._train_started
+        return max(0.0, spent * (1.0 - self._progress) / self._progress)
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, list, tuple, dict))
+
+
+def _best_epoch(epochs: Sequence[dict[str, Any]]) -> int | None:
+    """The epoch with the lowest validation loss (what early stopping keeps), else the highest accuracy."""
+    scored = [(m.get("val_loss"), m.get("val_accuracy"), m.get("epoch")) for m in epochs]
+    with_loss = [(loss, epoch) for loss, _, epoch in scored if _number(loss) is not None]
+    if with_loss:
+        return int(min(with_loss, key=lambda pair: float(pair[0]))[1])
+    with_acc = [(acc, epoch) for _, acc, epoch in scored if _number(acc) is not None]
+    if with_acc:
+        return int(max(with_acc, key=lambda pair: float(pair[0]))[1])
+    return None
+
+
+def _default_fit() -> FitFunction:
+    from core.training import fit  # imported late: the engine pulls in torch models, the job module stays light
+
+    return fit
+
+
+def _register(job: TrainingJob) -> None:
+    with _REGISTRY_LOCK:
+        if job.job_id in JOBS:
+            raise ValueError(f"A job with id {job.job_id} exists already; use a new run folder.")
+        JOBS[job.job_id] = job
+
+
+def _prune() -> None:
+    """Forget the oldest finished jobs beyond `KEEP_FINISHED_JOBS` (their runs stay on disk and in the store)."""
+    with _REGISTRY_LOCK:
+        finished = [job_id for job_id, job in JOBS.items() if job.is_finished]
+        for job_id in finished[: max(0, len(finished) - KEEP_FINISHED_JOBS)]:
+            del JOBS[job_id]
+
+
+def get(job_id: str) -> TrainingJob | None:
+    """The job with this id, if this server process still knows it."""
+    with _REGISTRY_LOCK:
+        return JOBS.get(job_id)
+
+
+def all_jobs() -> list[TrainingJob]:
+    """Every known job, oldest first."""
+    with _REGISTRY_LOCK:
+        return list(JOBS.values())
+
+
+def latest(fingerprint: str | None = None, owner: str | None = None) -> TrainingJob | None:
+    """The job a page should show when its session has none: the newest running or queued one, else the newest.
+
+    Args:
+        fingerprint: only jobs on the data set with this fingerprint.
+        owner: only jobs started by this owner.
+    """
+    candidates = [
+        job
+        for job in all_jobs()
+        if (fingerprint is None or job.dataset.fingerprint == fingerprint) and (owner is None or job.owner == owner)
+    ]
+    if not candidates:
+        return None
+    active = [job for job in candidates if job.is_running]
+    return (active or candidates)[-1]
+
+
+def running_count() -> int:
+    """How many jobs are training right now (not counting the queued ones)."""
+    with _SLOTS.condition:
+        return len(_SLOTS.running)
+
+
+def queued_count() -> int:
+    """How many jobs are waiting for a free slot."""
+    with _SLOTS.condition:
+        return len(_SLOTS.waiting)

@@ -1,0 +1,194 @@
+"""The background training job: lifecycle, stop, failure, the machine-wide queue and reattaching via the registry."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core import jobs
+from core.jobs import TrainingJob
+
+
+@dataclass(frozen=True)
+class _Config:
+    backbone: str = "tiny_cnn"
+    epochs: int = 3
+    frozen_groups: int = 0
+
+
+class _FakeFit:
+    """Emits the engine's events like `core.training.fit` does, with an optional gate so tests control timing."""
+
+    def __init__(self, steps_per_epoch: int = 4, delay: float = 0.0, gate: threading.Event | None = None,
+                 fail_at_step: int | None = None) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.delay = delay
+        self.gate = gate
+        self.fail_at_step = fail_at_step
+        self.started = threading.Event()
+        self.steps_after_stop = 0
+
+    def __call__(self, dataset: Any, config: Any, run_dir: str, backbone: Any = None, callbacks: tuple = (),
+                 stop_event: threading.Event | None = None) -> dict[str, Any]:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        total = config.epochs * self.steps_per_epoch
+        for cb in callbacks:
+            cb.on_train_begin({"cache_mode": "none", "cache_note": "Caching is off: augmentation changes inputs.",
+                               "total_steps": total})
+        self.started.set()
+        step = 0
+        for epoch in range(1, config.epochs + 1):
+            for _ in range(self.steps_per_epoch):
+                if stop_event is not None and stop_event.is_set():
+                    return {"status": "stopped", "best_epoch": max(1, epoch - 1)}
+                if self.gate is not None:
+                    self.gate.wait(5)
+                step += 1
+                if self.fail_at_step == step:
+                    raise ValueError("The class 'cat' has no training examples; add some or remove the class.")
+                time.sleep(self.delay)
+                for cb in callbacks:
+                    cb.on_step_end({"step": step, "total_steps": total, "epoch": epoch, "loss": 1.0 / step})
+            for cb in callbacks:
+                cb.on_epoch_end({"epoch": epoch, "train_loss": 1.0 / epoch, "train_accuracy": 0.5,
+                                 "val_loss": abs(epoch - 2) + 0.1, "val_accuracy": 0.6})
+        result = {"status": "completed", "best_epoch": 2}
+        for cb in callbacks:
+            cb.on_train_end(result)
+        return result
+
+
+@pytest.fixture(autouse=True)
+def _clean_registry():
+    """Each test starts with no jobs; leftover workers are stopped so they cannot hold the machine's slot."""
+    jobs.JOBS.clear()
+    yield
+    for job in jobs.all_jobs():
+        job.stop()
+        job.join(5)
+    jobs.JOBS.clear()
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_fake_job_runs_to_completion_with_metrics_progress_and_cache_note(colour_dataset, tmp_path):
+    job = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "run-a", fit_fn=_FakeFit()).start()
+    assert job.join(10)
+    snap = job.snapshot()
+    assert snap.status == jobs.COMPLETED and not job.is_running
+    assert [m["step"] for m in snap.steps] == list(range(1, 13))
+    assert snap.steps[0]["train_loss"] == 1.0  # the engine's `loss` is shown as the training loss
+    assert [m["epoch"] for m in snap.epochs] == [1, 2, 3]
+    assert snap.progress == 1.0 and snap.best_epoch == 2
+    assert snap.cache_mode == "none" and "augmentation" in snap.cache_note
+    assert snap.job_id == "run-a" and snap.run_dir == str(tmp_path / "run-a")
+
+
+def test_snapshot_is_a_copy_and_progress_and_eta_move_while_running(colour_dataset, tmp_path):
+    gate = threading.Event()
+    fake = _FakeFit(gate=gate)
+    job = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "run", fit_fn=fake).start()
+    assert fake.started.wait(5)
+    gate.set()
+    assert _wait(lambda: len(job.snapshot().steps) >= 2)
+    snap = job.snapshot()
+    snap.steps.clear()
+    assert job.snapshot().steps, "clearing a snapshot must not touch the job's log"
+    assert job.join(10)
+    assert job.snapshot().progress == 1.0
+
+
+def test_stop_ends_the_run_within_one_batch(colour_dataset, tmp_path):
+    fake = _FakeFit(steps_per_epoch=1000, delay=0.005)
+    job = TrainingJob(colour_dataset, _Config(epochs=50), run_dir=tmp_path / "run", fit_fn=fake).start()
+    assert _wait(lambda: len(job.snapshot().steps) >= 3)
+    job.stop()
+    assert job.join(5)
+    steps_at_end = len(job.snapshot().steps)
+    assert job.status == jobs.STOPPED
+    assert steps_at_end < 1000, "the run should have stopped long before its end"
+    assert job.error is None
+
+
+def test_a_failing_run_is_marked_failed_with_its_message_and_the_registry_still_works(colour_dataset, tmp_path):
+    bad = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "bad", fit_fn=_FakeFit(fail_at_step=2)).start()
+    assert bad.join(10)
+    assert bad.status == jobs.FAILED
+    assert "no training examples" in bad.error
+    assert bad.snapshot().error == bad.error
+
+    good = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "good", fit_fn=_FakeFit()).start()
+    assert good.join(10)
+    assert good.status == jobs.COMPLETED, "a failed job must free the machine's training slot"
+    assert jobs.get("bad") is bad and jobs.latest() is good
+
+
+def test_a_second_job_queues_until_the_first_ends_then_runs(colour_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_STUDIO_MAX_JOBS", "1")
+    gate = threading.Event()
+    first_fit = _FakeFit(gate=gate)
+    first = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "first", fit_fn=first_fit).start()
+    assert first_fit.started.wait(5)
+    second = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "second", fit_fn=_FakeFit()).start()
+    assert _wait(lambda: second.snapshot().queue_position == 1)
+    assert second.status == jobs.QUEUED and second.is_running  # queued counts as active for the UI
+    assert first.status == jobs.RUNNING and jobs.running_count() == 1 and jobs.queued_count() == 1
+    assert jobs.latest() is second  # the newest active job is what a fresh page shows
+    gate.set()
+    assert first.join(10) and second.join(10)
+    assert first.status == jobs.COMPLETED and second.status == jobs.COMPLETED
+    assert second.started_at >= first.finished_at
+
+
+def test_a_queued_job_that_is_stopped_never_starts(colour_dataset, tmp_path):
+    gate = threading.Event()
+    first_fit = _FakeFit(gate=gate)
+    first = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "first", fit_fn=first_fit).start()
+    assert first_fit.started.wait(5)
+    second_fit = _FakeFit()
+    second = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "second", fit_fn=second_fit).start()
+    assert _wait(lambda: second.snapshot().queue_position == 1)
+    second.stop()
+    assert second.join(5)
+    assert second.status == jobs.STOPPED and not second_fit.started.is_set()
+    gate.set()
+    assert first.join(10) and first.status == jobs.COMPLETED
+
+
+def test_two_jobs_train_at_once_when_the_machine_allows_it(colour_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_STUDIO_MAX_JOBS", "2")
+    gate = threading.Event()
+    fits = [_FakeFit(gate=gate), _FakeFit(gate=gate)]
+    started = [TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / f"r{i}", fit_fn=f).start()
+               for i, f in enumerate(fits)]
+    assert all(f.started.wait(5) for f in fits)
+    assert jobs.running_count() == 2
+    gate.set()
+    assert all(job.join(10) and job.status == jobs.COMPLETED for job in started)
+
+
+def test_latest_filters_by_data_set_and_owner(colour_dataset, tmp_path):
+    mine = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "mine", fit_fn=_FakeFit(), owner="a").start()
+    assert mine.join(10)
+    assert jobs.latest(fingerprint=colour_dataset.fingerprint) is mine
+    assert jobs.latest(fingerprint="something-else") is None
+    assert jobs.latest(owner="b") is None and jobs.latest(owner="a") is mine
+
+
+def test_starting_twice_is_refused(colour_dataset, tmp_path):
+    job = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "run", fit_fn=_FakeFit()).start()
+    with pytest.raises(RuntimeError, match="already started"):
+        job.start()
+    assert job.join(10)
