@@ -1,0 +1,752 @@
+"""Testing a trained classifier: metrics on the held-out test split, predictions on new inputs, baselines.
+
+The test split is never seen by training or early stopping, so the numbers here are the honest estimate of how
+the model does on new data. Everything is plain numpy / torch / sklearn so a script, a notebook, the Test page
+and `python -m core predict` all get the same answers.
+
+Main entry points:
+    `evaluate(model, preprocessor, dataset)` -> `Evaluation` (probabilities, confusion matrix, metrics).
+    `predict_proba(model, preprocessor, items)` -> class probabilities of new images / texts.
+    `coverage_curve(probabilities, targets)` -> how accuracy and coverage trade off under a confidence threshold.
+    `train_baselines(dataset, run_info)` -> what the same task gets without transfer learning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from core.dataset import Dataset
+from core.paths import workspace_subdir
+
+log = logging.getLogger(__name__)
+
+NOT_SURE = "not sure"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ModelLoadError(RuntimeError):
+    """A folder given as a model is neither a run folder nor an exported bundle we can read."""
+
+
+class PredictionInputError(ValueError):
+    """Inputs given to a prediction cannot be used (missing file, not an image, empty text)."""
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+
+
+def confusion_matrix(targets: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs: rows are the true class, columns the prediction."""
+    targets_array = np.asarray(targets, dtype=np.int64)
+    predictions_array = np.asarray(predictions, dtype=np.int64)
+    if targets_array.shape != predictions_array.shape:
+        raise ValueError(f"{len(targets_array)} targets but {len(predictions_array)} predictions: they must pair up.")
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (targets_array, predictions_array), 1)
+    return matrix
+
+
+def metrics_from_confusion(confusion: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro / weighted F1 and per-class precision, recall, F1 and support of a confusion matrix.
+
+    A class with no predictions has precision 0 and a class with no examples recall 0 (sklearn's
+    `zero_division=0`); macro averages are over classes that have test examples, so an empty class does
+    not drag the average down for a reason the user cannot see.
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    true_positives = np.diag(confusion)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, true_positives / predicted, 0.0)
+        recall = np.where(support > 0, true_positives / support, 0.0)
+        denominator = precision + recall
+        f1 = np.where(denominator > 0, 2 * precision * recall / denominator, 0.0)
+    total = confusion.sum()
+    present = support > 0
+    per_class = [
+        {
+            "class": str(name),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    ]
+    return {
+        "accuracy": float(true_positives.sum() / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
+        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
+        "weighted_f1": float((f1 * support).sum() / total) if total else 0.0,
+        "examples": int(total),
+        "per_class": per_class,
+    }
+
+
+def expected_calibration_error(probabilities: np.ndarray, targets: Sequence[int], bins: int = 10) -> float:
+    """How far the model's confidence is from its accuracy, averaged over confidence bins (0 = calibrated).
+
+    A model that says "90 %" should be right 9 times in 10; the gap, weighted by how many answers fall in
+    each bin, tells the user how much to trust the probabilities it shows.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if len(probabilities) == 0:
+        return 0.0
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(targets)
+    bin_of = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    error = 0.0
+    for index in range(bins):
+        in_bin = bin_of == index
+        if in_bin.any():
+            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(error)
+
+
+def coverage_curve(
+    probabilities: np.ndarray, targets: Sequence[int], thresholds: Iterable[float] | None = None
+) -> pd.DataFrame:
+    """Accuracy on the answered examples and coverage, for each confidence threshold.
+
+    Below the threshold the model answers "not sure"; raising it answers fewer examples (coverage falls)
+    and, when the confidence means something, gets more of the answered ones right.
+
+    Returns:
+        One row per threshold: `threshold`, `coverage` (fraction answered), `accuracy` (on answered; NaN when
+        nothing is answered), `answered` and `not_sure` (counts).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets_array = np.asarray(targets, dtype=np.int64)
+    grid = np.linspace(0.0, 1.0, 101) if thresholds is None else np.asarray(list(thresholds), dtype=np.float64)
+    confidence = probabilities.max(axis=1) if len(probabilities) else np.zeros(0)
+    correct = probabilities.argmax(axis=1) == targets_array if len(probabilities) else np.zeros(0, dtype=bool)
+    rows = []
+    for threshold in grid:
+        answered = confidence >= threshold
+        count = int(answered.sum())
+        rows.append(
+            {
+                "threshold": float(threshold),
+                "coverage": count / len(confidence) if len(confidence) else 0.0,
+                "accuracy": float(correct[answered].mean()) if count else float("nan"),
+                "answered": count,
+                "not_sure": int(len(confidence) - count),
+            }
+        )
+    return pd.DataFrame(rows, columns=["threshold", "coverage", "accuracy", "answered", "not_sure"])
+
+
+def confidence_at(probabilities: np.ndarray, targets: Sequence[int], threshold: float) -> dict[str, float]:
+    """The coverage-curve numbers at one threshold (what the Test page shows under its slider)."""
+    row = coverage_curve(probabilities, targets, [threshold]).iloc[0]
+    return {key: float(row[key]) for key in ("threshold", "coverage", "accuracy", "answered", "not_sure")}
+
+
+# --------------------------------------------------------------------------------------------------- prediction
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the one asked for, else CUDA, Apple MPS or CPU, whichever is present."""
+    if isinstance(device, torch.device):
+        return device
+    if device not in (None, "auto"):
+        return torch.device(device)
+    try:
+        from core.training import pick_device
+    except ImportError:
+        pick_device = None
+    if pick_device is not None:
+        return torch.device(pick_device("auto"))
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {key: _to_device(value, device) for key, value in batch.items()}
+    return batch
+
+
+def predict_proba(
+    model: nn.Module,
+    preprocessor: Any,
+    items: Sequence[str],
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Class probabilities of `items` (image file paths, or texts), as an array [len(items), num_classes].
+
+    The model is put in eval mode (dropout off, BatchNorm statistics fixed) and moved to `device`
+    ("auto"/None: the best one present). `progress(done, total)` is called after each batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    target = resolve_device(device)
+    model.to(target)
+    model.eval()
+    chunks: list[np.ndarray] = []
+    total = len(items)
+    with torch.inference_mode():
+        for start in range(0, total, batch_size):
+            loaded = [preprocessor.load(item, train=False) for item in items[start : start + batch_size]]
+            batch = _to_device(preprocessor.collate(loaded), target)
+            logits = model(batch)
+            chunks.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            if progress is not None:
+                progress(min(start + batch_size, total), total)
+    if not chunks:
+        num_classes = _num_classes(model)
+        return np.zeros((0, num_classes), dtype=np.float32)
+    return np.concatenate(chunks, axis=0)
+
+
+def _num_classes(model: nn.Module) -> int:
+    head = getattr(model, "head", None)
+    if head is not None:
+        linears = [module for module in head.modules() if isinstance(module, nn.Linear)]
+        if linears:
+            return linears[-1].out_features
+    return 0
+
+
+@dataclass
+class Evaluation:
+    """A model's results on one split: what the Test page draws and caches.
+
+    Attributes:
+        split: the split evaluated ("test" unless asked otherwise).
+        classes: class names; index i of every array below refers to `classes[i]`.
+        items: the examples (image paths or texts), in dataset order.
+        targets: true class index per example.
+        probabilities: predicted class probabilities per example [N, C].
+        predictions: predicted class index per example (argmax of probabilities).
+        confusion: counts, rows = true class, columns = predicted class.
+        metrics: accuracy, macro_f1, weighted_f1, calibration_error, per_class [...], examples.
+    """
+
+    split: str
+    classes: list[str]
+    items: list[str]
+    targets: np.ndarray
+    probabilities: np.ndarray
+    predictions: np.ndarray
+    confusion: np.ndarray
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+    @property
+    def macro_f1(self) -> float:
+        return float(self.metrics["macro_f1"])
+
+    def confusion_normalised(self) -> np.ndarray:
+        """Each row divided by its total: the share of a true class given each prediction (recall on the diagonal)."""
+        totals = self.confusion.sum(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(totals > 0, self.confusion / np.maximum(totals, 1), 0.0)
+
+    def per_class_table(self) -> pd.DataFrame:
+        """Precision, recall, F1 and support per class, one row per class."""
+        return pd.DataFrame(self.metrics["per_class"]).set_index("class")
+
+    def examples(self, true_class: int, predicted_class: int) -> pd.DataFrame:
+        """The examples of one confusion-matrix cell, most confident first (so the worst mistakes lead).
+
+        Columns: `index` (position in this evaluation), `item`, `true`, `predicted`, `confidence` (probability of
+        the predicted class) and `true_probability`.
+        """
+        mask = (self.targets == true_class) & (self.predictions == predicted_class)
+        indices = np.flatnonzero(mask)
+        table = pd.DataFrame(
+            {
+                "index": indices,
+                "item": [self.items[i] for i in indices],
+                "true": self.classes[true_class],
+                "predicted": self.classes[predicted_class],
+                "confidence": self.probabilities[indices, predicted_class] if len(indices) else [],
+                "true_probability": self.probabilities[indices, true_class] if len(indices) else [],
+            }
+        )
+        return table.sort_values("confidence", ascending=False, kind="stable").reset_index(drop=True)
+
+    def mistakes(self) -> pd.DataFrame:
+        """All wrong answers, most confident first."""
+        tables = [
+            self.examples(true, predicted)
+            for true in range(len(self.classes))
+            for predicted in range(len(self.classes))
+            if true != predicted and self.confusion[true, predicted] > 0
+        ]
+        if not tables:
+            return self.examples(0, 1 if len(self.classes) > 1 else 0).iloc[0:0]
+        return pd.concat(tables).sort_values("confidence", ascending=False, kind="stable").reset_index(drop=True)
+
+    def coverage(self, thresholds: Iterable[float] | None = None) -> pd.DataFrame:
+        """`coverage_curve` on this evaluation's probabilities."""
+        return coverage_curve(self.probabilities, self.targets, thresholds)
+
+
+def evaluate_probabilities(
+    probabilities: np.ndarray, targets: Sequence[int], classes: Sequence[str], items: Sequence[str], split: str = "test"
+) -> Evaluation:
+    """An `Evaluation` from probabilities already computed (by `predict_proba`, or another runtime such as ONNX)."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    targets_array = np.asarray(targets, dtype=np.int64)
+    predictions = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, dtype=np.int64)
+    confusion = confusion_matrix(targets_array, predictions, len(classes))
+    metrics = metrics_from_confusion(confusion, classes)
+    metrics["calibration_error"] = expected_calibration_error(probabilities, targets_array)
+    return Evaluation(
+        split=split,
+        classes=list(classes),
+        items=list(items),
+        targets=targets_array,
+        probabilities=probabilities,
+        predictions=predictions.astype(np.int64),
+        confusion=confusion,
+        metrics=metrics,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    preprocessor: Any,
+    dataset: Dataset,
+    split: str = "test",
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Run the model on one split of the data set (the held-out test split by default) and score it."""
+    items, targets = dataset.split(split)
+    if not items:
+        raise ValueError(
+            f"The '{split}' split of '{dataset.name}' is empty: there is nothing to test on. "
+            "Reload the data with a test share above 0 on the Data page."
+        )
+    probabilities = predict_proba(model, preprocessor, items, device=device, batch_size=batch_size, progress=progress)
+    evaluation = evaluate_probabilities(probabilities, targets, dataset.classes, items, split)
+    log.info(
+        "Evaluated %d %s examples: accuracy %.3f, macro-F1 %.3f",
+        len(items),
+        split,
+        evaluation.accuracy,
+        evaluation.macro_f1,
+    )
+    return evaluation
+
+
+def top_k_table(
+    inputs: Sequence[str],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    top_k: int = 3,
+    threshold: float = 0.0,
+) -> pd.DataFrame:
+    """One row per input: the answer ("not sure" below `threshold`), its confidence and the top-k classes.
+
+    Columns: `input`, `prediction`, `confidence`, then `class_1`, `probability_1`, ... up to `top_k`. This is the
+    table the Test page shows and offers as CSV, and what `python -m core predict` prints.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    top_k = max(1, min(top_k, len(classes)))
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k] if len(probabilities) else np.zeros((0, 0))
+    rows = []
+    for row, name in enumerate(inputs):
+        best = int(order[row, 0])
+        confidence = float(probabilities[row, best])
+        record: dict[str, Any] = {
+            "input": name,
+            "prediction": classes[best] if confidence >= threshold else NOT_SURE,
+            "confidence": confidence,
+        }
+        for rank in range(top_k):
+            index = int(order[row, rank])
+            record[f"class_{rank + 1}"] = classes[index]
+            record[f"probability_{rank + 1}"] = float(probabilities[row, index])
+        rows.append(record)
+    columns = ["input", "prediction", "confidence"]
+    for rank in range(top_k):
+        columns += [f"class_{rank + 1}", f"probability_{rank + 1}"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def check_image_files(paths: Sequence[str | Path]) -> list[str]:
+    """The paths as strings, after checking each is an existing image file; raises with every bad one named."""
+    from PIL import Image, UnidentifiedImageError
+
+    missing, unreadable = [], []
+    for path in paths:
+        file = Path(path)
+        if not file.is_file():
+            missing.append(str(path))
+            continue
+        try:
+            with Image.open(file) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError):
+            unreadable.append(file.name)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} file(s) not found: {', '.join(missing[:5])}")
+    if unreadable:
+        problems.append(f"{len(unreadable)} file(s) are not images we can read: {', '.join(unreadable[:5])}")
+    if problems:
+        raise PredictionInputError("; ".join(problems) + ". Give PNG, JPEG, BMP, GIF, WebP or TIFF files.")
+    return [str(path) for path in paths]
+
+
+def read_texts(lines_or_csv: str, is_csv: bool = False) -> list[str]:
+    """Texts to classify from pasted text (one per line) or CSV contents (the `text` column, else the first).
+
+    Blank lines are skipped; raises `PredictionInputError` when nothing is left.
+    """
+    if is_csv:
+        import io
+
+        try:
+            frame = pd.read_csv(io.StringIO(lines_or_csv))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise PredictionInputError(f"The CSV could not be read ({error}); give one text per row.") from error
+        lowered = {str(column).lower(): column for column in frame.columns}
+        column = lowered.get("text") or next(
+            (c for c in frame.columns if frame[c].dtype == object), frame.columns[0] if len(frame.columns) else None
+        )
+        if column is None:
+            raise PredictionInputError("The CSV has no columns; give a column named 'text' with one text per row.")
+        texts = [str(value).strip() for value in frame[column].dropna().tolist()]
+    else:
+        texts = [line.strip() for line in lines_or_csv.splitlines()]
+    texts = [text for text in texts if text]
+    if not texts:
+        raise PredictionInputError(
+            "No text to classify: paste one text per line, or upload a CSV with a 'text' column."
+        )
+    return texts
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """A trained classifier (eval mode), its preprocessor and its run record, from a run folder or a bundle.
+
+    Run folders (with `run.json`) are read by `core.training.load_trained`; exported bundles by
+    `core.export.load_bundle` when that exists.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"{folder} is not a folder. Give a run folder (workspace/runs/<run_id>) or an exported model bundle."
+        )
+    errors: list[str] = []
+    if (folder / "run.json").is_file():
+        try:
+            from core.training import load_trained
+        except ImportError as error:
+            errors.append(f"the training engine is not available ({error})")
+        else:
+            return load_trained(folder)
+    try:
+        from core import export
+    except ImportError as error:
+        errors.append(f"the export module is not available ({error})")
+    else:
+        loader = getattr(export, "load_bundle", None)
+        if loader is not None:
+            return loader(folder)
+        errors.append("core.export has no bundle loader")
+    raise ModelLoadError(
+        f"{folder} holds no model we can load ({'; '.join(errors) or 'no run.json'}). "
+        "Give a run folder with run.json and model.safetensors, or a bundle written by `python -m core export`."
+    )
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """The run record (`run.json`) of a run folder, or an empty dict when it has none."""
+    record = Path(run_dir) / "run.json"
+    if not record.is_file():
+        return {}
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        log.warning("Could not read %s: %s", record, error)
+        return {}
+
+
+# --------------------------------------------------------------------------------------------------- baselines
+
+
+@dataclass
+class BaselineResult:
+    """A model trained without transfer learning, scored on the same test split.
+
+    Attributes:
+        name: "scratch" (same architecture, random weights) or "tfidf" (TF-IDF + logistic regression).
+        title: how the Test page names it.
+        accuracy, macro_f1: on the test split.
+        detail: what was trained, in a sentence.
+    """
+
+    name: str
+    title: str
+    accuracy: float
+    macro_f1: float
+    detail: str = ""
+
+
+def _baseline_dir(run_info: dict[str, Any]) -> Path:
+    run_id = str(run_info.get("run_id") or "unnamed")
+    folder = workspace_subdir("baselines") / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def tfidf_baseline(dataset: Dataset, seed: int = 0) -> BaselineResult:
+    """TF-IDF word and bigram features + logistic regression, trained on the train split.
+
+    The regularisation strength is chosen on the validation split (as early stopping uses it for the main
+    model); the test split is only scored.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    if dataset.modality != "text":
+        raise ValueError(f"The TF-IDF baseline is for text data; '{dataset.name}' holds {dataset.modality}s.")
+    train_items, train_targets = dataset.split("train")
+    val_items, val_targets = dataset.split("val")
+    test_items, test_targets = dataset.split("test")
+    if len(set(train_targets)) < 2:
+        raise ValueError("The train split needs examples of at least two classes to fit a baseline.")
+    if not test_items:
+        raise ValueError(f"The test split of '{dataset.name}' is empty: there is nothing to score the baseline on.")
+    vectoriser = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    train_features = vectoriser.fit_transform(train_items)
+    candidates = []
+    for strength in (0.3, 3.0, 30.0):
+        model = LogisticRegression(C=strength, max_iter=2000, random_state=seed)
+        model.fit(train_features, train_targets)
+        score = (
+            float((model.predict(vectoriser.transform(val_items)) == np.asarray(val_targets)).mean())
+            if val_items
+            else 0.0
+        )
+        candidates.append((score, -strength, model))
+    best_model = max(candidates, key=lambda candidate: candidate[:2])[2]
+    probabilities = np.zeros((len(test_items), dataset.num_classes), dtype=np.float32)
+    probabilities[:, best_model.classes_] = best_model.predict_proba(vectoriser.transform(test_items))
+    scored = evaluate_probabilities(probabilities, test_targets, dataset.classes, test_items)
+    return BaselineResult(
+        name="tfidf",
+        title="TF-IDF + logistic regression",
+        accuracy=scored.accuracy,
+        macro_f1=scored.macro_f1,
+        detail=f"word and bigram TF-IDF, {len(vectoriser.vocabulary_)} features, C={best_model.C:g} chosen on val",
+    )
+
+
+def scratch_baseline(
+    dataset: Dataset,
+    run_info: dict[str, Any],
+    epochs: int | None = None,
+    stop_event: threading.Event | None = None,
+    callbacks: Sequence[Any] = (),
+) -> BaselineResult:
+    """The run's own recipe (backbone architecture, frozen groups, head, split) but random initial weights.
+
+    What is left of the model's accuracy without pretraining is what the data alone teaches; the gap to
+    the trained model is what transfer learning bought.
+    """
+    from core.training import TrainConfig, fit, load_trained
+
+    config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    recorded = dict(run_info.get("config") or {})
+    settings = {key: value for key, value in recorded.items() if key in config_fields}
+    settings.setdefault("backbone", run_info.get("backbone"))
+    settings.setdefault("frozen_groups", run_info.get("frozen_groups", 0))
+    settings["pretrained"] = False
+    if epochs is not None:
+        settings["epochs"] = int(epochs)
+    config = TrainConfig(**settings)
+    run_dir = _baseline_dir(run_info) / "scratch"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("Training the from-scratch baseline of run %s in %s", run_info.get("run_id"), run_dir)
+    fit(dataset, config, run_dir, callbacks=callbacks, stop_event=stop_event)
+    model, preprocessor, _ = load_trained(run_dir)
+    scored = evaluate(model, preprocessor, dataset, "test", device=config.device)
+    return BaselineResult(
+        name="scratch",
+        title="Same architecture, random weights",
+        accuracy=scored.accuracy,
+        macro_f1=scored.macro_f1,
+        detail=f"{config.backbone} without pretrained weights, {config.frozen_groups} group(s) frozen, "
+        f"{config.epochs} epoch(s)",
+    )
+
+
+def train_baselines(
+    dataset: Dataset,
+    run_info: dict[str, Any],
+    kinds: Sequence[str] | None = None,
+    epochs: int | None = None,
+    stop_event: threading.Event | None = None,
+    callbacks: Sequence[Any] = (),
+) -> list[BaselineResult]:
+    """Train the baselines of a run on the same split and save them next to the run's other baselines.
+
+    Args:
+        dataset: the data set the run was trained on (same split).
+        run_info: the run's `run.json` record (backbone, frozen groups, config, run_id).
+        kinds: which baselines: "scratch" and, for text, "tfidf" (default: all that apply).
+        epochs: epochs for the from-scratch baseline (default: the run's own).
+        stop_event: set it to stop the from-scratch training early.
+        callbacks: training callbacks for the from-scratch run (progress).
+
+    Returns:
+        The results of this call; `load_baselines(run_info)` returns every baseline saved for the run.
+    """
+    if kinds is None:
+        kinds = ["scratch"] + (["tfidf"] if dataset.modality == "text" else [])
+    results = []
+    for kind in kinds:
+        if kind == "tfidf":
+            results.append(tfidf_baseline(dataset, seed=int((run_info.get("config") or {}).get("seed", 0))))
+        elif kind == "scratch":
+            results.append(scratch_baseline(dataset, run_info, epochs, stop_event=stop_event, callbacks=callbacks))
+        else:
+            raise ValueError(f"Unknown baseline '{kind}'; choose 'scratch' or 'tfidf'.")
+    saved = {result.name: result for result in load_baselines(run_info)}
+    saved.update({result.name: result for result in results})
+    record = {
+        "run_id": run_info.get("run_id"),
+        "dataset_fingerprint": dataset.fingerprint,
+        "baselines": [dataclasses.asdict(result) for result in saved.values()],
+    }
+    (_baseline_dir(run_info) / "baselines.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return results
+
+
+def load_baselines(run_info: dict[str, Any]) -> list[BaselineResult]:
+    """The baselines saved for a run by `train_baselines` (empty when none were trained)."""
+    if not run_info.get("run_id"):
+        return []
+    record_path = workspace_subdir("baselines") / str(run_info["run_id"]) / "baselines.json"
+    if not record_path.is_file():
+        return []
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        return [BaselineResult(**entry) for entry in record.get("baselines", [])]
+    except (OSError, json.JSONDecodeError, TypeError) as error:
+        log.warning("Could not read saved baselines %s: %s", record_path, error)
+        return []
+
+
+def transfer_verdict(
+    model_accuracy: float, baselines: Sequence[BaselineResult], margin: float = 0.02
+) -> tuple[str, str]:
+    """Whether the pretrained model beats its baselines, as (level, sentence) with level "success" or "warning".
+
+    A pretrained model that does not beat a baseline by `margin` is said plainly, with what to try next.
+    """
+    if not baselines:
+        return "info", "No baseline yet: train one to see what transfer learning adds."
+    comparison = ", ".join(f"{b.title.lower()}: {b.accuracy:.0%}" for b in baselines)
+    best = max(baselines, key=lambda b: b.accuracy)
+    if model_accuracy >= best.accuracy + margin:
+        return "success", (
+            f"Pretrained: {model_accuracy:.0%}, {comparison}. "
+            f"Transfer learning adds {(model_accuracy - best.accuracy) * 100:.0f} points over the best baseline."
+        )
+    return "warning", (
+        f"Pretrained: {model_accuracy:.0%}, {comparison}. The pretrained model does not clearly beat "
+        f"{best.title.lower()}: its features may not fit this data (negative transfer, a domain gap). "
+        "Try unfreezing more layer groups, training longer, or another backbone closer to your data."
+    )
+
+
+# --------------------------------------------------------------------------------------------------- command line
+
+
+def _texts_from_inputs(inputs: Sequence[str]) -> list[str]:
+    texts: list[str] = []
+    for value in inputs:
+        file = Path(value)
+        if file.suffix.lower() in (".txt", ".csv") and file.is_file():
+            texts.extend(read_texts(file.read_text(encoding="utf-8"), is_csv=file.suffix.lower() == ".csv"))
+        else:
+            texts.append(value)
+    return [text for text in texts if text.strip()]
+
+
+def _image_inputs(inputs: Sequence[str]) -> list[str]:
+    paths: list[str] = []
+    for value in inputs:
+        folder = Path(value)
+        if folder.is_dir():
+            paths.extend(sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            paths.append(value)
+    return check_image_files(paths)
+
+
+def main_predict(args: argparse.Namespace) -> int:
+    """`python -m core predict --model DIR INPUT...`: top-k classes of images (files or folders) or texts."""
+    try:
+        model, preprocessor, info = load_model(args.model)
+        classes = list(info.get("classes") or [])
+        spec = getattr(getattr(model, "backbone", None), "spec", None)
+        modality = info.get("modality") or getattr(spec, "modality", "image")
+        inputs = _image_inputs(args.inputs) if modality == "image" else _texts_from_inputs(args.inputs)
+        if not inputs:
+            raise PredictionInputError("Nothing to predict: give image files / folders, or texts.")
+        probabilities = predict_proba(model, preprocessor, inputs, device=getattr(args, "device", None))
+    except (ModelLoadError, PredictionInputError, FileNotFoundError, ValueError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    if not classes:
+        classes = [str(i) for i in range(probabilities.shape[1])]
+    table = top_k_table(inputs, probabilities, classes, top_k=args.top_k)
+    if getattr(args, "json", False):
+        records = [
+            {
+                "input": row["input"],
+                "prediction": row["prediction"],
+                "top_k": [
+                    {"class": row[f"class_{rank}"], "probability": round(float(row[f"probability_{rank}"]), 6)}
+                    for rank in range(1, (len(table.columns) - 3) // 2 + 1)
+                ],
+            }
+            for _, row in table.iterrows()
+        ]
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+    else:
+        writer = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+        writer.writerow(table.columns)
+        for row in table.itertuples(index=False):
+            writer.writerow([f"{value:.4f}" if isinstance(value, float) else value for value in row])
+    return 0

@@ -1,0 +1,336 @@
+"""Tests of core.evaluation: metrics against a hand computation, evaluate / predict on a tiny trained model,
+the coverage curve, the TF-IDF baseline and `python -m core predict`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from core import evaluation
+from core.backbones import Classifier
+from core.dataset import Dataset
+from tests.tiny import TinyCNN
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+class TinyPreprocessor:
+    """The contract of `core.preprocess.Preprocessor` for TinyCNN: 32x32 RGB, normalised to [-1, 1]."""
+
+    cache_key = "tiny-32"
+
+    def load(self, item: str, train: bool) -> torch.Tensor:
+        with Image.open(item) as image:
+            pixels = np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.float32) / 255.0
+        return (torch.from_numpy(pixels).permute(2, 0, 1) - 0.5) / 0.5
+
+    def collate(self, loaded: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(loaded)
+
+
+def train_tiny(dataset: Dataset, steps: int = 60) -> Classifier:
+    """A TinyCNN classifier fitted on the train split (the colours are easy: a few full-batch steps suffice)."""
+    torch.manual_seed(0)
+    model = Classifier(TinyCNN(), dataset.num_classes)
+    preprocessor = TinyPreprocessor()
+    items, targets = dataset.split("train")
+    batch = torch.stack([preprocessor.load(item, train=True) for item in items])
+    labels = torch.tensor(targets)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(batch), labels)
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def write_run(folder: Path, model: Classifier, dataset: Dataset, run_id: str = "tiny-run") -> Path:
+    """A run folder in the engine's contract format: model.safetensors + run.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(folder / "model.safetensors"))
+    info = {
+        "run_id": run_id,
+        "backbone": "tiny_cnn",
+        "modality": dataset.modality,
+        "classes": dataset.classes,
+        "frozen_groups": 0,
+        "config": {"backbone": "tiny_cnn", "frozen_groups": 0, "epochs": 2, "seed": 0},
+        "dataset_name": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint,
+        "status": "completed",
+        "metrics": {"history": [], "best_epoch": 1, "val_accuracy": 1.0, "test_accuracy": None},
+    }
+    (folder / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    return folder
+
+
+def load_tiny_run(path: str | Path) -> tuple[Classifier, TinyPreprocessor, dict[str, Any]]:
+    """Stands in for `core.training.load_trained` on TinyCNN run folders (the catalogue does not know TinyCNN)."""
+    folder = Path(path)
+    if not (folder / "run.json").is_file():
+        raise evaluation.ModelLoadError(f"{folder} is not a run folder")
+    info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    model = Classifier(TinyCNN(), len(info["classes"]))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model.eval(), TinyPreprocessor(), info
+
+
+@pytest.fixture
+def tiny_model(colour_dataset: Dataset) -> Classifier:
+    return train_tiny(colour_dataset)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+# A known confusion (rows true, columns predicted) and its metrics worked out by hand:
+#   cat:  3 right, 1 called dog            precision 3/4, recall 3/4, F1 3/4
+#   dog:  1 called cat, 2 right, 1 fox     precision 2/3, recall 2/4, F1 2*(2/3*1/2)/(2/3+1/2) = 4/7
+#   fox:  2 right                          precision 2/3, recall 1,   F1 2*(2/3)/(5/3) = 4/5
+KNOWN = np.array([[3, 1, 0], [1, 2, 1], [0, 0, 2]])
+
+
+def _pairs(confusion: np.ndarray) -> tuple[list[int], list[int]]:
+    targets, predictions = [], []
+    for true in range(len(confusion)):
+        for predicted in range(len(confusion)):
+            targets += [true] * int(confusion[true, predicted])
+            predictions += [predicted] * int(confusion[true, predicted])
+    return targets, predictions
+
+
+def test_metrics_match_a_hand_computation() -> None:
+    targets, predictions = _pairs(KNOWN)
+    confusion = evaluation.confusion_matrix(targets, predictions, 3)
+    np.testing.assert_array_equal(confusion, KNOWN)
+
+    metrics = evaluation.metrics_from_confusion(confusion, ["cat", "dog", "fox"])
+    assert metrics["accuracy"] == pytest.approx(7 / 10)
+    per_class = {row["class"]: row for row in metrics["per_class"]}
+    assert per_class["cat"]["precision"] == pytest.approx(3 / 4)
+    assert per_class["cat"]["recall"] == pytest.approx(3 / 4)
+    assert per_class["dog"]["precision"] == pytest.approx(2 / 3)
+    assert per_class["dog"]["recall"] == pytest.approx(1 / 2)
+    assert per_class["dog"]["f1"] == pytest.approx(4 / 7)
+    assert per_class["fox"]["f1"] == pytest.approx(4 / 5)
+    assert [per_class[name]["support"] for name in ("cat", "dog", "fox")] == [4, 4, 2]
+    assert metrics["macro_f1"] == pytest.approx((3 / 4 + 4 / 7 + 4 / 5) / 3)
+    assert metrics["weighted_f1"] == pytest.approx((4 * 3 / 4 + 4 * 4 / 7 + 2 * 4 / 5) / 10)
+
+
+def test_metrics_agree_with_sklearn_and_handle_a_never_predicted_class() -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    targets = [0, 0, 1, 1, 2, 2, 2]
+    predictions = [0, 1, 1, 1, 1, 0, 0]  # class 2 is never predicted: precision 0, F1 0, no division error
+    metrics = evaluation.metrics_from_confusion(evaluation.confusion_matrix(targets, predictions, 3), ["a", "b", "c"])
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(targets, predictions))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(targets, predictions, average="macro", zero_division=0))
+    assert metrics["per_class"][2]["precision"] == 0.0
+
+
+def test_confusion_matrix_rejects_unpaired_inputs() -> None:
+    with pytest.raises(ValueError, match="pair up"):
+        evaluation.confusion_matrix([0, 1], [0], 2)
+
+
+def test_calibration_error_is_zero_for_a_sure_right_model_and_large_for_a_sure_wrong_one() -> None:
+    sure = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert evaluation.expected_calibration_error(sure, [0, 1]) == pytest.approx(0.0)
+    assert evaluation.expected_calibration_error(sure, [1, 0]) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------ coverage
+
+
+def test_coverage_curve_trades_coverage_for_accuracy() -> None:
+    # Confident answers are right, hesitant ones wrong: raising the threshold must raise accuracy.
+    probabilities = np.array([[0.95, 0.05], [0.9, 0.1], [0.55, 0.45], [0.4, 0.6], [0.2, 0.8]])
+    targets = [0, 0, 1, 0, 1]
+    curve = evaluation.coverage_curve(probabilities, targets)
+    assert list(curve.columns) == ["threshold", "coverage", "accuracy", "answered", "not_sure"]
+    first = curve.iloc[0]
+    assert first["threshold"] == 0.0 and first["coverage"] == 1.0 and first["accuracy"] == pytest.approx(3 / 5)
+    assert (np.diff(curve["coverage"].to_numpy()) <= 0).all()
+    assert (curve["answered"] + curve["not_sure"] == 5).all()
+    at_70 = evaluation.confidence_at(probabilities, targets, 0.7)
+    assert at_70["coverage"] == pytest.approx(3 / 5) and at_70["accuracy"] == pytest.approx(1.0)
+    assert at_70["not_sure"] == 2
+    nothing = evaluation.confidence_at(probabilities, targets, 0.99)
+    assert nothing["coverage"] == 0.0 and np.isnan(nothing["accuracy"])
+
+
+# ------------------------------------------------------------------------------------------------ evaluate / predict
+
+
+def test_evaluate_a_tiny_trained_model(colour_dataset: Dataset, tiny_model: Classifier) -> None:
+    result = evaluation.evaluate(tiny_model, TinyPreprocessor(), colour_dataset, device="cpu", batch_size=4)
+    test_items, test_targets = colour_dataset.split("test")
+    assert result.split == "test" and result.items == test_items
+    np.testing.assert_array_equal(result.targets, test_targets)
+    assert result.probabilities.shape == (len(test_items), 3)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert result.confusion.sum() == len(test_items)
+    assert result.accuracy >= 0.8, "the colours are easy: a trained model must get them right"
+    assert result.accuracy == pytest.approx(float((result.predictions == result.targets).mean()))
+    assert set(result.per_class_table().index) == set(colour_dataset.classes)
+    assert 0.0 <= result.metrics["calibration_error"] <= 1.0
+
+    # Same probabilities whatever the batch size: evaluation runs in eval mode.
+    again = evaluation.predict_proba(tiny_model, TinyPreprocessor(), test_items, device="cpu", batch_size=1)
+    np.testing.assert_allclose(again, result.probabilities, atol=1e-5)
+
+
+def test_cell_examples_lead_with_the_most_confident() -> None:
+    probabilities = np.array([[0.6, 0.4], [0.1, 0.9], [0.3, 0.7], [0.8, 0.2]])
+    result = evaluation.evaluate_probabilities(probabilities, [0, 0, 0, 1], ["a", "b"], ["w", "x", "y", "z"])
+    mistakes = result.examples(true_class=0, predicted_class=1)
+    assert mistakes["item"].tolist() == ["x", "y"]
+    assert mistakes["confidence"].tolist() == pytest.approx([0.9, 0.7])
+    assert mistakes["true_probability"].tolist() == pytest.approx([0.1, 0.3])
+    assert result.mistakes()["item"].tolist() == ["x", "z", "y"]
+    np.testing.assert_allclose(result.confusion_normalised(), [[1 / 3, 2 / 3], [1.0, 0.0]])
+    assert result.examples(1, 1).empty
+
+
+def test_evaluate_refuses_an_empty_split(colour_dataset: Dataset, tiny_model: Classifier) -> None:
+    table = colour_dataset.table.assign(split=colour_dataset.table["split"].replace("test", "train"))
+    no_test = Dataset("no test", "image", table, root=colour_dataset.root)
+    with pytest.raises(ValueError, match="test share"):
+        evaluation.evaluate(tiny_model, TinyPreprocessor(), no_test, device="cpu")
+
+
+def test_top_k_table_says_not_sure_below_the_threshold() -> None:
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
+    table = evaluation.top_k_table(["one", "two"], probabilities, ["a", "b", "c"], top_k=2, threshold=0.5)
+    assert table["prediction"].tolist() == ["a", evaluation.NOT_SURE]
+    assert table["class_2"].tolist() == ["b", "b"]
+    assert table["probability_1"].tolist() == pytest.approx([0.7, 0.4])
+    assert "class_3" not in table.columns
+
+
+def test_read_texts_from_lines_and_csv() -> None:
+    assert evaluation.read_texts("first\n\n  second  \n") == ["first", "second"]
+    assert evaluation.read_texts("id,text\n1,hello there\n2,good bye\n", is_csv=True) == ["hello there", "good bye"]
+    with pytest.raises(evaluation.PredictionInputError, match="one text per line"):
+        evaluation.read_texts("  \n\n")
+
+
+def test_check_image_files_names_every_bad_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(evaluation.PredictionInputError, match=r"not found: .*missing\.png.*notes\.txt"):
+        evaluation.check_image_files([tmp_path / "missing.png", tmp_path / "notes.txt"])
+
+
+def test_load_model_explains_what_it_needs(tmp_path: Path) -> None:
+    with pytest.raises(evaluation.ModelLoadError, match="not a folder"):
+        evaluation.load_model(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+
+
+def _topic_texts(per_class: int = 30, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    words = {
+        "sport": ["match", "goal", "team", "score", "coach", "league", "player"],
+        "food": ["recipe", "bake", "flour", "sauce", "taste", "oven", "salt"],
+        "tech": ["laptop", "software", "chip", "code", "battery", "screen", "cloud"],
+    }
+    filler = ["the", "a", "today", "really", "some", "new", "very", "we", "it", "was"]
+    rows = []
+    for label, vocabulary in words.items():
+        for i in range(per_class):
+            text = " ".join(rng.choice(vocabulary, 2).tolist() + rng.choice(filler, 5).tolist())
+            split = "train" if i < per_class * 0.6 else ("val" if i < per_class * 0.8 else "test")
+            rows.append({"item": text, "label": label, "split": split})
+    return Dataset("topics", "text", pd.DataFrame(rows))
+
+
+def test_tfidf_baseline_beats_chance_on_a_small_text_set() -> None:
+    result = evaluation.tfidf_baseline(_topic_texts())
+    assert result.name == "tfidf"
+    assert result.accuracy > 1 / 3 + 0.3
+    assert 0.0 <= result.macro_f1 <= 1.0
+
+
+def test_tfidf_baseline_refuses_images(colour_dataset: Dataset) -> None:
+    with pytest.raises(ValueError, match="text data"):
+        evaluation.tfidf_baseline(colour_dataset)
+
+
+def test_train_baselines_saves_results_for_the_run() -> None:
+    texts = _topic_texts()
+    info = {"run_id": "text-run", "config": {"seed": 0}}
+    results = evaluation.train_baselines(texts, info, kinds=["tfidf"])
+    assert [r.name for r in results] == ["tfidf"]
+    assert [r.name for r in evaluation.load_baselines(info)] == ["tfidf"]
+    assert evaluation.load_baselines({"run_id": "another"}) == []
+
+
+def test_transfer_verdict_says_plainly_when_pretraining_does_not_help() -> None:
+    baselines = [evaluation.BaselineResult("scratch", "Same architecture, random weights", 0.43, 0.4)]
+    level, sentence = evaluation.transfer_verdict(0.91, baselines)
+    assert level == "success" and "91%" in sentence and "43%" in sentence
+    level, sentence = evaluation.transfer_verdict(0.44, baselines)
+    assert level == "warning" and "negative transfer" in sentence and "unfreez" in sentence.lower()
+    assert evaluation.transfer_verdict(0.9, [])[0] == "info"
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def test_cli_predict_prints_the_same_answers_as_the_library(
+    tmp_path: Path,
+    colour_dataset: Dataset,
+    tiny_model: Classifier,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from core.__main__ import main
+
+    run = write_run(tmp_path / "run", tiny_model, colour_dataset)
+    monkeypatch.setattr(evaluation, "load_model", load_tiny_run)
+    images, _ = colour_dataset.split("test")
+    expected = evaluation.predict_proba(tiny_model, TinyPreprocessor(), images[:3], device="cpu")
+
+    assert main(["predict", "--model", str(run), "--top-k", "2", *images[:3]]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split("\t") == ["input", "prediction", "confidence", "class_1", "probability_1", "class_2",
+                                    "probability_2"]  # fmt: skip
+    printed = [line.split("\t") for line in lines[1:]]
+    assert [row[0] for row in printed] == images[:3]
+    assert [row[1] for row in printed] == [colour_dataset.classes[i] for i in expected.argmax(axis=1)]
+    assert [float(row[2]) for row in printed] == pytest.approx(expected.max(axis=1).tolist(), abs=1e-4)
+
+    assert main(["predict", "--model", str(run), "--json", images[0]]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record[0]["input"] == images[0] and len(record[0]["top_k"]) == 3
+    assert record[0]["top_k"][0]["probability"] == pytest.approx(float(expected[0].max()), abs=1e-5)
+
+
+def test_cli_predict_reports_bad_inputs(
+    tmp_path: Path,
+    colour_dataset: Dataset,
+    tiny_model: Classifier,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from core.__main__ import main
+
+    run = write_run(tmp_path / "run", tiny_model, colour_dataset)
+    monkeypatch.setattr(evaluation, "load_model", load_tiny_run)
+    assert main(["predict", "--model", str(run), str(tmp_path / "missing.png")]) == 2
+    assert "not found" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["predict", "--model", str(tmp_path / "nowhere"), "x.png"]) == 2
+    assert "run folder" in capsys.readouterr().err
