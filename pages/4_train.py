@@ -1,5 +1,532 @@
-"""Placeholder until this step is built."""
+"""Step 4 · Train: choose hyperparameters, train in the background with live charts, compare runs.
 
+Training runs in a `core.jobs.TrainingJob` (a worker thread); this page only starts, stops and polls it. The live
+panel is a fragment that reruns every second on its own, so the rest of the page stays still and usable.
+A refreshed or reopened page (a new browser session) finds a running job again through the job registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shlex
+import uuid
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
-st.warning("This step is not built yet.")
+from core import jobs
+from core.session import StudioState
+from pages._ui import get_state, require
+
+log = logging.getLogger(__name__)
+
+AUGMENTATIONS = ("none", "light", "strong")
+STATUS_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "stopped": "⏹️", "failed": "❌"}
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _session_id(state: StudioState) -> str:
+    """An id for this browser session, so the job registry can tell whose job is whose."""
+    return state.scratch.setdefault("session_id", uuid.uuid4().hex)
+
+
+def _reattach(state: StudioState) -> None:
+    """A new session (refresh, second tab) picks up the latest job on its data, or any job when it has no data.
+
+    When the session has no data yet (a refresh), the job's data set and choices come back with it, so the page
+    can show the running job instead of sending the user back to step 1.
+    """
+    if state.job is not None:
+        return
+    fingerprint = state.dataset.fingerprint if state.dataset is not None else None
+    job = jobs.latest(fingerprint=fingerprint)
+    if job is None:
+        return
+    state.job = job
+    state.scratch["train_reattached"] = job.job_id
+    if state.dataset is None:
+        state.dataset = job.dataset
+        state.backbone_name = str(getattr(job.config, "backbone", "")) or None
+        state.frozen_groups = getattr(job.config, "frozen_groups", None)
+
+
+@st.cache_resource(show_spinner=False)
+def _group_count(backbone_name: str) -> int | None:
+    """How many layer groups the backbone has (built without weights; shared and read-only), or None if unknown."""
+    try:
+        from core.backbones import load_backbone
+
+        return len(load_backbone(backbone_name, pretrained=False).group_names)
+    except Exception as exc:  # noqa: BLE001 - only the defaults depend on it; the page must still open
+        log.warning("Could not count the layer groups of %s: %s", backbone_name, exc)
+        return None
+
+
+def _devices() -> list[str]:
+    """Device choices on this machine: auto first, then what is really there."""
+    import torch
+
+    choices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        choices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        choices.append("mps")
+    return choices
+
+
+def _defaults(state: StudioState) -> dict[str, Any]:
+    """Hyperparameters that work for the loaded data and the chosen freezing, before the user touches anything.
+
+    Feature extraction (every group frozen) trains only a linear head on cached features: many cheap epochs and a
+    higher rate. Fine-tuning changes the backbone: fewer epochs, and the backbone learns at a tenth of the head's
+    rate (a twentieth for text encoders, which forget quickly).
+    """
+    dataset = state.dataset
+    counts = dataset.counts()
+    train_count = int(counts["train"].sum()) if "train" in counts else len(dataset.table)
+    per_class = counts["train"] if "train" in counts else counts["total"]
+    smallest = max(1, int(per_class.min())) if len(per_class) else 1
+    imbalance = float(per_class.max()) / smallest if len(per_class) else 1.0
+    groups = _group_count(state.backbone_name) if state.backbone_name else None
+    feature_extraction = groups is not None and (state.frozen_groups or 0) >= groups
+    text = dataset.modality == "text"
+    batch_size = 32 if feature_extraction or not text else 16
+    while batch_size > 4 and batch_size > train_count:
+        batch_size //= 2
+    return {
+        "epochs": 25 if feature_extraction else 8,
+        "batch_size": batch_size,
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+        "label_smoothing": 0.0 if feature_extraction else 0.1,
+        "class_weights": imbalance > 3.0,
+        "backbone_lr_factor": 0.05 if text else 0.1,
+        "augmentation": "none",
+        "patience": 5,
+        "seed": 0,
+        "device": "auto",
+        "warmup_fraction": 0.0 if feature_extraction else 0.1,
+        "grad_clip": 1.0,
+        "feature_extraction": feature_extraction,
+        "imbalance": imbalance,
+    }
+
+
+def _make_config(values: dict[str, Any]) -> Any:
+    """A `TrainConfig` from the form, passing only the fields the engine declares."""
+    from core.training import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+
+
+def _data_argument(state: StudioState) -> tuple[str, list[str]]:
+    """What `--data` is for this data set on the command line, plus any notes about it."""
+    dataset = state.dataset
+    info = (state.data_report or {}).get("info", {}) if isinstance(state.data_report, dict) else {}
+    source = str(info.get("source", "")).lower()
+    if source.startswith("sample") or dataset.name.lower().startswith("sample"):
+        return ("sample-images" if dataset.modality == "image" else "sample-texts"), []
+    if dataset.modality == "image" and dataset.root:
+        return dataset.root, []
+    path = info.get("path") or info.get("file")
+    if path:
+        return str(path), []
+    return f"{dataset.name}", [f"`--data`: use the path of your file `{dataset.name}` on your computer."]
+
+
+def cli_command(state: StudioState, config: Any, run_dir: str) -> tuple[str, list[str]]:
+    """The `python -m core train ...` line that trains exactly this run, and notes about it."""
+    data, notes = _data_argument(state)
+    parts = ["python", "-m", "core", "train", "--data", data]
+    info = (state.data_report or {}).get("info", {}) if isinstance(state.data_report, dict) else {}
+    if state.dataset.modality == "text" and not data.startswith("sample-"):
+        for flag, key in (("--text-column", "text_column"), ("--label-column", "label_column")):
+            if info.get(key):
+                parts += [flag, str(info[key])]
+    parts += ["--backbone", str(config.backbone), "--frozen-groups", str(config.frozen_groups)]
+    parts += ["--epochs", str(config.epochs), "--batch-size", str(config.batch_size), "--lr", f"{config.lr:g}"]
+    parts += ["--weight-decay", f"{config.weight_decay:g}", "--label-smoothing", f"{config.label_smoothing:g}"]
+    if config.class_weights:
+        parts.append("--class-weights")
+    parts += ["--backbone-lr-factor", f"{config.backbone_lr_factor:g}", "--augmentation", str(config.augmentation)]
+    parts += ["--patience", str(config.patience), "--seed", str(config.seed), "--device", str(config.device)]
+    parts += ["--out", run_dir]
+    return shlex.join(parts), notes
+
+
+def _format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating time left…"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"about {seconds} s left"
+    return f"about {seconds // 60} min {seconds % 60:02d} s left"
+
+
+# ----------------------------------------------------------------------------------------------------- charts
+def step_chart(snapshot: jobs.JobSnapshot) -> go.Figure:
+    """Training loss at every step."""
+    steps = [m for m in snapshot.steps if m.get("train_loss") is not None]
+    figure = go.Figure(
+        go.Scatter(x=[m["step"] for m in steps], y=[m["train_loss"] for m in steps], mode="lines", name="train loss")
+    )
+    figure.update_layout(title="Training loss per step", xaxis_title="step", yaxis_title="loss", height=300,
+                         margin={"t": 40, "b": 30, "l": 40, "r": 10})
+    return figure
+
+
+def epoch_chart(epochs: list[dict[str, Any]], best_epoch: int | None, title: str = "") -> go.Figure:
+    """Training vs validation loss and accuracy per epoch, with the kept (best) epoch marked."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
+    x = [m.get("epoch") for m in epochs]
+    for col, metric in ((1, "loss"), (2, "accuracy")):
+        for split, dash in (("train", "solid"), ("val", "dash")):
+            key = f"{split}_{metric}"
+            name = f"{'training' if split == 'train' else 'validation'} {metric}"
+            figure.add_trace(
+                go.Scatter(x=x, y=[m.get(key) for m in epochs], mode="lines+markers", name=name,
+                           line={"dash": dash}, legendgroup=split),
+                row=1, col=col,
+            )
+    if best_epoch is not None and epochs:
+        for col in (1, 2):
+            figure.add_vline(x=best_epoch, line_dash="dot", line_color="green", row=1, col=col)
+        figure.add_annotation(x=best_epoch, y=1.0, yref="paper", xref="x2", text=f"best epoch {best_epoch}",
+                              showarrow=False, font={"color": "green"}, yanchor="bottom")
+    figure.update_xaxes(title_text="epoch")
+    figure.update_layout(title=title or "Per epoch", height=330, margin={"t": 60, "b": 30, "l": 40, "r": 10})
+    return figure
+
+
+def overlay_chart(runs: list[dict[str, Any]]) -> go.Figure:
+    """Validation loss and accuracy of up to two runs on one chart."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Validation loss", "Validation accuracy"))
+    for run in runs:
+        history = run["history"]
+        x = [m.get("epoch") for m in history]
+        for col, key in ((1, "val_loss"), (2, "val_accuracy")):
+            figure.add_trace(
+                go.Scatter(x=x, y=[m.get(key) for m in history], mode="lines+markers", name=run["run_id"],
+                           legendgroup=run["run_id"], showlegend=col == 1),
+                row=1, col=col,
+            )
+    figure.update_xaxes(title_text="epoch")
+    figure.update_layout(height=330, margin={"t": 40, "b": 30, "l": 40, "r": 10})
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------- run records
+def _run_records(run_dirs: list[str]) -> list[dict[str, Any]]:
+    """This session's runs, newest first, from the run store (falling back to each folder's run.json)."""
+    by_dir: dict[str, dict[str, Any]] = {}
+    try:
+        from core.store import RunStore
+
+        store = RunStore()
+        wanted = {str(Path(d).resolve()) for d in run_dirs}
+        for run in store.list_runs():
+            run_dir = run.get("run_dir")
+            if run_dir and str(Path(run_dir).resolve()) in wanted:
+                summary = run.get("summary") or {}
+                by_dir[str(Path(run_dir).resolve())] = {
+                    "run_id": run["run_id"],
+                    "status": run["status"],
+                    "config": run.get("config") or {},
+                    "best_epoch": summary.get("best_epoch"),
+                    "val_accuracy": summary.get("val_accuracy"),
+                    "history": store.history(run["run_id"]),
+                    "run_dir": run_dir,
+                }
+    except Exception as exc:  # noqa: BLE001 - the list is a convenience; training must not depend on it
+        log.warning("Could not read the run store: %s", exc)
+    records = []
+    for run_dir in reversed(run_dirs):
+        record = by_dir.get(str(Path(run_dir).resolve())) or _record_from_folder(run_dir)
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def _record_from_folder(run_dir: str) -> dict[str, Any] | None:
+    path = Path(run_dir) / "run.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    metrics = info.get("metrics") or {}
+    return {
+        "run_id": info.get("run_id", Path(run_dir).name),
+        "status": info.get("status", "?"),
+        "config": info.get("config") or {},
+        "best_epoch": metrics.get("best_epoch"),
+        "val_accuracy": metrics.get("val_accuracy"),
+        "history": metrics.get("history") or [],
+        "run_dir": run_dir,
+    }
+
+
+def _best_val_accuracy(record: dict[str, Any]) -> float | None:
+    if record.get("val_accuracy") is not None:
+        return float(record["val_accuracy"])
+    best = record.get("best_epoch")
+    for m in record["history"]:
+        if m.get("epoch") == best and m.get("val_accuracy") is not None:
+            return float(m["val_accuracy"])
+    values = [m["val_accuracy"] for m in record["history"] if m.get("val_accuracy") is not None]
+    return max(values) if values else None
+
+
+# --------------------------------------------------------------------------------------------------- panels
+def _draw_progress(snapshot: jobs.JobSnapshot) -> None:
+    if snapshot.status == "queued":
+        place = f" (place {snapshot.queue_position} in the queue)" if snapshot.queue_position else ""
+        st.info(
+            f"⏳ Queued{place}: this machine trains one model at a time, and another session's run is training. "
+            "Yours starts by itself when that one ends; you can leave this page open or come back later.",
+        )
+        return
+    if snapshot.phase in ("starting", "features") and not snapshot.steps:
+        share = snapshot.info.get("cache_progress")
+        text = (
+            "Computing features (cached for later runs)…"
+            if snapshot.phase == "features"
+            else "Loading the backbone and preparing the data…"
+        )
+        st.progress(float(share or 0.0), text=text)
+        return
+    text = f"{snapshot.progress:.0%} done · {_format_eta(snapshot.eta_seconds)}"
+    if snapshot.epochs:
+        last = snapshot.epochs[-1]
+        accuracy = last.get("val_accuracy")
+        text += f" · epoch {last.get('epoch')}" + (f", validation accuracy {accuracy:.1%}" if accuracy else "")
+    st.progress(min(1.0, max(0.0, snapshot.progress)), text=text)
+
+
+def _draw_charts(snapshot: jobs.JobSnapshot, key: str) -> None:
+    left, right = st.columns([2, 3])
+    with left:
+        st.plotly_chart(step_chart(snapshot), width="stretch", key=f"steps-{key}")
+    with right:
+        st.plotly_chart(epoch_chart(snapshot.epochs, snapshot.best_epoch), width="stretch",
+                        key=f"epochs-{key}")
+
+
+def _draw_cache_note(snapshot: jobs.JobSnapshot) -> None:
+    if snapshot.cache_mode == "none" and snapshot.cache_note:
+        st.caption(f"🐢 Caching is off: {snapshot.cache_note}")
+    elif snapshot.cache_note:
+        st.caption(f"⚡ {snapshot.cache_note}")
+
+
+@st.fragment(run_every=1.0)
+def _live_panel(job_id: str) -> None:
+    """Redrawn every second on its own: progress, live charts and the Stop button while the job is active."""
+    job = jobs.get(job_id)
+    if job is None:
+        st.warning("This training job is no longer known to the server (it was restarted). Its record is kept.")
+        return
+    snapshot = job.snapshot()
+    _draw_progress(snapshot)
+    _draw_cache_note(snapshot)
+    if st.button("⏹️ Stop training", key="train-stop", help="Stops within one batch; the best epoch so far is kept."):
+        job.stop()
+        st.toast("Stopping after the current batch…")
+    _draw_charts(snapshot, "live")
+    if not snapshot.is_active:
+        st.rerun()  # the whole page redraws once with the results
+
+
+def _adopt_finished_run(state: StudioState, job: jobs.TrainingJob) -> None:
+    """A finished run with a saved model becomes the session's model for step 5 (once)."""
+    if job.status not in ("completed", "stopped") or not (Path(job.run_dir) / "model.safetensors").exists():
+        return
+    if job.run_dir not in state.runs:
+        state.runs.append(job.run_dir)
+        state.run_dir = job.run_dir
+
+
+def _draw_finished(state: StudioState, job: jobs.TrainingJob) -> None:
+    snapshot = job.snapshot()
+    _adopt_finished_run(state, job)
+    if snapshot.status == "failed":
+        st.error(f"Training failed: {snapshot.error}", icon="❌")
+        st.caption("The run is recorded as failed. Change the settings above (a smaller batch size, another "
+                   "device) or the data, and train again.")
+    elif snapshot.status == "stopped":
+        if job.run_dir in state.runs:
+            st.warning(f"Stopped. The best epoch so far ({snapshot.best_epoch}) is kept as the model.", icon="⏹️")
+        else:
+            st.warning("Stopped before a first epoch finished, so there is no model from this run.", icon="⏹️")
+    else:
+        accuracy = next((m.get("val_accuracy") for m in snapshot.epochs if m.get("epoch") == snapshot.best_epoch),
+                        None)
+        best = f" Best epoch: {snapshot.best_epoch}" if snapshot.best_epoch is not None else ""
+        acc = f", validation accuracy {accuracy:.1%}." if accuracy is not None else "."
+        st.success(f"Training finished in {snapshot.elapsed_seconds:.0f} s.{best}{acc}", icon="✅")
+    _draw_cache_note(snapshot)
+    if snapshot.steps or snapshot.epochs:
+        _draw_charts(snapshot, "done")
+
+
+def _draw_runs(state: StudioState) -> None:
+    records = _run_records(state.runs)
+    if not records:
+        return
+    st.subheader("Runs in this session")
+    rows = []
+    for record in records:
+        config = record["config"]
+        accuracy = _best_val_accuracy(record)
+        rows.append({
+            "run": record["run_id"],
+            "status": f"{STATUS_ICONS.get(record['status'], '')} {record['status']}",
+            "backbone": config.get("backbone"),
+            "frozen groups": config.get("frozen_groups"),
+            "epochs": config.get("epochs"),
+            "batch size": config.get("batch_size"),
+            "learning rate": config.get("lr"),
+            "augmentation": config.get("augmentation"),
+            "best epoch": record["best_epoch"],
+            "best val. accuracy": None if accuracy is None else round(100 * accuracy, 1),
+            "model for step 5": "◀" if str(record["run_dir"]) == str(state.run_dir) else "",
+        })
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={"best val. accuracy": st.column_config.NumberColumn(format="%.1f %%")})
+    ids = [r["run_id"] for r in records]
+    chosen = st.multiselect("Compare two runs", ids, default=ids[:2], max_selections=2, key="train-compare",
+                            help="Overlay the validation curves of any two runs of this session.")
+    if chosen:
+        st.plotly_chart(overlay_chart([r for r in records if r["run_id"] in chosen]), width="stretch",
+                        key="train-overlay")
+    if len(records) > 1:
+        by_id = {r["run_id"]: r for r in records}
+        current = next((r["run_id"] for r in records if str(r["run_dir"]) == str(state.run_dir)), ids[0])
+        pick = st.selectbox("Model to test in step 5", ids, index=ids.index(current), key="train-pick",
+                            help="Step 5 tests and exports this run's best checkpoint.")
+        state.run_dir = str(by_id[pick]["run_dir"])
+
+
+# ------------------------------------------------------------------------------------------------------- page
+state = get_state()
+_reattach(state)
+state = require("Data", "Backbone", "Freezing")
+dataset = state.dataset
+
+st.title("4 · Train")
+st.caption(
+    f"Data **{dataset.name}** ({len(dataset.table)} examples, {dataset.num_classes} classes) · backbone "
+    f"**{state.backbone_name}** · **{state.frozen_groups}** layer group(s) frozen"
+)
+if state.scratch.pop("train_reattached", None):
+    st.info("Reattached to the latest training job on this server (the page was reloaded or opened anew).",
+            icon="🔗")
+
+job: jobs.TrainingJob | None = state.job
+if job is not None and not job.is_running and job.dataset.fingerprint != dataset.fingerprint:
+    job = state.job = None  # a finished run on other data is not this page's business any more
+active = job is not None and job.is_running
+defaults = _defaults(state)
+others_active = [j for j in jobs.all_jobs() if j.is_running and j is not job]
+
+with st.form("train-settings"):
+    st.markdown("**Hyperparameters** — the defaults suit this data and freezing; change them only with a reason.")
+    c1, c2, c3 = st.columns(3)
+    epochs = c1.number_input("Epochs", 1, 500, defaults["epochs"],
+                             help="Passes over the training data; early stopping may end sooner.")
+    batch_size = c2.number_input("Batch size", 1, 1024, defaults["batch_size"],
+                                 help="Examples per step; lower it if memory runs out.")
+    lr = c3.number_input("Learning rate", 1e-6, 1.0, defaults["lr"], format="%.5f",
+                         help="Step size of the new head (AdamW, warm-up then cosine decay).")
+    c1, c2, c3 = st.columns(3)
+    weight_decay = c1.number_input("Weight decay", 0.0, 1.0, defaults["weight_decay"], format="%.4f",
+                                   help="Pulls weights towards zero to fight over-fitting.")
+    label_smoothing = c2.number_input("Label smoothing", 0.0, 0.5, defaults["label_smoothing"], step=0.05,
+                                      help="Softens targets so the model is less over-confident.")
+    backbone_lr_factor = c3.number_input(
+        "Backbone LR factor", 0.0, 1.0, defaults["backbone_lr_factor"], format="%.3f",
+        help="Unfrozen backbone layers learn at this fraction of the head's rate, so pretraining is not forgotten.",
+    )
+    c1, c2, c3 = st.columns(3)
+    augmentation = c1.selectbox(
+        "Augmentation", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults["augmentation"]),
+        disabled=dataset.modality == "text",
+        help="Random flips/crops/colour for images; 'none' lets frozen layers be cached (much faster).",
+    )
+    patience = c2.number_input("Early-stopping patience", 0, 100, defaults["patience"],
+                               help="Stop after this many epochs without a better validation loss (0: never).")
+    seed = c3.number_input("Seed", 0, 2**31 - 1, defaults["seed"], help="Same seed, same data, same result.")
+    c1, c2, c3 = st.columns(3)
+    device_choices = _devices()
+    device = c1.selectbox("Device", device_choices, help="'auto' uses a CUDA GPU, then Apple MPS, then the CPU.")
+    class_weights = c2.checkbox(
+        "Class weights", defaults["class_weights"],
+        help=f"Weigh rare classes more in the loss (largest/smallest class here: {defaults['imbalance']:.1f}×).",
+    )
+    with st.expander("Advanced"):
+        warmup_fraction = st.number_input("Warm-up fraction", 0.0, 0.5, defaults["warmup_fraction"], step=0.05,
+                                          help="Share of steps over which the rate rises from zero.")
+        grad_clip = st.number_input("Gradient clipping", 0.0, 100.0, defaults["grad_clip"],
+                                    help="Largest gradient norm per step (0: no clipping); steadies fine-tuning.")
+    label = "Train in the queue" if others_active and not active else "🚀 Train"
+    submitted = st.form_submit_button(label, type="primary", disabled=active)
+
+if defaults["feature_extraction"]:
+    st.caption("Every layer group is frozen: features are computed once and cached, so epochs take seconds.")
+if others_active and not active:
+    st.caption("Another session is training on this machine; a new run waits in the queue (one run at a time).")
+
+values = {
+    "backbone": state.backbone_name,
+    "frozen_groups": int(state.frozen_groups),
+    "epochs": int(epochs),
+    "batch_size": int(batch_size),
+    "lr": float(lr),
+    "weight_decay": float(weight_decay),
+    "warmup_fraction": float(warmup_fraction),
+    "label_smoothing": float(label_smoothing),
+    "class_weights": bool(class_weights),
+    "backbone_lr_factor": float(backbone_lr_factor),
+    "grad_clip": float(grad_clip),
+    "augmentation": augmentation if dataset.modality == "image" else "none",
+    "patience": int(patience),
+    "seed": int(seed),
+    "device": device,
+    "pretrained": True,
+}
+
+if submitted and not active:
+    try:
+        config = _make_config(values)
+    except (ImportError, TypeError, ValueError) as exc:
+        st.error(f"Cannot train with these settings: {exc}")
+    else:
+        job = jobs.TrainingJob(dataset, config, label=f"{state.backbone_name}, {state.frozen_groups} frozen",
+                               owner=_session_id(state))
+        job.start()
+        state.job = job
+        active = True
+
+if job is not None:
+    st.divider()
+    st.markdown(f"**Run `{job.job_id}`**")
+    if active:
+        _live_panel(job.job_id)
+    else:
+        _draw_finished(state, job)
+    command, notes = cli_command(state, job.config, job.run_dir)
+    with st.expander("The same run from the command line", expanded=False):
+        st.code(command, language="bash")
+        for note in notes:
+            st.caption(note)
+
+_draw_runs(state)
+
+if state.run_dir and not active:
+    st.page_link("pages/5_test.py", label="Next: test your model", icon="🎯")
