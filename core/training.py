@@ -1,0 +1,1128 @@
+"""The training engine: one `fit` for image and text classifiers, as the Train page and the CLI run it.
+
+`fit` builds the classifier (a pretrained backbone plus a new head), freezes its first layer groups, and trains
+with AdamW (linear warm-up, cosine decay, optional label smoothing, class weights, a lower learning rate for the
+unfrozen backbone layers, gradient clipping), seeded and reproducible. It stops early when the validation loss
+stops improving, restores the best epoch, and checkpoints every epoch so a run can be resumed.
+
+It is fast where the freezing allows it (see `core.features`):
+- every group frozen, no augmentation: the backbone runs once and only the head trains on the stored features
+  (`cache_mode="features"`);
+- some groups frozen, no augmentation: activations at the freeze boundary are stored and only the rest trains
+  (`cache_mode="activations"`);
+- otherwise (`cache_mode="none"`) each batch runs the whole network, in channels-last memory format with bfloat16
+  autocast where the CPU supports it (mixed precision on CUDA).
+
+The loop knows nothing of charts: it reports to callback objects (`on_train_begin`, `on_step_end`,
+`on_epoch_end`, `on_train_end`, all optional) and honours a `threading.Event` stop flag within one batch. Every
+run is recorded in the run store (`core.store`) as it goes and in its run folder (`model.safetensors`,
+`run.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from core import features as feature_cache
+from core.backbones import Backbone, Classifier
+from core.dataset import Dataset
+from core.paths import workspace_subdir
+from core.store import RunStore, new_run_id
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("features", "activations", "none")
+AUGMENTATIONS = ("none", "light", "strong")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STEP_FLUSH_SECONDS = 2.0
+CHECKPOINT_DIR = "checkpoint"
+
+
+# ----------------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides how a classifier is trained (stored with the run, so a run can be repeated).
+
+    Attributes:
+        backbone: catalogue name of the backbone (`core.backbones`).
+        frozen_groups: how many of the backbone's layer groups stay frozen (0 = fine-tune everything; the number
+            of groups or more = train only the head on fixed features).
+        epochs: passes over the training split (early stopping may end sooner).
+        batch_size: examples per optimisation step.
+        lr: peak learning rate of the head (after warm-up).
+        weight_decay: AdamW weight decay (not applied to biases and normalisation weights).
+        warmup_fraction: share of all steps spent warming the learning rate up linearly from zero.
+        label_smoothing: cross-entropy label smoothing (0 = off).
+        class_weights: weight the loss by inverse class frequency, for imbalanced data.
+        backbone_lr_factor: the unfrozen backbone layers learn at `lr * backbone_lr_factor` (discriminative rates).
+        grad_clip: clip the gradient norm to this value (0 or None = off).
+        augmentation: "none", "light" or "strong" (training images only; caching needs "none").
+        patience: stop after this many epochs without a better validation loss (0 or None = never stop early).
+        seed: seeds data order, head initialisation, dropout and augmentation.
+        device: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:1" or "mps".
+        pretrained: start from the pretrained weights (False only for tests and experiments).
+        precision: "auto" (bfloat16 autocast where the hardware supports it, AMP on CUDA), "fp32", "bf16", "fp16".
+        cache: "auto" caches features / activations whenever that is exact; "off" always runs the whole network.
+    """
+
+    backbone: str
+    frozen_groups: int
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    label_smoothing: float = 0.0
+    class_weights: bool = False
+    backbone_lr_factor: float = 0.1
+    grad_clip: float | None = 1.0
+    augmentation: str = "none"
+    patience: int | None = 3
+    seed: int = 0
+    device: str = "auto"
+    pretrained: bool = True
+    precision: str = "auto"
+    cache: str = "auto"
+
+    def validate(self) -> None:
+        """Raise ValueError with a message a user can act on when a value is out of range."""
+        problems = []
+        if self.frozen_groups < 0:
+            problems.append(f"frozen_groups must be 0 or more, not {self.frozen_groups}")
+        if self.epochs < 1:
+            problems.append(f"epochs must be at least 1, not {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1, not {self.batch_size}")
+        if not self.lr > 0:
+            problems.append(f"the learning rate must be positive, not {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be 0 or more, not {self.weight_decay}")
+        if not 0 <= self.warmup_fraction < 1:
+            problems.append(f"warmup_fraction must be in [0, 1), not {self.warmup_fraction}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
+        if self.backbone_lr_factor < 0:
+            problems.append(f"backbone_lr_factor must be 0 or more, not {self.backbone_lr_factor}")
+        if self.augmentation not in AUGMENTATIONS:
+            problems.append(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, not {self.augmentation!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.cache not in ("auto", "off"):
+            problems.append(f"cache must be 'auto' or 'off', not {self.cache!r}")
+        if problems:
+            raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from `to_dict()` output, ignoring keys this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class FitResult:
+    """What a finished (or stopped, or failed) run reports.
+
+    Attributes:
+        status: "completed", "stopped" or "failed".
+        best_epoch: the 1-based epoch whose weights were kept (lowest validation loss); None before any epoch.
+        history: per-epoch metrics (`epoch`, `train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`, ...).
+        cache_mode: "features", "activations" or "none"; `cache_note` says why, for the UI.
+        seconds: wall time of the whole run; `cache_seconds` of it went into computing the cache.
+    """
+
+    run_id: str
+    run_dir: str
+    status: str
+    best_epoch: int | None
+    epochs_completed: int
+    val_accuracy: float | None
+    val_loss: float | None
+    test_accuracy: float | None
+    history: list[dict[str, Any]]
+    cache_mode: str
+    cache_note: str
+    device: str
+    precision: str
+    seconds: float
+    cache_seconds: float = 0.0
+    cache_reused: bool = False
+    error: str | None = None
+
+
+class TrainCallback:
+    """Base class for listeners (subclassing is optional: any object with some of these methods works)."""
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        """Run id, device, precision, cache mode and note, steps per epoch, total steps, split sizes."""
+
+    def on_step_end(self, step_metrics: dict[str, Any]) -> None:
+        """After each optimisation step (`phase="train"`), and during caching (`phase="features"`, `progress`)."""
+
+    def on_epoch_end(self, epoch_metrics: dict[str, Any]) -> None:
+        """After each epoch's validation: losses, accuracies, learning rate, best epoch so far."""
+
+    def on_train_end(self, result: FitResult) -> None:
+        """Once, with the final result (also for stopped runs)."""
+
+
+class TrainingStopped(Exception):
+    """Internal: the stop flag was set."""
+
+
+# ----------------------------------------------------------------------------------------------------- device
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The torch device to train on: "auto" picks CUDA, then Apple MPS, then CPU; anything else is used as given.
+
+    Raises:
+        ValueError: when the requested device is not available on this machine.
+    """
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no CUDA GPU is available here; use device 'auto' or 'cpu'.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("Apple MPS was requested but is not available here; use device 'auto' or 'cpu'.")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 maths (AVX512-BF16 / AMX), where bf16 autocast is faster than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision actually used: "auto" becomes bf16 on capable CPUs and CUDA GPUs, fp16 on older GPUs."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_supports_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A zero-argument function returning the autocast context for this device and precision."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+class _Examples(torch.utils.data.Dataset):
+    """(loaded example, class index) pairs through a preprocessor, for a torch DataLoader."""
+
+    def __init__(self, items: Sequence[str], labels: Sequence[int], preprocessor: Any, train: bool) -> None:
+        self.items, self.labels, self.preprocessor, self.train = list(items), list(labels), preprocessor, train
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.preprocessor.load(self.items[index], self.train), self.labels[index]
+
+
+def _loader(
+    items: Sequence[str], labels: Sequence[int], preprocessor: Any, train: bool, batch_size: int,
+    generator: torch.Generator | None = None,
+) -> torch.utils.data.DataLoader:
+    def collate(examples: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+        loaded, classes = zip(*examples, strict=True)
+        return preprocessor.collate(list(loaded)), torch.tensor(classes, dtype=torch.long)
+
+    return torch.utils.data.DataLoader(
+        _Examples(items, labels, preprocessor, train),
+        batch_size=batch_size,
+        shuffle=generator is not None,
+        generator=generator,
+        num_workers=0,
+        collate_fn=collate,
+    )
+
+
+def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    return feature_cache._to_device(batch, device, channels_last)
+
+
+def _batch_size_of(batch: Any) -> int:
+    if isinstance(batch, dict):
+        return int(next(iter(batch.values())).shape[0])
+    return int(batch.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------- state dicts
+
+
+def _module_prefixes(model: nn.Module, modules: Sequence[nn.Module]) -> list[str]:
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(module)] + "." for module in modules if id(module) in names]
+
+
+def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy safe for safetensors: contiguous, on CPU, no shared storage between entries."""
+    return {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return value
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{index}"] = state
+    numpy_state = np.random.get_state()
+    plain = {
+        "python": _json_ready(random.getstate()),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), int(numpy_state[2]), int(numpy_state[3]),
+                  float(numpy_state[4])],
+    }
+    return tensors, plain
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": _json_ready(state["param_groups"]), "state": {}}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{index}/{name}"] = value
+            else:
+                plain["state"].setdefault(str(index), {})[name] = _json_ready(value)
+    return tensors, plain
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in plain.get("state", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+
+
+class _Events:
+    def __init__(self, callbacks: Sequence[Any]) -> None:
+        self.callbacks = list(callbacks)
+
+    def emit(self, name: str, payload: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, name, None)
+            if callable(method):
+                method(payload)
+
+
+def _class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up from ~0 to 1 over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _param_groups(model: Classifier, config: TrainConfig) -> list[dict[str, Any]]:
+    """Head at `lr`, unfrozen backbone at `lr * backbone_lr_factor`; no weight decay on biases and norms."""
+    groups = []
+    for part, factor in ((model.head, 1.0), (model.backbone, config.backbone_lr_factor)):
+        decay = [p for p in part.parameters() if p.requires_grad and p.dim() > 1]
+        no_decay = [p for p in part.parameters() if p.requires_grad and p.dim() <= 1]
+        lr = config.lr * factor
+        for params, weight_decay in ((decay, config.weight_decay), (no_decay, 0.0)):
+            if params and lr > 0:
+                groups.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay})
+    return groups
+
+
+def _cache_plan(config: TrainConfig, frozen: int, num_groups: int) -> tuple[str, str]:
+    """Which cache mode applies, and a sentence that explains it to the user."""
+    if config.cache == "off":
+        return "none", "Caching is switched off for this run: every epoch runs the whole network."
+    if frozen == 0:
+        return "none", "Every layer is fine-tuned, so nothing can be cached: each batch runs the whole network."
+    if config.augmentation != "none":
+        return "none", (
+            f"Augmentation ({config.augmentation}) changes every training image each epoch, so the frozen layers "
+            "must run again every epoch. Turn augmentation off to compute them once and train much faster."
+        )
+    if frozen >= num_groups:
+        return "features", (
+            "Every backbone layer is frozen and augmentation is off: the backbone runs once over the data and "
+            "only the new head trains on the stored features."
+        )
+    return "activations", (
+        f"The first {frozen} of {num_groups} layer groups are frozen and augmentation is off: their output is "
+        "computed once and stored, and only the remaining layers and the head train."
+    )
+
+
+class _Trainer:
+    """One run of `fit`; split into methods so each phase reads on its own."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        config: TrainConfig,
+        run_dir: str | Path | None,
+        backbone: Backbone | None,
+        callbacks: Sequence[Any],
+        stop_event: threading.Event | None,
+        resume: bool,
+        store: RunStore | None,
+    ) -> None:
+        config.validate()
+        self.dataset, self.config = dataset, config
+        self.events = _Events(callbacks)
+        self.stop_event = stop_event
+        self.resume = resume
+        self.store = store or RunStore()
+        self.started = time.perf_counter()
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.backbone = backbone
+        self.run_id = ""
+        self.history: list[dict[str, Any]] = []
+        self.pending_steps: list[tuple[int, int, dict[str, Any]]] = []
+        self.last_flush = time.monotonic()
+        self.cache_seconds = 0.0
+        self.cache_reused = False
+        self.status = "running"
+        self.error: str | None = None
+        self.test_accuracy: float | None = None
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def stop_requested(self) -> bool:
+        return self.stop_event is not None and self.stop_event.is_set()
+
+    def check_stop(self) -> None:
+        if self.stop_requested():
+            raise TrainingStopped
+
+    def flush_steps(self, force: bool = False) -> None:
+        if self.pending_steps and (force or time.monotonic() - self.last_flush > STEP_FLUSH_SECONDS):
+            self.store.log_steps(self.run_id, self.pending_steps)
+            self.pending_steps = []
+            self.last_flush = time.monotonic()
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from core.freezing import freeze_first
+        from core.preprocess import make_preprocessor
+
+        config, dataset = self.config, self.dataset
+        self.device = pick_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.autocast = autocast_factory(self.device, self.precision)
+        self.channels_last = dataset.modality == "image" and self.device.type != "mps"
+        previous = self._read_run_json() if self.resume else None
+        self.num_groups, self.frozen = 0, config.frozen_groups
+        self.cache_mode, self.cache_note = "none", ""
+        if self.run_dir is None:
+            self.run_dir = workspace_subdir("runs") / new_run_id()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if previous is not None:
+            self.run_id = previous["run_id"]
+            self.store.mark_running(self.run_id)
+        else:
+            self.run_id = self._create_record()
+
+        _seed_everything(config.seed)
+        if self.backbone is None:
+            from core.backbones import load_backbone
+
+            self.backbone = load_backbone(config.backbone, pretrained=config.pretrained)
+        if self.backbone.spec.modality != dataset.modality:
+            raise ValueError(
+                f"The backbone {config.backbone!r} is for {self.backbone.spec.modality} data but the data set "
+                f"{dataset.name!r} holds {dataset.modality}s; pick a {dataset.modality} backbone."
+            )
+        self.num_groups = len(self.backbone.group_names)
+        self.frozen = min(config.frozen_groups, self.num_groups)
+        self.model = Classifier(self.backbone, dataset.num_classes)
+        freeze_first(self.model, self.frozen)
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+        self.train_items, self.train_labels = dataset.split("train")
+        self.val_items, self.val_labels = dataset.split("val")
+        self.test_items, self.test_labels = dataset.split("test")
+        if not self.train_items:
+            raise ValueError(
+                f"The data set {dataset.name!r} has no training examples; check the split on the Data step."
+            )
+        self.train_preprocessor = make_preprocessor(self.backbone.spec, config.augmentation)
+        self.eval_preprocessor = make_preprocessor(self.backbone.spec, "none")
+        self.cache_mode, self.cache_note = _cache_plan(config, self.frozen, self.num_groups)
+
+        weights = _class_weights(self.train_labels, dataset.num_classes) if config.class_weights else None
+        self.loss_weights = weights.to(self.device) if weights is not None else None
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config), lr=config.lr)
+        self.steps_per_epoch = math.ceil(len(self.train_items) / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = int(round(config.warmup_fraction * self.total_steps))
+        self.frozen_prefixes = _module_prefixes(self.model, self.backbone.groups()[: self.frozen])
+        self.start_epoch, self.global_step = 1, 0
+        self.best_val_loss, self.best_epoch, self.bad_epochs = math.inf, None, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+        if previous is not None:
+            self._load_checkpoint()
+        elif self.frozen_prefixes:
+            save_file(_cpu_state(self._frozen_state()), self.checkpoint_dir / "frozen.safetensors")
+        self.write_run_json()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        path = self.run_dir / CHECKPOINT_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _create_record(self) -> str:
+        runs_root = workspace_subdir("runs").resolve()
+        wanted = self.run_dir.name if self.run_dir.resolve().parent == runs_root else None
+        arguments = dict(
+            backbone=self.config.backbone, modality=self.dataset.modality, dataset_name=self.dataset.name,
+            dataset_fingerprint=self.dataset.fingerprint, frozen_groups=self.frozen, config=self.config.to_dict(),
+            classes=self.dataset.classes, run_dir=str(self.run_dir),
+        )
+        try:
+            return self.store.create_run(run_id=wanted, **arguments)
+        except sqlite3.IntegrityError:
+            return self.store.create_run(**arguments)
+
+    def _read_run_json(self) -> dict[str, Any]:
+        if self.run_dir is None or not (self.run_dir / "run.json").exists():
+            raise FileNotFoundError(f"Cannot resume: {self.run_dir} holds no run.json; start a new run instead.")
+        if not (self.run_dir / CHECKPOINT_DIR / "last.json").exists():
+            raise FileNotFoundError(
+                f"Cannot resume: {self.run_dir} has no epoch checkpoint (the run stopped before its first epoch)."
+            )
+        return json.loads((self.run_dir / "run.json").read_text())
+
+    def _frozen_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if k.startswith(tuple(self.frozen_prefixes))}
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        prefixes = tuple(self.frozen_prefixes)
+        return {k: v for k, v in self.model.state_dict().items() if not (prefixes and k.startswith(prefixes))}
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """Model (trainable part), optimizer, RNG and loop state after `epoch`: enough to resume exactly."""
+        tensors = {f"model/{k}": v for k, v in self._trainable_state().items()}
+        optim_tensors, optim_plain = _optimizer_state(self.optimizer)
+        rng_tensors, rng_plain = _rng_state()
+        tensors.update(optim_tensors)
+        tensors.update(rng_tensors)
+        plain = {
+            "epoch": epoch, "global_step": self.global_step, "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
+            "optimizer": optim_plain, "rng": rng_plain, "cache_mode": self.cache_mode,
+        }
+        directory = self.checkpoint_dir
+        save_file(_cpu_state(tensors), directory / "last.tmp")
+        (directory / "last.json.tmp").write_text(json.dumps(plain))
+        (directory / "last.tmp").replace(directory / "last.safetensors")
+        (directory / "last.json.tmp").replace(directory / "last.json")
+        self.store.log_checkpoint(self.run_id, epoch, directory / "last.safetensors")
+
+    def _load_checkpoint(self) -> None:
+        directory = self.checkpoint_dir
+        if (directory / "frozen.safetensors").exists():
+            self.model.load_state_dict(load_file(directory / "frozen.safetensors"), strict=False)
+        tensors = load_file(directory / "last.safetensors")
+        plain = json.loads((directory / "last.json").read_text())
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=False)
+        _load_optimizer_state(self.optimizer, tensors, plain["optimizer"])
+        _set_rng_state(tensors, plain["rng"])
+        self.start_epoch = int(plain["epoch"]) + 1
+        self.global_step = int(plain["global_step"])
+        self.best_val_loss = float(plain["best_val_loss"])
+        self.best_epoch = plain["best_epoch"]
+        self.bad_epochs = int(plain["bad_epochs"])
+        self.history = list(plain["history"])
+        if (directory / "best.safetensors").exists():
+            self.best_state = load_file(directory / "best.safetensors")
+        log.info("Resuming run %s at epoch %d", self.run_dir, self.start_epoch)
+
+    def write_run_json(self) -> None:
+        best = next((m for m in self.history if m["epoch"] == self.best_epoch), None)
+        info = {
+            "run_id": self.run_id,
+            "backbone": self.config.backbone,
+            "modality": self.dataset.modality,
+            "classes": list(self.dataset.classes),
+            "frozen_groups": self.frozen,
+            "num_groups": self.num_groups,
+            "config": self.config.to_dict(),
+            "dataset_name": self.dataset.name,
+            "dataset_fingerprint": self.dataset.fingerprint,
+            "status": self.status,
+            "error": self.error,
+            "cache_mode": self.cache_mode,
+            "cache_note": self.cache_note,
+            "device": str(getattr(self, "device", "")),
+            "precision": getattr(self, "precision", ""),
+            "metrics": {
+                "history": self.history,
+                "best_epoch": self.best_epoch,
+                "val_accuracy": best.get("val_accuracy") if best else None,
+                "val_loss": best.get("val_loss") if best else None,
+                "test_accuracy": self.test_accuracy,
+            },
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        temporary = self.run_dir / "run.json.tmp"
+        temporary.write_text(json.dumps(info, indent=2, default=str))
+        temporary.replace(self.run_dir / "run.json")
+
+    def save_model(self) -> None:
+        """The kept weights (best epoch if any, else the current ones) as the run's `model.safetensors`."""
+        state = self.model.state_dict()
+        temporary = self.run_dir / "model.tmp"
+        save_file(_cpu_state(state), temporary)
+        temporary.replace(self.run_dir / "model.safetensors")
+
+    # -- caching ---------------------------------------------------------------------------------------------
+
+    def build_cache(self) -> dict[str, feature_cache.CachedStates] | None:
+        if self.cache_mode == "none":
+            return None
+        boundary = self.frozen
+        is_features = self.cache_mode == "features"
+        key = feature_cache.cache_key(
+            self.dataset.fingerprint,
+            f"{self.backbone.spec.source}:{self.backbone.spec.name}",
+            feature_cache.weights_digest(self.backbone.groups()[:boundary]),
+            boundary,
+            str(getattr(self.eval_preprocessor, "cache_key", "")),
+            self.precision,
+        )
+        started = time.perf_counter()
+        cached = feature_cache.load_cached(key)
+        if cached is not None:
+            self.cache_reused = True
+            self.cache_seconds = time.perf_counter() - started
+            return cached
+        splits = {
+            "train": (self.train_items, self.train_labels),
+            "val": (self.val_items, self.val_labels),
+            "test": (self.test_items, self.test_labels),
+        }
+        total_examples = sum(len(items) for items, _ in splits.values())
+        estimate = self._estimate_state_bytes(boundary, is_features) * total_examples
+        if estimate > feature_cache.MEMORY.budget:
+            self.cache_mode = "none"
+            self.cache_note = (
+                f"The activations at the freeze boundary would need {estimate / 1024**3:.1f} GiB, more than the "
+                f"{feature_cache.MEMORY.budget / 1024**3:.1f} GiB cache; freeze more layer groups (or all) to cache."
+            )
+            log.info(self.cache_note)
+            return None
+        batch_size = 64 if self.dataset.modality == "image" else 128
+        done = 0
+        result: dict[str, feature_cache.CachedStates] = {}
+        for name, (items, labels) in splits.items():
+            if not items:
+                continue
+            loader = _loader(items, labels, self.eval_preprocessor, train=False, batch_size=batch_size)
+
+            def progress(
+                index: int, _total: int, offset: int = done, size: int = len(items), split: str = name
+            ) -> None:
+                finished = min(offset + index * batch_size, offset + size)
+                self.events.emit(
+                    "on_step_end",
+                    {"phase": "features", "progress": finished / total_examples, "done": finished,
+                     "total": total_examples, "split": split},
+                )
+
+            states = feature_cache.compute_states(
+                self.backbone, loader, boundary, self.device, autocast=self.autocast,
+                channels_last=self.channels_last, keep_float32=is_features or self.precision == "fp32",
+                stop_requested=self.stop_requested, progress=progress,
+            )
+            if states is None:
+                raise TrainingStopped
+            result[name] = states
+            done += len(items)
+        feature_cache.store_cached(key, result, to_disk=is_features)
+        self.cache_seconds = time.perf_counter() - started
+        log.info("Cached %s for %d examples in %.1f s", self.cache_mode, total_examples, self.cache_seconds)
+        return result
+
+    def _estimate_state_bytes(self, boundary: int, is_features: bool) -> int:
+        loaded = self.eval_preprocessor.collate([self.eval_preprocessor.load(self.train_items[0], False)])
+        with torch.inference_mode(), self.autocast():
+            out = self.backbone.eval().forward_groups(_to_device(loaded, self.device, self.channels_last), 0, boundary)
+        tensors = out.values() if isinstance(out, dict) else [out]
+        per_value = 4 if is_features or self.precision == "fp32" else 2
+        return sum(t.numel() * (per_value if t.is_floating_point() else t.element_size()) for t in tensors)
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        if self.cache_mode == "features":
+            return self.model.head(batch.float() if batch.dtype != torch.float32 else batch)
+        if self.cache_mode == "activations":
+            state = self.model.backbone.forward_groups(batch, self.frozen, self.num_groups)
+            return self.model.head(state)
+        return self.model(batch)
+
+    def train_batches(self, epoch: int, cache: dict | None) -> Iterator[tuple[Any, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        if cache is not None:
+            split = cache["train"]
+            order = torch.randperm(len(split), generator=generator)
+            for start in range(0, len(split), self.config.batch_size):
+                indices = order[start : start + self.config.batch_size]
+                yield split.batch(indices), split.labels.index_select(0, indices)
+            return
+        yield from _loader(
+            self.train_items, self.train_labels, self.train_preprocessor, True, self.config.batch_size, generator
+        )
+
+    def eval_batches(self, split_name: str, cache: dict | None) -> Iterator[tuple[Any, torch.Tensor]]:
+        items, labels = {"val": (self.val_items, self.val_labels), "test": (self.test_items, self.test_labels)}[
+            split_name
+        ]
+        if cache is not None:
+            split = cache.get(split_name)
+            if split is None:
+                return
+            size = 512
+            for start in range(0, len(split), size):
+                indices = torch.arange(start, min(start + size, len(split)))
+                yield split.batch(indices), split.labels.index_select(0, indices)
+            return
+        yield from _loader(items, labels, self.eval_preprocessor, False, max(self.config.batch_size, 64))
+
+    def set_train_mode(self) -> None:
+        from core.freezing import set_train_mode
+
+        set_train_mode(self.model)
+
+    def evaluate(self, split_name: str, cache: dict | None) -> tuple[float | None, float | None]:
+        """Mean cross-entropy (unweighted, no smoothing) and accuracy on a split; None, None when it is empty."""
+        self.model.eval()
+        total_loss, correct, count = 0.0, 0, 0
+        for batch, labels in self.eval_batches(split_name, cache):
+            with torch.inference_mode(), self.autocast():
+                logits = self.forward(_to_device(batch, self.device, self.channels_last)).float()
+            labels = labels.to(self.device)
+            total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            count += int(labels.shape[0])
+            self.check_stop()
+        if count == 0:
+            return None, None
+        return total_loss / count, correct / count
+
+    def train_epoch(self, epoch: int, cache: dict | None) -> dict[str, Any]:
+        self.set_train_mode()
+        trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        total_loss, correct, count = 0.0, 0, 0
+        epoch_started = time.perf_counter()
+        for batch_index, (batch, labels) in enumerate(self.train_batches(epoch, cache)):
+            factor = _lr_factor(self.global_step, self.total_steps, self.warmup_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+            batch = _to_device(batch, self.device, self.channels_last)
+            labels = labels.to(self.device)
+            with self.autocast():
+                logits = self.forward(batch)
+            loss = F.cross_entropy(
+                logits.float(), labels, weight=self.loss_weights, label_smoothing=self.config.label_smoothing
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"The training loss became {float(loss)} at step {self.global_step + 1}; lower the learning "
+                    "rate or turn on gradient clipping."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, self.config.grad_clip)
+            self.optimizer.step()
+            self.global_step += 1
+            size = int(labels.shape[0])
+            batch_loss = float(loss.detach())
+            batch_correct = int((logits.detach().argmax(dim=1) == labels).sum())
+            total_loss += batch_loss * size
+            correct += batch_correct
+            count += size
+            metrics = {
+                "phase": "train", "step": self.global_step, "global_step": self.global_step,
+                "total_steps": self.total_steps, "epoch": epoch, "batch": batch_index + 1,
+                "batches": self.steps_per_epoch, "loss": batch_loss, "train_loss": batch_loss,
+                "train_accuracy": batch_correct / size, "lr": self.optimizer.param_groups[0]["lr"],
+                "examples_per_second": count / max(time.perf_counter() - epoch_started, 1e-9),
+            }
+            self.events.emit("on_step_end", metrics)
+            self.pending_steps.append(
+                (self.global_step, epoch, {k: metrics[k] for k in ("loss", "train_accuracy", "lr")})
+            )
+            self.flush_steps()
+            self.check_stop()
+        return {
+            "train_loss": total_loss / max(count, 1),
+            "train_accuracy": correct / max(count, 1),
+            "train_seconds": time.perf_counter() - epoch_started,
+        }
+
+    def run(self) -> FitResult:
+        self.setup()
+        info = {
+            "run_id": self.run_id, "run_dir": str(self.run_dir), "device": str(self.device),
+            "precision": self.precision, "cache_mode": self.cache_mode, "cache_note": self.cache_note,
+            "epochs": self.config.epochs, "start_epoch": self.start_epoch, "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps, "num_train": len(self.train_items), "num_val": len(self.val_items),
+            "num_test": len(self.test_items), "classes": list(self.dataset.classes), "frozen_groups": self.frozen,
+            "num_groups": self.num_groups, "backbone": self.config.backbone,
+            "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "total_params": sum(p.numel() for p in self.model.parameters()),
+        }
+        self.store.update_summary(self.run_id, **{k: info[k] for k in ("device", "precision", "cache_mode")})
+        self.events.emit("on_train_begin", info)
+        cache = self.build_cache()
+        if cache is None and info["cache_mode"] != self.cache_mode:
+            self.store.update_summary(self.run_id, cache_mode=self.cache_mode, cache_note=self.cache_note)
+        for epoch in range(self.start_epoch, self.config.epochs + 1):
+            metrics = self.train_epoch(epoch, cache)
+            val_loss, val_accuracy = self.evaluate("val", cache)
+            monitored = val_loss if val_loss is not None else metrics["train_loss"]
+            is_best = monitored < self.best_val_loss
+            if is_best:
+                self.best_val_loss, self.best_epoch, self.bad_epochs = monitored, epoch, 0
+                self.best_state = _cpu_state(self._trainable_state())
+                save_file(self.best_state, self.checkpoint_dir / "best.safetensors")
+            else:
+                self.bad_epochs += 1
+            record = {
+                "epoch": epoch, "train_loss": metrics["train_loss"], "train_accuracy": metrics["train_accuracy"],
+                "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": self.optimizer.param_groups[0]["lr"],
+                "seconds": metrics["train_seconds"], "best_epoch": self.best_epoch, "is_best": is_best,
+                "total_epochs": self.config.epochs,
+            }
+            self.history.append(record)
+            self.flush_steps(force=True)
+            self.store.log_epoch(self.run_id, epoch, record)
+            self.save_checkpoint(epoch)
+            self.write_run_json()
+            self.events.emit("on_epoch_end", dict(record))
+            log.info(
+                "epoch %d/%d train_loss %.4f val_loss %s val_accuracy %s",
+                epoch, self.config.epochs, metrics["train_loss"],
+                f"{val_loss:.4f}" if val_loss is not None else "-",
+                f"{val_accuracy:.3f}" if val_accuracy is not None else "-",
+            )
+            if self.config.patience and self.bad_epochs >= self.config.patience:
+                log.info("Early stop: no better validation loss for %d epochs", self.bad_epochs)
+                break
+            self.check_stop()
+        self.restore_best()
+        _, self.test_accuracy = self.evaluate("test", cache)
+        self.status = "completed"
+        return self.finish()
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state, strict=False)
+
+    def finish(self) -> FitResult:
+        """Write the model, run.json and the store record for the final status; build the result."""
+        if self.run_id:
+            if hasattr(self, "model"):
+                self.save_model()
+            self.write_run_json()
+            self.flush_steps(force=True)
+        best = next((m for m in self.history if m["epoch"] == self.best_epoch), None)
+        result = FitResult(
+            run_id=self.run_id,
+            run_dir=str(self.run_dir) if self.run_dir is not None else "",
+            status=self.status,
+            best_epoch=self.best_epoch,
+            epochs_completed=len(self.history),
+            val_accuracy=best.get("val_accuracy") if best else None,
+            val_loss=best.get("val_loss") if best else None,
+            test_accuracy=self.test_accuracy,
+            history=list(self.history),
+            cache_mode=getattr(self, "cache_mode", "none"),
+            cache_note=getattr(self, "cache_note", ""),
+            device=str(getattr(self, "device", "")),
+            precision=getattr(self, "precision", ""),
+            seconds=time.perf_counter() - self.started,
+            cache_seconds=self.cache_seconds,
+            cache_reused=self.cache_reused,
+            error=self.error,
+        )
+        if self.run_id:
+            self.store.finish(
+                self.run_id, self.status, error=self.error, best_epoch=result.best_epoch,
+                val_accuracy=result.val_accuracy, val_loss=result.val_loss, test_accuracy=result.test_accuracy,
+                epochs_completed=result.epochs_completed, seconds=result.seconds, cache_mode=result.cache_mode,
+                cache_note=result.cache_note,
+            )
+        return result
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit(
+    dataset: Dataset,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    backbone: Backbone | None = None,
+    callbacks: Sequence[Any] = (),
+    stop_event: threading.Event | None = None,
+    resume: bool = False,
+    store: RunStore | None = None,
+) -> FitResult:
+    """Train a classifier on `dataset` as `config` says, recording the run as it goes.
+
+    Args:
+        dataset: the split data set (train / val / test).
+        config: the training settings.
+        run_dir: the run folder (created); default `workspace/runs/<new run id>/`. With `resume=True`, a folder a
+            stopped or crashed run left, to continue from its last epoch checkpoint.
+        backbone: an already-built `Backbone` to train (it is changed in place: pass a copy of a shared one);
+            default `load_backbone(config.backbone, pretrained=config.pretrained)`.
+        callbacks: listener objects with any of `on_train_begin`, `on_step_end`, `on_epoch_end`, `on_train_end`.
+        stop_event: when set, training stops after the current batch; the best epoch so far is kept.
+        resume: continue the run in `run_dir` instead of starting a new one.
+        store: the run store to record into (default: the workspace's `runs.sqlite`).
+
+    Returns:
+        The result; `status` is "completed" or "stopped". A failure is recorded as "failed" (store, run.json)
+        and then raised.
+    """
+    trainer = _Trainer(dataset, config, run_dir, backbone, callbacks, stop_event, resume, store)
+    try:
+        result = trainer.run()
+    except TrainingStopped:
+        log.info("Run %s stopped by request", trainer.run_id or "(not started)")
+        trainer.restore_best()
+        trainer.status = "stopped"
+        result = trainer.finish()
+    except Exception as error:
+        trainer.status = "failed"
+        trainer.error = f"{type(error).__name__}: {error}"
+        log.exception("Run %s failed", trainer.run_id or "(not started)")
+        if trainer.run_id:
+            with contextlib.suppress(Exception):
+                trainer.restore_best()
+                trainer.finish()
+        raise
+    trainer.events.emit("on_train_end", result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ loading back
+
+
+def load_trained(
+    run_dir: str | Path, backbone: Backbone | None = None, device: str | torch.device = "cpu"
+) -> tuple[Classifier, Any, dict[str, Any]]:
+    """Rebuild a trained classifier from its run folder, ready to predict.
+
+    Args:
+        run_dir: a run folder with `run.json` and `model.safetensors`.
+        backbone: a freshly built backbone of the same architecture (tests pass the tiny one); default
+            `load_backbone(run.json's backbone, pretrained=False)` (the saved weights replace the initial ones).
+        device: where to put the model.
+
+    Returns:
+        (classifier in eval mode, the evaluation preprocessor, the run information from run.json).
+    """
+    from core.preprocess import make_preprocessor
+
+    run_dir = Path(run_dir)
+    info_path, model_path = run_dir / "run.json", run_dir / "model.safetensors"
+    if not info_path.exists() or not model_path.exists():
+        raise FileNotFoundError(
+            f"{run_dir} is not a finished run folder: it needs run.json and model.safetensors. Train a model first."
+        )
+    info = json.loads(info_path.read_text())
+    if backbone is None:
+        from core.backbones import load_backbone
+
+        backbone = load_backbone(info["backbone"], pretrained=False)
+    model = Classifier(backbone, len(info["classes"]))
+    missing, unexpected = model.load_state_dict(load_file(model_path), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"The weights in {model_path} do not fit backbone {info['backbone']!r} "
+            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors), e.g. {(missing or unexpected)[:3]}."
+        )
+    model.to(device).eval()
+    return model, make_preprocessor(backbone.spec, "none"), info
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+class _LogProgress:
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        log.info(
+            "Training %s on %s (%s, %s): %d train / %d val / %d test examples, cache: %s",
+            info["backbone"], info["device"], info["precision"], f"{info['frozen_groups']}/{info['num_groups']} "
+            "groups frozen", info["num_train"], info["num_val"], info["num_test"], info["cache_mode"],
+        )
+        log.info(info["cache_note"])
+
+    def on_step_end(self, metrics: dict[str, Any]) -> None:
+        if metrics.get("phase") == "features" and time.monotonic() - self.last > 5:
+            self.last = time.monotonic()
+            log.info("Caching: %d/%d examples", metrics["done"], metrics["total"])
+
+
+def main_train(args: argparse.Namespace) -> int:
+    """`python -m core train`: train exactly as the Train page does; write metrics.json and the model to --out."""
+    from core import data as data_module
+    from core.backbones import default_backbone, load_backbone
+
+    if args.data in ("sample-images", "sample-texts"):
+        dataset, _report = data_module.load_sample("images" if args.data == "sample-images" else "texts")
+    else:
+        options = {k: v for k, v in (("text_column", args.text_column), ("label_column", args.label_column)) if v}
+        loaded = data_module.load_path(args.data, **options)
+        dataset = loaded[0] if isinstance(loaded, tuple) else loaded
+    backbone_name = args.backbone or default_backbone(dataset.modality)
+    backbone = load_backbone(backbone_name, pretrained=True)
+    frozen = args.frozen_groups if args.frozen_groups is not None else len(backbone.group_names)
+    overrides = {
+        name: getattr(args, name)
+        for name in ("batch_size", "lr", "weight_decay", "label_smoothing", "backbone_lr_factor", "augmentation",
+                     "patience")
+        if getattr(args, name, None) is not None
+    }
+    if getattr(args, "class_weights", False):
+        overrides["class_weights"] = True
+    config = TrainConfig(
+        backbone=backbone_name, frozen_groups=frozen, epochs=args.epochs, seed=args.seed, device=args.device,
+        **overrides,
+    )
+    out = Path(args.out)
+    try:
+        result = fit(dataset, config, out, backbone=backbone, callbacks=(_LogProgress(),))
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        log.error("%s", error)
+        return 2
+    metrics = {
+        "run_id": result.run_id, "status": result.status, "history": result.history,
+        "best_epoch": result.best_epoch, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss,
+        "test_accuracy": result.test_accuracy, "cache_mode": result.cache_mode, "device": result.device,
+        "precision": result.precision, "seconds": round(result.seconds, 2),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info(
+        "Done: best epoch %s, val accuracy %s, test accuracy %s -> %s",
+        result.best_epoch, result.val_accuracy, result.test_accuracy, out,
+    )
+    return 0 if result.status == "completed" else 1
+
+
+def available_threads() -> int:
+    """CPU cores this process may use (respects affinity / container limits where the OS reports them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+__all__ = [
+    "CACHE_MODES",
+    "FitResult",
+    "TrainCallback",
+    "TrainConfig",
+    "available_threads",
+    "cpu_supports_bf16",
+    "fit",
+    "load_trained",
+    "main_train",
+    "pick_device",
+    "resolve_precision",
+]
