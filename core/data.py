@@ -975,7 +975,7 @@ def load_sample(kind: str, seed: int = 0, fractions: Sequence[float] = DEFAULT_F
     return load_text_table(path, name=title, text_column="text", label_column="label", seed=seed, fractions=fractions)
 
 
-def _images_listed(frame: pd.DataFrame) -> bool:
+def lists_images(frame: pd.DataFrame) -> bool:
     file_column = _column(frame, FILE_COLUMNS)
     if file_column is None or _column(frame, LABEL_COLUMNS) is None or frame.empty:
         return False
@@ -1009,7 +1009,7 @@ def load_path(
         return load_zip(target, seed=seed, fractions=fractions)
     if text_column is None:
         frame = read_table(target)
-        if _images_listed(frame):
+        if lists_images(frame):
             return _load_image_folder(
                 target.parent.resolve(), target.name, seed, fractions, source=str(target), label_csv=target.resolve()
             )

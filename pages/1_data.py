@@ -1,5 +1,288 @@
-"""Placeholder until this step is built."""
+"""Step 1 · Data: pick a source, load and check it, see the split, the classes and every problem found.
 
+All the work is in `core.data`; this page draws widgets, calls it, and keeps a good data set loaded when a new
+attempt fails (a data set with errors never replaces a good one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-st.warning("This step is not built yet.")
+from core import data
+from core.dataset import SPLITS, Dataset
+from core.paths import data_root
+from pages._ui import get_state
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_IMAGES = "Sample images"
+SAMPLE_TEXTS = "Sample texts"
+UPLOAD_ZIP = "Upload a zip of images"
+UPLOAD_TABLE = "Upload a CSV/TSV of texts"
+SERVER = "Folder on the server"
+SPLIT_COLOURS = {"train": "#2563eb", "val": "#f59e0b", "test": "#10b981"}
+THUMBNAILS_PER_CLASS = 8
+CLASSES_SHOWN = 30
+
+state = get_state()
+scratch = state.scratch
+
+st.title("1 · Data")
+st.caption(
+    "Give Transfer Studio labelled examples: images in one folder per class, or a table of texts with a label "
+    "column. Everything is checked before anything trains. New here? Load a sample with one click."
+)
+
+
+def _attempt(what: str, load: Callable[[], tuple[Dataset, dict[str, Any]]]) -> None:
+    """Run a loader; keep the result only when its report has no errors, and remember what to tell the user."""
+    scratch.pop("data_error", None)
+    scratch.pop("data_failed_report", None)
+    try:
+        with st.spinner(f"Loading and checking {what}…"):
+            dataset, report = load()
+    except data.DataError as exc:
+        scratch["data_error"] = str(exc)
+        return
+    except Exception as exc:  # a bug must not lose the loaded data set or show a traceback
+        logger.exception("unexpected failure loading %s", what)
+        scratch["data_error"] = f"Something went wrong while reading {what} ({type(exc).__name__}: {exc})."
+        return
+    if report["ok"]:
+        state.set_dataset(dataset, report)
+        scratch["data_notice"] = (
+            f"Loaded **{dataset.name}**: {len(dataset.table)} examples, {dataset.num_classes} classes."
+        )
+    else:
+        scratch["data_failed_report"] = report
+        scratch.pop("data_notice", None)
+
+
+def _column_pickers(frame: pd.DataFrame, key: str) -> tuple[str, str]:
+    """Preview a table and let the user pick its text and label columns (guessed defaults)."""
+    st.caption(
+        f"Preview of `{frame.attrs.get('name', 'the file')}` — {len(frame)} rows, encoding "
+        f"{frame.attrs.get('encoding', '?')}, separator {frame.attrs.get('delimiter', ',')!r}"
+    )
+    st.dataframe(frame.head(8), hide_index=True, width="stretch")
+    columns = list(frame.columns)
+    text_guess, label_guess = data.guess_columns(frame)
+    left, right = st.columns(2)
+    text_column = left.selectbox(
+        "Column with the texts",
+        columns,
+        index=columns.index(text_guess) if text_guess in columns else 0,
+        key=f"{key}_text_column",
+    )
+    label_column = right.selectbox(
+        "Column with the labels",
+        columns,
+        index=columns.index(label_guess) if label_guess in columns else min(1, len(columns) - 1),
+        key=f"{key}_label_column",
+    )
+    return text_column, label_column
+
+
+def _preview(key: str, file_id: str, read: Callable[[], pd.DataFrame]) -> pd.DataFrame | None:
+    """Read a table once per file (kept in scratch); show a clear error instead of the preview when unreadable."""
+    cached = scratch.get(f"{key}_preview")
+    if cached is None or cached[0] != file_id:
+        try:
+            cached = (file_id, read(), None)
+        except data.DataError as exc:
+            cached = (file_id, None, str(exc))
+        scratch[f"{key}_preview"] = cached
+    if cached[2]:
+        st.error(cached[2])
+    return cached[1]
+
+
+# ------------------------------------------------------------------------------------------------ source choice
+
+sources = [SAMPLE_IMAGES, SAMPLE_TEXTS, UPLOAD_ZIP, UPLOAD_TABLE]
+server_root = data_root()
+if server_root is not None:
+    sources.append(SERVER)
+source = st.radio("Where is your data?", sources, horizontal=True, key="data_source")
+
+with st.expander("Split: train / validation / test", expanded=False):
+    left, middle, right = st.columns(3)
+    val_fraction = left.slider("Validation share", 0.05, 0.4, 0.15, 0.05, key="data_val_fraction")
+    test_fraction = middle.slider("Test share", 0.0, 0.4, 0.15, 0.05, key="data_test_fraction")
+    seed = int(right.number_input("Random seed", 0, 1_000_000, 0, 1, key="data_seed"))
+    st.caption(
+        f"Train gets the rest: {1 - val_fraction - test_fraction:.0%}. The split is stratified (each class in the "
+        "same proportions) and keeps identical files together. Folders named `train/`, `val/`, `test/` in your "
+        "data are used as they are. Load again after changing these."
+    )
+fractions = (round(1 - val_fraction - test_fraction, 6), val_fraction, test_fraction)
+
+if source == SAMPLE_IMAGES:
+    st.markdown("240 handwritten digits (10 classes, from the UCI digits data, CC BY 4.0).")
+    if st.button("Load sample images", type="primary", key="load_sample_images"):
+        _attempt("the sample images", lambda: data.load_sample("images", seed=seed, fractions=fractions))
+elif source == SAMPLE_TEXTS:
+    st.markdown("160 customer-support messages in 4 classes: billing, delivery, technical problem, praise (CC0).")
+    if st.button("Load sample texts", type="primary", key="load_sample_texts"):
+        _attempt("the sample texts", lambda: data.load_sample("texts", seed=seed, fractions=fractions))
+elif source == UPLOAD_ZIP:
+    st.markdown(
+        "A zip with **one folder per class** (`cats/1.jpg`, `dogs/7.png`, …; wrapping folders are fine), or "
+        "images plus a CSV with columns `file,label`. Folders `train/`, `val/`, `test/` at the top keep your split."
+    )
+    upload = st.file_uploader("Zip of images", type=["zip"], key="data_zip_upload")
+    if upload is not None and st.button("Check and load", type="primary", key="load_zip"):
+
+        def _load_zip(upload: Any = upload) -> tuple[Dataset, dict[str, Any]]:
+            data.check_upload_size(upload.size, upload.name)
+            return data.load_zip(upload.getvalue(), name=upload.name, seed=seed, fractions=fractions)
+
+        _attempt(f"`{upload.name}`", _load_zip)
+elif source == UPLOAD_TABLE:
+    st.markdown("A CSV or TSV file (UTF-8 or Latin-1) with a header row, one text per row and a label column.")
+    upload = st.file_uploader("CSV or TSV of texts", type=["csv", "tsv", "txt"], key="data_table_upload")
+    if upload is not None:
+
+        def _read(upload: Any = upload) -> pd.DataFrame:
+            data.check_upload_size(upload.size, upload.name)
+            return data.read_table(upload.getvalue(), name=upload.name)
+
+        frame = _preview("data_table", upload.file_id, _read)
+        if frame is not None:
+            text_column, label_column = _column_pickers(frame, "data_table")
+            if st.button("Check and load", type="primary", key="load_table"):
+                _attempt(
+                    f"`{upload.name}`",
+                    lambda: data.load_text_table(
+                        upload.getvalue(),
+                        name=upload.name,
+                        text_column=text_column,
+                        label_column=label_column,
+                        seed=seed,
+                        fractions=fractions,
+                    ),
+                )
+elif source == SERVER and server_root is not None:
+    entries = data.list_server_entries()
+    if not entries:
+        st.info(f"The server's data folder `{server_root}` is empty: ask the operator to put data sets there.")
+    else:
+        entry = st.selectbox("Data set in the server's data folder", entries, key="data_server_entry")
+        text_column = label_column = None
+        if entry.lower().endswith(tuple(data.TABLE_EXTENSIONS)):
+            frame = _preview("data_server", entry, lambda: data.read_table(server_root / entry))
+            if frame is not None and not data.lists_images(frame):
+                text_column, label_column = _column_pickers(frame, "data_server")
+        if st.button("Check and load", type="primary", key="load_server"):
+            _attempt(
+                f"`{entry}`",
+                lambda: data.load_server_path(
+                    entry, text_column=text_column, label_column=label_column, seed=seed, fractions=fractions
+                ),
+            )
+
+# ----------------------------------------------------------------------------------------------- what happened
+
+
+def _show_problems(report: dict[str, Any]) -> None:
+    for problem in report["errors"]:
+        st.error(problem["message"], icon="⛔")
+        if len(problem["items"]) > 1:
+            with st.expander(f"All {len(problem['items'])} items"):
+                st.code("\n".join(problem["items"]), language=None)
+    for problem in report["warnings"]:
+        st.warning(problem["message"], icon="⚠️")
+        if len(problem["items"]) > 1:
+            with st.expander(f"All {len(problem['items'])} items"):
+                st.code("\n".join(problem["items"]), language=None)
+
+
+if scratch.get("data_error"):
+    st.error(scratch["data_error"], icon="⛔")
+failed = scratch.get("data_failed_report")
+if failed:
+    st.error(
+        f"**{failed['info'].get('name', 'This data set')}** was not loaded: fix the errors below and load it again.",
+        icon="⛔",
+    )
+    _show_problems(failed)
+if (scratch.get("data_error") or failed) and state.dataset is not None:
+    st.info(f"Your earlier data set **{state.dataset.name}** is still loaded.", icon="💾")
+elif scratch.get("data_notice") and state.dataset is not None:
+    st.success(scratch["data_notice"], icon="✅")
+
+# --------------------------------------------------------------------------------------------- the loaded data
+
+dataset = state.dataset
+if dataset is None:
+    st.stop()
+
+report = state.data_report or {"errors": [], "warnings": [], "info": {}}
+st.divider()
+st.subheader(f"Loaded: {dataset.name}")
+counts = dataset.counts()
+metrics = st.columns(5)
+metrics[0].metric("Examples", len(dataset.table))
+metrics[1].metric("Classes", dataset.num_classes)
+for column, split in zip(metrics[2:], SPLITS, strict=True):
+    column.metric({"train": "Train", "val": "Validation", "test": "Test"}[split], int(counts[split].sum()))
+info = report.get("info", {})
+notes = [f"split: {info['split_source']}"] if info.get("split_source") else []
+if info.get("skipped_junk"):
+    notes.append(f"{info['skipped_junk']} hidden/system files skipped (`__MACOSX`, `.DS_Store`, dotfiles)")
+if info.get("normalised_images"):
+    notes.append(f"{info['normalised_images']} images converted to upright RGB")
+if info.get("encoding"):
+    notes.append(f"encoding {info['encoding']}")
+if notes:
+    st.caption(" · ".join(notes))
+
+st.markdown("#### Check report")
+if not report["errors"] and not report["warnings"]:
+    st.success("No problems found.", icon="✅")
+_show_problems(report)
+
+figure = go.Figure(
+    [
+        go.Bar(
+            name=split, x=[str(c) for c in counts.index], y=counts[split].tolist(), marker_color=SPLIT_COLOURS[split]
+        )
+        for split in SPLITS
+    ]
+)
+figure.update_layout(
+    barmode="stack",
+    title="Examples per class and split",
+    xaxis_title="class",
+    yaxis_title="examples",
+    height=320,
+    margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    legend_title_text="split",
+)
+st.plotly_chart(figure, key="data_counts_chart")
+
+if dataset.modality == "image":
+    st.markdown("#### Examples per class")
+    for label in dataset.classes[:CLASSES_SHOWN]:
+        rows = dataset.table[dataset.table["label"] == label].head(THUMBNAILS_PER_CLASS)
+        st.markdown(f"**{label}** — {int(counts.loc[label, 'total'])} images")
+        captions = rows["source"].map(lambda s: str(s).rsplit("/", 1)[-1]).tolist() if "source" in rows else None
+        st.image(rows["item"].tolist(), width=96, caption=captions)
+    if dataset.num_classes > CLASSES_SHOWN:
+        st.caption(f"Showing the first {CLASSES_SHOWN} of {dataset.num_classes} classes.")
+else:
+    st.markdown("#### Examples per class")
+    sample = dataset.table.groupby("label", sort=False).head(5).sort_values("label")
+    st.dataframe(
+        sample[["label", "item", "split"]].rename(columns={"item": "text"}),
+        hide_index=True,
+        width="stretch",
+    )
+
+st.page_link("pages/2_backbone.py", label="Next: choose a backbone", icon="🧠")
