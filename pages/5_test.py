@@ -1,5 +1,428 @@
-"""Placeholder until this step is built."""
+"""Step 5 · Test: how good is the trained model on data it never saw, where does it go wrong, and what does it
+say about new examples. The work is in `core.evaluation`; this page draws it and keeps results per run."""
 
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-st.warning("This step is not built yet.")
+from core import evaluation
+from core.paths import workspace_subdir
+from pages._ui import require
+
+log = logging.getLogger(__name__)
+
+GALLERY_SIZE = 12
+IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
+
+state = require("Data", "Train")
+dataset = state.dataset
+scratch: dict[str, Any] = state.scratch.setdefault("test", {})
+
+st.title("5 · Test")
+st.caption(
+    "Scores on the **test split**, which training and early stopping never saw: the honest estimate of how the "
+    "model will do on new data."
+)
+
+
+# ---------------------------------------------------------------------------------------------------- which run
+
+
+def _run_label(run_dir: str) -> str:
+    info = evaluation.read_run_info(run_dir)
+    if not info:
+        return Path(run_dir).name
+    accuracy = (info.get("metrics") or {}).get("val_accuracy")
+    parts = [str(info.get("run_id") or Path(run_dir).name), str(info.get("backbone", "?"))]
+    if info.get("frozen_groups") is not None:
+        parts.append(f"{info['frozen_groups']} group(s) frozen")
+    if isinstance(accuracy, (int, float)):
+        parts.append(f"val {accuracy:.0%}")
+    return " · ".join(parts)
+
+
+runs = list(dict.fromkeys([*reversed(state.runs), state.run_dir]))
+run_dir = st.selectbox(
+    "Run to test",
+    runs,
+    index=runs.index(state.run_dir),
+    format_func=_run_label,
+    help="Runs trained in this session, newest first. The one chosen here is also the one exported below.",
+)
+state.run_dir = run_dir
+
+
+def _load(run_dir: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The run's model, kept for this session so that page switches do not reload it."""
+    cached = scratch.get("model")
+    if cached is not None and cached[0] == run_dir:
+        return cached[1], cached[2], cached[3]
+    with st.spinner("Loading the trained model…"):
+        model, preprocessor, info = evaluation.load_model(run_dir)
+    scratch["model"] = (run_dir, model, preprocessor, info)
+    return model, preprocessor, info
+
+
+try:
+    model, preprocessor, run_info = _load(run_dir)
+except (evaluation.ModelLoadError, OSError, RuntimeError, ValueError, KeyError) as error:
+    st.error(f"This run's model cannot be loaded: {error}")
+    st.stop()
+
+classes = list(run_info.get("classes") or dataset.classes)
+if classes != list(dataset.classes):
+    st.error(
+        f"This run was trained on the classes {', '.join(classes)}, but the loaded data set has "
+        f"{', '.join(dataset.classes)}. Load the data set it was trained on, or pick another run."
+    )
+    st.stop()
+if run_info.get("dataset_fingerprint") and run_info["dataset_fingerprint"] != dataset.fingerprint:
+    st.warning(
+        "This run was trained on a different version or split of the data than the one loaded now: some test "
+        "examples below may have been training examples for it, which would make the scores look too good."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+def _evaluation() -> evaluation.Evaluation:
+    """The test-split evaluation of this run on this data set, computed once per session."""
+    cache = scratch.setdefault("evaluations", {})
+    key = f"{run_dir}|{dataset.fingerprint}"
+    if key not in cache:
+        bar = st.progress(0.0, text="Running the model on the test split…")
+        try:
+            cache[key] = evaluation.evaluate(
+                model,
+                preprocessor,
+                dataset,
+                "test",
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Tested {done} of {total}"),
+            )
+        finally:
+            bar.empty()
+    return cache[key]
+
+
+try:
+    result = _evaluation()
+except (ValueError, OSError, RuntimeError) as error:
+    st.error(f"The model could not be tested: {error}")
+    st.stop()
+
+columns = st.columns(4)
+columns[0].metric("Test accuracy", f"{result.accuracy:.1%}")
+columns[1].metric("Macro-F1", f"{result.macro_f1:.3f}", help="F1 averaged over classes: small classes count as much.")
+columns[2].metric("Test examples", result.metrics["examples"])
+columns[3].metric(
+    "Calibration error",
+    f"{result.metrics['calibration_error']:.1%}",
+    help="Average gap between the confidence the model shows and how often it is right (0 % = calibrated).",
+)
+
+
+# ---------------------------------------------------------------------------------------------------- baselines
+
+st.subheader("Does transfer learning help?")
+baselines = evaluation.load_baselines(run_info)
+level, sentence = evaluation.transfer_verdict(result.accuracy, baselines)
+{"success": st.success, "warning": st.warning}.get(level, st.info)(sentence)
+if baselines:
+    rows = [{"model": f"Pretrained {run_info.get('backbone', '')}", "accuracy": result.accuracy,
+             "macro_f1": result.macro_f1, "what": "this run"}]  # fmt: skip
+    rows += [{"model": b.title, "accuracy": b.accuracy, "macro_f1": b.macro_f1, "what": b.detail} for b in baselines]
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_config={
+            "accuracy": st.column_config.ProgressColumn("Test accuracy", format="percent", min_value=0, max_value=1),
+            "macro_f1": st.column_config.NumberColumn("Macro-F1", format="%.3f"),
+        },
+    )
+with st.expander("Train a baseline", expanded=not baselines):
+    st.markdown(
+        "The **same architecture with random weights** (the same frozen groups and head, trained on the same "
+        "split)"
+        + (
+            ", and **TF-IDF + logistic regression**, a classic text model without any pretraining."
+            if dataset.modality == "text"
+            else "."
+        )  # fmt: skip
+    )
+    recorded_epochs = int((run_info.get("config") or {}).get("epochs") or 5)
+    baseline_epochs = st.number_input("Epochs for the from-scratch model", 1, 200, min(recorded_epochs, 10))
+    if st.button("Train baseline", type="primary"):
+        with st.spinner("Training the baseline(s) on the same split…"):
+            try:
+                evaluation.train_baselines(dataset, run_info, epochs=int(baseline_epochs))
+            except ImportError as error:
+                st.error(f"The training engine is not available yet: {error}")
+            except (ValueError, RuntimeError, OSError) as error:
+                st.error(f"The baseline could not be trained: {error}")
+            else:
+                st.rerun()
+
+
+# ---------------------------------------------------------------------------------------------------- per class
+
+st.subheader("Per class")
+st.dataframe(
+    result.per_class_table(),
+    column_config={
+        "precision": st.column_config.NumberColumn("Precision", format="%.3f"),
+        "recall": st.column_config.NumberColumn("Recall", format="%.3f"),
+        "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+        "support": st.column_config.NumberColumn("Test examples"),
+    },
+)
+
+
+# ---------------------------------------------------------------------------------------------------- confusion
+
+
+def _confusion_figure(result: evaluation.Evaluation, normalised: bool) -> go.Figure:
+    """A heatmap of the confusion matrix, with an invisible marker on every cell so that a click selects it.
+
+    Streamlit's plotly selection returns nothing for heatmap traces, but it does for scatter markers.
+    """
+    names = result.classes
+    values = result.confusion_normalised() if normalised else result.confusion
+    text = [[f"{v:.0%}" if normalised else str(int(v)) for v in row] for row in values]
+    figure = go.Figure(
+        go.Heatmap(
+            z=values.tolist(),
+            x=names,
+            y=names,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1 if normalised else None,
+            hoverinfo="skip",
+        )
+    )
+    cells_true = [true for true in names for _ in names]
+    cells_predicted = [predicted for _ in names for predicted in names]
+    counts = result.confusion.ravel().tolist()
+    figure.add_trace(
+        go.Scatter(
+            x=cells_predicted,
+            y=cells_true,
+            mode="markers",
+            marker={"symbol": "square", "size": 40, "color": "rgba(0,0,0,0)"},
+            customdata=counts,
+            hovertemplate="true %{y}, predicted %{x}: %{customdata} example(s)<extra></extra>",
+            showlegend=False,
+        )
+    )
+    figure.update_layout(
+        xaxis_title="Predicted class",
+        yaxis_title="True class",
+        yaxis_autorange="reversed",
+        height=max(320, 60 * len(names) + 120),
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        clickmode="event+select",
+    )
+    return figure
+
+
+def _cell_from_selection(selection: Any) -> tuple[str, str] | None:
+    points = list((selection or {}).get("selection", {}).get("points", []) or [])
+    for point in points:
+        true, predicted = point.get("y"), point.get("x")
+        if true in result.classes and predicted in result.classes:
+            return str(true), str(predicted)
+    return None
+
+
+st.subheader("Confusion matrix")
+normalised = st.toggle("Row-normalised (share of each true class)", key="test_normalised")
+event = st.plotly_chart(
+    _confusion_figure(result, normalised),
+    key="test_confusion_chart",
+    on_select="rerun",
+    selection_mode="points",
+)
+clicked = _cell_from_selection(event)
+if clicked is not None and clicked != scratch.get("applied_cell"):
+    scratch["applied_cell"] = clicked
+    st.session_state["test_true_class"], st.session_state["test_predicted_class"] = clicked
+for widget_key in ("test_true_class", "test_predicted_class"):
+    if st.session_state.get(widget_key) not in result.classes:
+        st.session_state.pop(widget_key, None)
+if "test_true_class" not in st.session_state:
+    off_diagonal = result.confusion - np.diag(np.diag(result.confusion))
+    true_index, predicted_index = np.unravel_index(int(off_diagonal.argmax()), off_diagonal.shape)
+    st.session_state["test_true_class"] = result.classes[int(true_index)]
+    st.session_state["test_predicted_class"] = result.classes[int(predicted_index)]
+
+st.caption("Click a cell, or choose it here, to see its examples (most confident mistakes first).")
+pick_true, pick_predicted = st.columns(2)
+true_name = pick_true.selectbox("True class", result.classes, key="test_true_class")
+predicted_name = pick_predicted.selectbox("Predicted class", result.classes, key="test_predicted_class")
+true_index, predicted_index = result.classes.index(true_name), result.classes.index(predicted_name)
+examples = result.examples(true_index, predicted_index)
+kind = "correct answers" if true_index == predicted_index else "mistakes"
+st.markdown(f"**{len(examples)}** {kind}: true **{true_name}**, predicted **{predicted_name}**.")
+
+
+def _top_classes(index: int, count: int = 3) -> str:
+    probabilities = result.probabilities[index]
+    order = np.argsort(-probabilities)[:count]
+    return ", ".join(f"{result.classes[i]} {probabilities[i]:.0%}" for i in order)
+
+
+shown = examples.head(GALLERY_SIZE)
+if shown.empty:
+    st.caption("No test example falls in this cell.")
+elif dataset.modality == "image":
+    grid = st.columns(4)
+    for position, row in enumerate(shown.itertuples(index=False)):
+        with grid[position % 4]:
+            st.image(row.item, caption=_top_classes(int(row.index)), width="stretch")
+else:
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "text": shown["item"],
+                "predicted probability": shown["confidence"],
+                "true-class probability": shown["true_probability"],
+                "top classes": [_top_classes(int(i)) for i in shown["index"]],
+            }
+        ),
+        hide_index=True,
+        column_config={
+            "predicted probability": st.column_config.NumberColumn(format="percent"),
+            "true-class probability": st.column_config.NumberColumn(format="percent"),
+        },
+    )
+if len(examples) > GALLERY_SIZE:
+    st.caption(f"Showing the {GALLERY_SIZE} most confident of {len(examples)}.")
+
+
+# ---------------------------------------------------------------------------------------------------- confidence
+
+st.subheader("How sure is it?")
+st.caption(
+    "Below the threshold the model answers **not sure** instead of guessing. A higher threshold answers fewer "
+    "examples (coverage) and, when its confidence means something, gets more of those right."
+)
+threshold = st.slider("Confidence threshold", 0.0, 1.0, 0.5, 0.05, key="test_threshold")
+point = evaluation.confidence_at(result.probabilities, result.targets, threshold)
+answered_accuracy = "–" if np.isnan(point["accuracy"]) else f"{point['accuracy']:.1%}"
+numbers = st.columns(3)
+numbers[0].metric("Accuracy on answered", answered_accuracy, help=f"{result.accuracy:.1%} when answering all")
+numbers[1].metric("Coverage", f"{point['coverage']:.0%}", help="Share of test examples the model answers.")
+numbers[2].metric("Not sure", int(point["not_sure"]))
+curve = result.coverage()
+curve_figure = go.Figure()
+curve_figure.add_trace(go.Scatter(x=curve["threshold"], y=curve["accuracy"], name="accuracy on answered"))
+curve_figure.add_trace(go.Scatter(x=curve["threshold"], y=curve["coverage"], name="coverage"))
+curve_figure.add_vline(x=threshold, line_dash="dash")
+curve_figure.update_layout(
+    xaxis_title="Confidence threshold",
+    yaxis={"title": "Share", "tickformat": ".0%", "range": [0, 1.02]},
+    height=320,
+    margin={"l": 10, "r": 10, "t": 30, "b": 10},
+)
+st.plotly_chart(curve_figure, key="test_coverage_chart")
+
+
+# ---------------------------------------------------------------------------------------------------- predict
+
+st.subheader("Predict new examples")
+top_k = st.slider("Classes to show per example", 1, max(1, len(classes)), min(3, len(classes)), key="test_top_k")
+
+
+def _saved_uploads(files: list[Any]) -> tuple[list[str], list[str]]:
+    """Uploaded images written into the workspace (the preprocessor reads files); returns (paths, names)."""
+    folder = workspace_subdir("predict")
+    paths, names = [], []
+    for file in files:
+        content = file.getvalue()
+        # One folder per content, the user's file name kept, so that messages name the file they know.
+        safe_name = re.sub(r"[^\w.\- ]", "_", Path(file.name).name).strip() or "upload.png"
+        path = folder / hashlib.sha256(content).hexdigest()[:16] / safe_name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        paths.append(str(path))
+        names.append(file.name)
+    return paths, names
+
+
+inputs: list[str] = []
+names: list[str] = []
+try:
+    if dataset.modality == "image":
+        uploads = st.file_uploader(
+            "Images to classify", type=IMAGE_TYPES, accept_multiple_files=True, key="test_predict_files"
+        )
+        files = list(uploads or [])
+        if st.toggle("Use the camera", key="test_use_camera"):
+            photo = st.camera_input("Take a photo", key="test_camera")
+            if photo is not None:
+                files.append(photo)
+        if files:
+            inputs, names = _saved_uploads(files)
+            evaluation.check_image_files(inputs)
+    else:
+        pasted = st.text_area("Texts to classify, one per line", key="test_predict_text")
+        upload = st.file_uploader("…or a CSV with a 'text' column", type=["csv", "txt"], key="test_predict_csv")
+        if upload is not None:
+            content = upload.getvalue().decode("utf-8", errors="replace")
+            inputs = evaluation.read_texts(content, is_csv=upload.name.lower().endswith(".csv"))
+        elif pasted.strip():
+            inputs = evaluation.read_texts(pasted)
+        names = inputs
+except evaluation.PredictionInputError as error:
+    st.error(str(error))
+    inputs = []
+
+if inputs:
+    with st.spinner(f"Classifying {len(inputs)} example(s)…"):
+        probabilities = evaluation.predict_proba(model, preprocessor, inputs)
+    table = evaluation.top_k_table(names, probabilities, classes, top_k=top_k, threshold=threshold)
+    if dataset.modality == "image" and len(inputs) <= GALLERY_SIZE:
+        grid = st.columns(4)
+        for position, (path, row) in enumerate(zip(inputs, table.itertuples(index=False), strict=True)):
+            grid[position % 4].image(path, caption=f"{row.prediction} ({row.confidence:.0%})", width="stretch")
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            column: st.column_config.NumberColumn(format="percent")
+            for column in table.columns
+            if column == "confidence" or column.startswith("probability_")
+        },
+    )
+    st.download_button(
+        "Download predictions (CSV)",
+        table.to_csv(index=False).encode("utf-8"),
+        file_name=f"predictions-{run_info.get('run_id', 'model')}.csv",
+        mime="text/csv",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+try:
+    export_page = importlib.import_module("pages._export")
+except ModuleNotFoundError as error:
+    if error.name != "pages._export":
+        raise
+    log.debug("pages/_export.py is not there yet; the export section is skipped")
+else:
+    st.divider()
+    export_page.render_export_section(state)

@@ -36,8 +36,20 @@ class TinyPreprocessor:
         return torch.stack(loaded)
 
 
+_TRAINED: dict[tuple[Any, ...], dict[str, torch.Tensor]] = {}
+
+
 def train_tiny(dataset: Dataset, steps: int = 60) -> Classifier:
-    """A TinyCNN classifier fitted on the train split (the colours are easy: a few full-batch steps suffice)."""
+    """A TinyCNN classifier fitted on the train split (the colours are easy: a few full-batch steps suffice).
+
+    The generated colour images are the same in every test (fixed seed), so the weights are trained once per
+    test session and reused.
+    """
+    key = (tuple(dataset.classes), tuple(dataset.table["split"]), tuple(dataset.table["label"]), steps)
+    if key in _TRAINED:
+        model = Classifier(TinyCNN(), dataset.num_classes)
+        model.load_state_dict(_TRAINED[key])
+        return model.eval()
     torch.manual_seed(0)
     model = Classifier(TinyCNN(), dataset.num_classes)
     preprocessor = TinyPreprocessor()
@@ -51,6 +63,7 @@ def train_tiny(dataset: Dataset, steps: int = 60) -> Classifier:
         loss = torch.nn.functional.cross_entropy(model(batch), labels)
         loss.backward()
         optimiser.step()
+    _TRAINED[key] = {name: value.detach().clone() for name, value in model.state_dict().items()}
     return model.eval()
 
 

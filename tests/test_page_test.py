@@ -1,0 +1,188 @@
+"""AppTest tests of the Test page (step 5), with state pre-seeded from a tiny run folder made in the test."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core import evaluation
+from core.dataset import Dataset
+from core.paths import workspace_subdir
+from core.session import StudioState
+from tests.test_evaluation import load_tiny_run, train_tiny, write_run
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_test.py")
+
+
+@pytest.fixture
+def seeded(tmp_path: Path, colour_dataset: Dataset, monkeypatch: pytest.MonkeyPatch) -> tuple[AppTest, StudioState]:
+    """The Test page with a data set loaded and one tiny trained run, as after step 4."""
+    model = train_tiny(colour_dataset)
+    run = write_run(tmp_path / "runs" / "tiny-run", model, colour_dataset)
+    monkeypatch.setattr(evaluation, "load_model", load_tiny_run)
+    state = StudioState(dataset=colour_dataset, backbone_name="tiny_cnn", frozen_groups=0, run_dir=str(run))
+    state.runs.append(str(run))
+    app = AppTest.from_file(PAGE, default_timeout=60)
+    app.session_state["studio"] = state
+    return app, state
+
+
+def _metric(app: AppTest, label: str) -> str:
+    return next(metric.value for metric in app.metric if metric.label == label)
+
+
+def test_page_asks_for_earlier_steps_first() -> None:
+    # Through the router: the guard links to the Data page, which only exists inside `st.navigation`.
+    app = AppTest.from_file(str(Path(PAGE).parent.parent / "app.py"), default_timeout=30).run()
+    app.switch_page("pages/5_test.py").run()
+    assert not app.exception
+    assert "earlier one" in app.info[0].value
+
+
+def test_page_shows_metrics_confusion_matrix_and_caches_the_evaluation(seeded) -> None:
+    app, state = seeded
+    app.run()
+    assert not app.exception, app.exception
+    cached = state.scratch["test"]["evaluations"]
+    assert len(cached) == 1
+    result = next(iter(cached.values()))
+    assert _metric(app, "Test accuracy") == f"{result.accuracy:.1%}"
+    assert _metric(app, "Macro-F1") == f"{result.macro_f1:.3f}"
+    assert _metric(app, "Test examples") == str(len(state.dataset.split("test")[0]))
+    charts = app.get("plotly_chart")
+    assert len(charts) == 2  # confusion matrix and coverage curve
+    figure = json.loads(charts[0].proto.spec)
+    np.testing.assert_array_equal(np.array(figure["data"][0]["z"]), result.confusion)
+
+    app.toggle(key="test_normalised").set_value(True).run()
+    figure = json.loads(app.get("plotly_chart")[0].proto.spec)
+    np.testing.assert_allclose(np.array(figure["data"][0]["z"]), result.confusion_normalised())
+    assert next(iter(state.scratch["test"]["evaluations"].values())) is result, "a rerun must not re-evaluate"
+
+
+def test_gallery_shows_the_examples_of_the_chosen_cell(seeded) -> None:
+    app, state = seeded
+    app.run()
+    result = next(iter(state.scratch["test"]["evaluations"].values()))
+    app.selectbox(key="test_true_class").set_value("red")
+    app.selectbox(key="test_predicted_class").set_value("red").run()
+    assert not app.exception
+    red = result.classes.index("red")
+    expected = result.examples(red, red)
+    assert any(f"**{len(expected)}** correct answers" in block.value for block in app.markdown)
+    captions = [caption for image in app.image for caption in image.captions]
+    assert len(captions) == len(expected)
+    assert all(caption.startswith("red ") for caption in captions)
+
+    wrong = next(name for name in result.classes if result.confusion[red, result.classes.index(name)] == 0)
+    app.selectbox(key="test_predicted_class").set_value(wrong).run()
+    assert any("No test example" in caption.value for caption in app.caption)
+
+
+def test_confidence_threshold_updates_coverage(seeded) -> None:
+    app, state = seeded
+    app.run()
+    result = next(iter(state.scratch["test"]["evaluations"].values()))
+    app.slider(key="test_threshold").set_value(1.0).run()
+    at_one = evaluation.confidence_at(result.probabilities, result.targets, 1.0)
+    assert _metric(app, "Coverage") == f"{at_one['coverage']:.0%}"
+    assert _metric(app, "Not sure") == str(int(at_one["not_sure"]))
+
+
+def test_prediction_for_an_uploaded_image(seeded, tmp_path: Path) -> None:
+    app, state = seeded
+    app.run()
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[..., 2] = 230  # a blue square
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    app.file_uploader(key="test_predict_files").set_value(("sky.png", buffer.getvalue(), "image/png")).run()
+    assert not app.exception, app.exception
+
+    model, preprocessor, _ = load_tiny_run(state.run_dir)
+    saved = tmp_path / "sky.png"
+    saved.write_bytes(buffer.getvalue())
+    expected = evaluation.predict_proba(model, preprocessor, [str(saved)], device="cpu")[0]
+    table = app.dataframe[-1].value
+    assert table["input"].tolist() == ["sky.png"]
+    assert table["class_1"].iloc[0] == state.dataset.classes[int(expected.argmax())] == "blue"
+    assert table["probability_1"].iloc[0] == pytest.approx(float(expected.max()), abs=1e-5)
+    assert len(app.get("download_button")) == 1
+
+
+def test_unreadable_upload_is_reported_not_raised(seeded) -> None:
+    app, _ = seeded
+    app.run()
+    app.file_uploader(key="test_predict_files").set_value(("broken.png", b"not a png", "image/png")).run()
+    assert not app.exception
+    assert "not images we can read: broken.png" in app.error[0].value
+
+
+def test_saved_baseline_is_reported_next_to_the_model(seeded) -> None:
+    app, state = seeded
+    folder = workspace_subdir("baselines") / "tiny-run"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"run_id": "tiny-run", "baselines": [
+        {"name": "scratch", "title": "Same architecture, random weights", "accuracy": 1.0, "macro_f1": 1.0,
+         "detail": "tiny_cnn without pretrained weights"}]}  # fmt: skip
+    (folder / "baselines.json").write_text(json.dumps(record))
+    app.run()
+    assert not app.exception
+    # The tiny model cannot beat a perfect baseline: the page must say so plainly.
+    assert "does not clearly beat" in app.warning[0].value
+    assert "Same architecture, random weights" in app.dataframe[0].value["model"].tolist()
+
+
+class _KeywordPreprocessor:
+    """Texts -> counts of one keyword per class: a stand-in for a tokenizer in a text-model page test."""
+
+    cache_key = "keywords"
+    keywords = ("goal", "bake", "chip")
+
+    def load(self, item: str, train: bool) -> str:
+        return item
+
+    def collate(self, loaded: list[str]) -> torch.Tensor:
+        return torch.tensor([[text.split().count(word) for word in self.keywords] for text in loaded]).float()
+
+
+class _KeywordModel(torch.nn.Module):
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch * 5.0
+
+
+def test_text_model_gallery_and_pasted_predictions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import pandas as pd
+
+    rows = [("goal goal team", "sport", "test"), ("bake bread", "food", "test"), ("chip goal", "tech", "test"),
+            ("goal", "sport", "train"), ("bake", "food", "train"), ("chip", "tech", "train")]  # fmt: skip
+    texts = Dataset("topics", "text", pd.DataFrame(rows, columns=["item", "label", "split"]), ["sport", "food", "tech"])
+    info = {
+        "run_id": "text-run",
+        "classes": texts.classes,
+        "modality": "text",
+        "dataset_fingerprint": texts.fingerprint,
+    }
+    monkeypatch.setattr(evaluation, "load_model", lambda path: (_KeywordModel(), _KeywordPreprocessor(), info))
+    state = StudioState(dataset=texts, backbone_name="all_minilm_l6_v2", frozen_groups=0, run_dir=str(tmp_path))
+    app = AppTest.from_file(PAGE, default_timeout=60)
+    app.session_state["studio"] = state
+    app.run()
+    assert not app.exception, app.exception
+    assert _metric(app, "Test accuracy") == f"{2 / 3:.1%}"
+    # Default cell: the most common mistake (tech read as sport), shown as a table of texts.
+    assert app.selectbox(key="test_true_class").value == "tech"
+    assert app.selectbox(key="test_predicted_class").value == "sport"
+    assert app.dataframe[-1].value["text"].tolist() == ["chip goal"]
+
+    app.text_area(key="test_predict_text").set_value("we bake\n\nchip chip").run()
+    table = app.dataframe[-1].value
+    assert table["input"].tolist() == ["we bake", "chip chip"]
+    assert table["prediction"].tolist() == ["food", "tech"]
