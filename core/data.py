@@ -300,7 +300,9 @@ def _label_table(root: Path, tables: Sequence[PurePosixPath]) -> tuple[PurePosix
 
 
 def _normalised_dir() -> Path:
-    return workspace_subdir("datasets") / "normalised"
+    folder = workspace_subdir("datasets") / "normalised"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -728,6 +730,17 @@ def _decode(data: bytes, name: str) -> tuple[str, str]:
         return data.decode("latin-1"), "latin-1"
 
 
+def _guess_delimiter(head: str) -> str:
+    """The separator that splits the header row into the most columns (comma wins ties; quotes respected)."""
+    header = head.splitlines()[0] if head else ""
+    best, best_fields = ",", 1
+    for delimiter in (",", "\t", ";", "|"):
+        fields = len(next(csv.reader([header], delimiter=delimiter), []))
+        if fields > best_fields:
+            best, best_fields = delimiter, fields
+    return best
+
+
 def read_table(source: bytes | str | os.PathLike[str], name: str | None = None) -> pd.DataFrame:
     """Read a CSV/TSV into a frame of strings (encoding and delimiter detected); `frame.attrs` notes both.
 
@@ -755,10 +768,7 @@ def read_table(source: bytes | str | os.PathLike[str], name: str | None = None) 
     if name.lower().endswith((".tsv", ".tab")):
         delimiter = "\t"
     else:
-        try:
-            delimiter = csv.Sniffer().sniff(first_lines, delimiters=",;\t|").delimiter
-        except csv.Error:
-            delimiter = ","
+        delimiter = _guess_delimiter(first_lines)
     try:
         frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, skipinitialspace=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, csv.Error) as exc:
