@@ -1,0 +1,147 @@
+"""Turning one data item into model input, derived from the backbone's spec (never hard-coded twice).
+
+Images: timm's transforms built from the spec's input size, interpolation, crop fraction and mean/std
+(`timm.data.create_transform`, the same function `resolve_model_data_config` feeds). Evaluation is resize +
+centre crop + normalise; training adds the chosen augmentation. Texts: the backbone's own tokenizer, padded
+per batch and truncated to the spec's `max_tokens`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from core.backbones import BackboneSpec, BackboneUnavailable, weights_folder
+
+log = logging.getLogger(__name__)
+
+Augmentation = Literal["none", "light", "strong"]
+AUGMENTATIONS: dict[str, str] = {
+    "none": "no changes: every epoch sees the same, centre-cropped images",
+    "light": "random crops (keeping at least 60 % of the photo) and left-right flips",
+    "strong": "random crops (down to 25 %), flips, colour changes and RandAugment distortions",
+}
+
+
+class Preprocessor:
+    """Loads single examples and batches them, the way the backbone was pretrained to see them.
+
+    Attributes:
+        spec: the backbone this preprocessing belongs to.
+        augmentation: "none", "light" or "strong" (applies to images when `train=True`).
+        cache_key: a short string that changes whenever evaluation-time preprocessing would change; feature
+            caches key on it.
+    """
+
+    def __init__(self, spec: BackboneSpec, augmentation: Augmentation = "none") -> None:
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"Unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}.")
+        self.spec = spec
+        self.augmentation = augmentation
+        self.cache_key = _cache_key(spec)
+        self._eval_transform: Any = None
+        self._train_transform: Any = None
+        self._tokenizer: Any = None
+        if spec.modality == "image":
+            self._eval_transform = _image_transform(spec, training=False)
+            self._train_transform = (
+                self._eval_transform if augmentation == "none" else _image_transform(spec, True, augmentation)
+            )
+
+    @property
+    def modality(self) -> str:
+        return self.spec.modality
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text backbone's tokenizer, loaded on first use from the same local folder as the weights."""
+        if self._tokenizer is None:
+            self._tokenizer = _load_tokenizer(self.spec)
+        return self._tokenizer
+
+    def load(self, item: str, train: bool = False) -> Any:
+        """One example ready for `collate`: an image file path -> tensor [3, H, W]; a text -> the text.
+
+        Raises:
+            ValueError: the image file cannot be read (the message names the file).
+        """
+        if self.spec.modality == "text":
+            return " ".join(str(item).split())
+        try:
+            with Image.open(item) as image:
+                rgb = image.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            raise ValueError(f"Cannot read the image {Path(item).name!r} ({item}): {error}") from error
+        transform = self._train_transform if train else self._eval_transform
+        return transform(rgb)
+
+    def collate(self, loaded: list[Any]) -> Any:
+        """A batch of loaded examples: a stacked image tensor, or a dict of `input_ids` and `attention_mask`."""
+        if self.spec.modality == "image":
+            return torch.stack(loaded)
+        encoded = self.tokenizer(
+            list(loaded), padding=True, truncation=True, max_length=self.spec.max_tokens, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def batch(self, items: list[str], train: bool = False) -> Any:
+        """`collate([load(item) for item in items])`: convenient for prediction and tests."""
+        return self.collate([self.load(item, train=train) for item in items])
+
+
+def make_preprocessor(spec: BackboneSpec, augmentation: Augmentation = "none") -> Preprocessor:
+    """The preprocessing that fits `spec`, with the chosen training augmentation."""
+    return Preprocessor(spec, augmentation)
+
+
+def data_config(spec: BackboneSpec) -> dict[str, Any]:
+    """The timm data config of an image spec (input size, interpolation, crop, mean, std)."""
+    return {
+        "input_size": tuple(spec.input_size),
+        "interpolation": spec.interpolation,
+        "crop_pct": spec.crop_pct,
+        "crop_mode": "center",
+        "mean": tuple(spec.mean),
+        "std": tuple(spec.std),
+    }
+
+
+def _cache_key(spec: BackboneSpec) -> str:
+    if spec.modality == "image":
+        described = repr(sorted(data_config(spec).items()))
+    else:
+        described = f"{spec.model_id}|{spec.max_tokens}"
+    return f"{spec.name}-{hashlib.sha256(described.encode()).hexdigest()[:10]}"
+
+
+def _image_transform(spec: BackboneSpec, training: bool, augmentation: str = "none") -> Any:
+    from timm.data import create_transform
+
+    config = data_config(spec)
+    if not training:
+        return create_transform(**config, is_training=False)
+    config.pop("crop_mode")
+    config.pop("crop_pct")
+    if augmentation == "light":
+        return create_transform(**config, is_training=True, scale=(0.6, 1.0), color_jitter=0.0)
+    return create_transform(**config, is_training=True, scale=(0.25, 1.0), color_jitter=0.3,
+                            auto_augment="rand-m7-mstd0.5")
+
+
+def _load_tokenizer(spec: BackboneSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    folder = weights_folder(spec.name)
+    where = str(folder) if folder is not None else spec.model_id
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except OSError as error:
+        raise BackboneUnavailable(
+            f"The tokenizer of {spec.title} is not on this machine ({where}); it comes with the weights, see the "
+            f"Backbone page for how to make {spec.name} available."
+        ) from error
