@@ -791,8 +791,9 @@ def guess_columns(frame: pd.DataFrame) -> tuple[str | None, str | None]:
         text_column = max(lengths, key=lengths.get) if lengths else None
     if label_column is None:
         rest = [column for column in columns if column != text_column]
-        if rest:
-            label_column = min(rest, key=lambda column: (frame[column].nunique(), columns.index(column)))
+        varied = [column for column in rest if frame[column].nunique() >= 2] or rest
+        if varied:  # a label column repeats few values; a constant column cannot be the label
+            label_column = min(varied, key=lambda column: (frame[column].nunique(), columns.index(column)))
     return text_column, label_column
 
 
