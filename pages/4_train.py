@@ -19,8 +19,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core import jobs
+from core import freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
 from core.session import StudioState
+from core.training import TrainConfig
 from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,14 @@ def _reattach(state: StudioState) -> None:
         state.frozen_groups = getattr(job.config, "frozen_groups", None)
 
 
-@st.cache_resource(show_spinner=False)
 def _group_count(backbone_name: str) -> int | None:
-    """How many layer groups the backbone has (built without weights; shared and read-only), or None if unknown."""
+    """How many layer groups the backbone has, from its catalogue entry (no loading); None when unknown."""
     try:
-        from core.backbones import load_backbone
+        from core.backbones import get_spec
 
-        return len(load_backbone(backbone_name, pretrained=False).group_names)
-    except Exception as exc:  # noqa: BLE001 - only the defaults depend on it; the page must still open
-        log.warning("Could not count the layer groups of %s: %s", backbone_name, exc)
+        return int(get_spec(backbone_name).num_groups) or None
+    except (ImportError, KeyError, ValueError, AttributeError) as exc:
+        log.info("No layer-group count for %s: %s", backbone_name, exc)
         return None
 
 
@@ -119,11 +119,11 @@ def _defaults(state: StudioState) -> dict[str, Any]:
 
 
 def _make_config(values: dict[str, Any]) -> Any:
-    """A `TrainConfig` from the form, passing only the fields the engine declares."""
-    from core.training import TrainConfig
-
+    """A `TrainConfig` from the form, passing only the fields the engine declares; checked before it starts."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+    config = TrainConfig(**{k: v for k, v in values.items() if k in names})
+    config.validate()
+    return config
 
 
 def _data_argument(state: StudioState) -> tuple[str, list[str]]:
@@ -347,6 +347,8 @@ def _adopt_finished_run(state: StudioState, job: jobs.TrainingJob) -> None:
     """A finished run with a saved model becomes the session's model for step 5 (once)."""
     if job.status not in ("completed", "stopped") or not (Path(job.run_dir) / "model.safetensors").exists():
         return
+    if job.status == "stopped" and job.snapshot().best_epoch is None:
+        return  # stopped before a first epoch ended: the head is untrained
     if job.run_dir not in state.runs:
         state.runs.append(job.run_dir)
         state.run_dir = job.run_dir
@@ -504,7 +506,7 @@ values = {
 if submitted and not active:
     try:
         config = _make_config(values)
-    except (ImportError, TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         st.error(f"Cannot train with these settings: {exc}")
     else:
         job = jobs.TrainingJob(dataset, config, label=f"{state.backbone_name}, {state.frozen_groups} frozen",

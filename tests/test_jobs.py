@@ -192,3 +192,52 @@ def test_starting_twice_is_refused(colour_dataset, tmp_path):
     with pytest.raises(RuntimeError, match="already started"):
         job.start()
     assert job.join(10)
+
+
+# ------------------------------------------------------------------------------- with the real engine and TinyCNN
+def _tiny_job(dataset, run_dir: Path, **settings: Any) -> TrainingJob:
+    from core.training import TrainConfig
+    from tests.tiny import TinyCNN
+
+    values = {"backbone": "tiny_cnn", "frozen_groups": 1, "epochs": 2, "batch_size": 8, "pretrained": False,
+              "precision": "fp32", **settings}
+    return TrainingJob(dataset, TrainConfig(**values), run_dir=run_dir, backbone=TinyCNN())
+
+
+def test_tiny_model_trains_in_the_background_and_completes(colour_dataset, tmp_path):
+    job = _tiny_job(colour_dataset, tmp_path / "tiny").start()
+    assert job.join(120)
+    snap = job.snapshot()
+    assert snap.status == jobs.COMPLETED, snap.error
+    assert len(snap.steps) == 2 * 3 and all(m["phase"] == "train" for m in snap.steps)  # 21 train images / 8
+    assert [m["epoch"] for m in snap.epochs] == [1, 2] and snap.best_epoch in (1, 2)
+    assert snap.progress == 1.0 and snap.cache_mode == "activations" and snap.info["num_groups"] == 3
+    assert (tmp_path / "tiny" / "model.safetensors").exists() and job.result.status == "completed"
+
+
+def test_stopping_the_real_engine_ends_within_one_batch(colour_dataset, tmp_path):
+    job = _tiny_job(colour_dataset, tmp_path / "tiny", epochs=200, batch_size=2, cache="off")
+    seen_at_stop: list[int] = []
+
+    original = job._record_step
+
+    def stop_after_second_step(metrics: dict[str, Any]) -> None:
+        original(metrics)
+        if metrics.get("phase") == "train" and metrics.get("step") == 2:
+            seen_at_stop.append(len(job._steps))
+            job.stop()
+
+    job._record_step = stop_after_second_step  # stop from inside the loop: deterministic, no timing involved
+    job.start()
+    assert job.join(120)
+    assert job.status == jobs.STOPPED and job.error is None
+    assert len(job.snapshot().steps) == seen_at_stop[0] == 2, "no batch may run after the stop request"
+
+
+def test_a_real_engine_error_fails_the_job_with_its_message(colour_dataset, tmp_path):
+    colour_dataset.table["split"] = colour_dataset.table["split"].replace("train", "val")
+    job = _tiny_job(colour_dataset, tmp_path / "tiny").start()
+    assert job.join(120)
+    assert job.status == jobs.FAILED and "no training examples" in job.error
+    again = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "next", fit_fn=_FakeFit()).start()
+    assert again.join(10) and again.status == jobs.COMPLETED

@@ -1,0 +1,118 @@
+"""AppTest of the Train page: pre-seeded state, a short real run of the tiny CNN, live metrics, completion.
+
+AppTest does not run the browser's `run_every` timer; every `at.run()` is a full script run, which also draws the
+polling fragment once, so the test polls with repeated `at.run()` calls (bounded).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import jobs
+from core.session import StudioState
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/4_train.py"
+
+
+@pytest.fixture(autouse=True)
+def _clean_registry():
+    jobs.JOBS.clear()
+    yield
+    for job in jobs.all_jobs():
+        job.stop()
+        job.join(10)
+    jobs.JOBS.clear()
+
+
+@pytest.fixture
+def tiny_fit(monkeypatch):
+    """The page's jobs train the tiny CNN with the real engine (the catalogue cannot load a test backbone)."""
+    from core import training
+    from tests.tiny import TinyCNN
+
+    def fit_tiny(dataset, config, run_dir, backbone=None, **kwargs):
+        return training.fit(dataset, config, run_dir, backbone=TinyCNN(), **kwargs)
+
+    monkeypatch.setattr(jobs, "_default_fit", lambda: fit_tiny)
+    return fit_tiny
+
+
+def _app(dataset, frozen_groups: int = 1) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page(PAGE)  # through the router, so page links to other steps resolve
+    state = StudioState()
+    state.dataset = dataset
+    state.backbone_name = "tiny_cnn"
+    state.frozen_groups = frozen_groups
+    at.session_state["studio"] = state
+    return at
+
+
+def _poll(at: AppTest, until, limit_seconds: float = 90.0) -> bool:
+    deadline = time.monotonic() + limit_seconds
+    while time.monotonic() < deadline:
+        at.run()
+        if until(at):
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def _state(at: AppTest) -> StudioState:
+    return at.session_state["studio"]
+
+
+def _set(at: AppTest, label: str, value) -> None:
+    next(w for w in at.number_input if w.label == label).set_value(value)
+
+
+def test_page_trains_shows_live_metrics_and_adopts_the_finished_run(colour_dataset, tiny_fit):
+    at = _app(colour_dataset)
+    at.run()
+    assert not at.exception
+    assert at.button(key="FormSubmitter:train-settings-🚀 Train") is not None or at.button
+    _set(at, "Epochs", 3)
+    _set(at, "Batch size", 8)
+    at.button[0].click().run()
+    assert not at.exception
+    job = _state(at).job
+    assert job is not None
+
+    saw_live = _poll(at, lambda a: bool(job.snapshot().steps) or not job.is_running)
+    assert saw_live
+    assert _poll(at, lambda a: not job.is_running)
+    at.run()  # one full redraw after the fragment noticed the end
+    assert not at.exception
+    assert job.status == "completed", job.error
+    state = _state(at)
+    assert state.run_dir == job.run_dir and state.runs == [job.run_dir]
+    assert any("Training finished" in s.value for s in at.success)
+    commands = [c.value for c in at.code]
+    assert any("python -m core train" in c and "--backbone tiny_cnn" in c and "--frozen-groups 1" in c
+               and "--epochs 3" in c for c in commands)
+    assert len(at.dataframe) == 1  # the session's run table
+    snapshot = job.snapshot()
+    assert len(snapshot.epochs) >= 1 and snapshot.best_epoch is not None
+
+
+def test_a_fresh_session_reattaches_to_the_running_job(colour_dataset, tiny_fit):
+    at = _app(colour_dataset)
+    at.run()
+    _set(at, "Epochs", 2)
+    at.button[0].click().run()
+    job = _state(at).job
+
+    fresh = AppTest.from_file(APP, default_timeout=60)  # a reload: a new session with empty state
+    fresh.switch_page(PAGE)
+    fresh.run()
+    assert not fresh.exception
+    assert _state(fresh).job is job
+    assert _state(fresh).dataset is colour_dataset and _state(fresh).backbone_name == "tiny_cnn"
+    assert _poll(fresh, lambda a: not job.is_running)
+    fresh.run()
+    assert _state(fresh).run_dir == job.run_dir
