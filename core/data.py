@@ -355,6 +355,27 @@ def inspect_image(path: Path) -> tuple[str, Path | None, str | None]:
     return digest, target, None
 
 
+_INSPECTED: dict[tuple[str, int, int, int | None, str], tuple[str, Path | None, str | None]] = {}
+_INSPECTED_MAX = 200_000
+
+
+def _inspect_cached(path: Path, workspace: str) -> tuple[str, Path | None, str | None]:
+    """`inspect_image`, remembered per file version so loading the same data again (another seed) is quick."""
+    try:
+        status = path.stat()
+    except OSError:
+        return "", None, "damaged"
+    key = (str(path), status.st_size, status.st_mtime_ns, Image.MAX_IMAGE_PIXELS, workspace)
+    known = _INSPECTED.get(key)
+    if known is not None and (known[1] is None or known[1].exists()):
+        return known
+    result = inspect_image(path)
+    if len(_INSPECTED) >= _INSPECTED_MAX:
+        _INSPECTED.clear()
+    _INSPECTED[key] = result
+    return result
+
+
 _PROBLEM_TEXT = {
     "not_image": ("{count} in `{folder}` {verb} not images and {was} skipped: {names}", "is", "are"),
     "damaged": (
@@ -524,7 +545,8 @@ def _load_image_folder(
     normalised = 0
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL: threads speed this up
-        inspected = list(pool.map(lambda entry: inspect_image(entry.path), entries))
+        workspace = str(_normalised_dir())
+        inspected = list(pool.map(lambda entry: _inspect_cached(entry.path, workspace), entries))
     for entry, (digest, item, problem) in zip(entries, inspected, strict=True):
         if problem is not None:
             problems[(problem, _folder_of(entry.relative))].append(entry.relative)

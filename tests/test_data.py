@@ -462,3 +462,13 @@ def test_cli_check_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     table.write_text("a,b,c\n" + "\n".join(f"text {i},{i % 2},x" for i in range(10)))
     assert cli_main(["check-data", str(table), "--text-column", "a", "--label-column", "b"]) == 0
     assert cli_main(["check-data", str(table), "--label-column", "nope"]) == 2
+
+
+def test_reloading_sees_a_file_that_changed(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "d", class_entries())
+    first, _ = data.load_folder(root, seed=0)
+    again, report = data.load_folder(root, seed=1)  # remembered inspection: same items, new split
+    assert sorted(again.table["item"]) == sorted(first.table["item"]) and report["ok"]
+    (root / "cats" / "cats_2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken now")
+    _, report = data.load_folder(root, seed=1)
+    assert problem(report, "damaged")["items"] == ["cats/cats_2.png"]
