@@ -116,3 +116,27 @@ def shot(page: Page, step: str) -> Path:
         README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, README_SCREENSHOTS / f"{step}.png")
     return path
+
+
+def choose_radio(page: Page, label: str) -> None:
+    """Pick one option of an `st.radio` by its visible label (no rerun to wait for when it is already picked)."""
+    option = main(page).get_by_test_id("stRadio").get_by_role("radio", name=label, exact=True)
+    if option.is_checked():
+        return
+    with rerun(page):
+        main(page).get_by_test_id("stRadio").get_by_text(label, exact=True).click()
+    expect(option).to_be_checked()
+
+
+def click_button(page: Page, name: str, timeout_ms: float = 60_000) -> None:
+    """Click an `st.button` by its label and wait for the rerun it causes."""
+    with rerun(page, timeout_ms):
+        main(page).get_by_role("button", name=name, exact=True).click()
+
+
+def upload(page: Page, path: Path, index: int = 0) -> None:
+    """Give a file to the `index`-th `st.file_uploader` of the main area, and wait until the app has it."""
+    uploader = main(page).get_by_test_id("stFileUploader").nth(index)
+    with rerun(page):
+        uploader.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(path))
+    expect(uploader.get_by_role("button", name=f"Remove {path.name}")).to_be_visible()

@@ -1,0 +1,59 @@
+"""Files a user would upload, made on the fly: a good image zip, a zip-slip archive, a zip with a broken JPEG."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+from PIL import Image
+
+from tests.e2e.studio import REPO_ROOT
+
+SAMPLE_IMAGES_ZIP = REPO_ROOT / "assets" / "samples" / "digits.zip"
+SAMPLE_TEXTS_CSV = REPO_ROOT / "assets" / "samples" / "support_messages.csv"
+
+
+def _jpeg_bytes(colour: tuple[int, int, int], size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def sample_digit(folder: Path, digit: str = "seven", index: int = 3) -> Path:
+    """One scan from the image sample, saved as its own file: a "new" image to ask the trained model about."""
+    name = f"digits/{digit}/{digit}_{index}.png"
+    path = folder / f"new_{digit}.png"
+    with zipfile.ZipFile(SAMPLE_IMAGES_ZIP) as archive:
+        path.write_bytes(archive.read(name))
+    return path
+
+
+def zip_slip_archive(folder: Path) -> Path:
+    """A zip whose entries climb out of the extraction folder (`../`), among ordinary class folders."""
+    path = folder / "zip_slip.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(3):
+            archive.writestr(f"red/red_{i}.jpg", _jpeg_bytes((200 + 5 * i, 30 + 3 * i, 30)))
+            archive.writestr(f"blue/blue_{i}.jpg", _jpeg_bytes((30, 30 + 3 * i, 200 + 5 * i)))
+        archive.writestr("../../escaped.jpg", _jpeg_bytes((0, 0, 0)))
+    return path
+
+
+def corrupt_image_archive(folder: Path) -> Path:
+    """Two classes of good JPEGs and one truncated JPEG (a file cut off half-way, as a broken download is)."""
+    path = folder / "broken_jpeg.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(10):
+            archive.writestr(f"red/red_{i}.jpg", _jpeg_bytes((200 + 5 * i, 30 + 3 * i, 30)))
+            archive.writestr(f"blue/blue_{i}.jpg", _jpeg_bytes((30, 30 + 3 * i, 200 + 5 * i)))
+        whole = _jpeg_bytes((30, 220, 30), size=64)
+        archive.writestr("red/truncated.jpg", whole[: len(whole) // 2])
+    return path
+
+
+def not_a_zip(folder: Path) -> Path:
+    """A file named `.zip` that is not an archive at all (a half-finished download, a renamed photo)."""
+    path = folder / "photos.zip"
+    path.write_bytes(b"PK\x03\x04 this is not really a zip archive" + bytes(range(256)) * 4)
+    return path
