@@ -456,34 +456,33 @@ def read_texts(lines_or_csv: str, is_csv: bool = False) -> list[str]:
 def load_model(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """A trained classifier (eval mode), its preprocessor and its run record, from a run folder or a bundle.
 
-    Run folders (with `run.json`) are read by `core.training.load_trained`; exported bundles by
-    `core.export.load_bundle` when that exists.
+    Exported bundles (a folder with `manifest.json`, written by `python -m core export`) are read by
+    `core.export.load_bundle`, which checks every file against the manifest; run folders (`run.json` and
+    `model.safetensors`) by `core.training.load_trained`.
+
+    Raises:
+        ModelLoadError: the path is neither, or the module that reads it is missing.
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(
             f"{folder} is not a folder. Give a run folder (workspace/runs/<run_id>) or an exported model bundle."
         )
-    errors: list[str] = []
+    if (folder / "manifest.json").is_file():
+        try:
+            from core.export import load_bundle
+        except ImportError as error:
+            raise ModelLoadError(f"{folder} is a model bundle, but the export module cannot load: {error}") from error
+        return load_bundle(folder)
     if (folder / "run.json").is_file():
         try:
             from core.training import load_trained
         except ImportError as error:
-            errors.append(f"the training engine is not available ({error})")
-        else:
-            return load_trained(folder)
-    try:
-        from core import export
-    except ImportError as error:
-        errors.append(f"the export module is not available ({error})")
-    else:
-        loader = getattr(export, "load_bundle", None)
-        if loader is not None:
-            return loader(folder)
-        errors.append("core.export has no bundle loader")
+            raise ModelLoadError(f"{folder} is a run folder, but the training engine cannot load: {error}") from error
+        return load_trained(folder)
     raise ModelLoadError(
-        f"{folder} holds no model we can load ({'; '.join(errors) or 'no run.json'}). "
-        "Give a run folder with run.json and model.safetensors, or a bundle written by `python -m core export`."
+        f"{folder} holds no model: give a run folder with run.json and model.safetensors "
+        "(workspace/runs/<run_id>), or a bundle written by `python -m core export`."
     )
 
 
@@ -576,12 +575,15 @@ def scratch_baseline(
     epochs: int | None = None,
     stop_event: threading.Event | None = None,
     callbacks: Sequence[Any] = (),
+    backbone_factory: Callable[[], Any] | None = None,
 ) -> BaselineResult:
     """The run's own recipe (backbone architecture, frozen groups, head, split) but random initial weights.
 
     What is left of the model's accuracy without pretraining is what the data alone teaches; the gap to
-    the trained model is what transfer learning bought.
+    the trained model is what transfer learning bought. `backbone_factory` builds the (randomly initialised)
+    backbone instead of the catalogue, for architectures the catalogue does not hold (tests' TinyCNN).
     """
+    from core.store import RunStore
     from core.training import TrainConfig, fit, load_trained
 
     config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -596,8 +598,12 @@ def scratch_baseline(
     run_dir = _baseline_dir(run_info) / "scratch"
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("Training the from-scratch baseline of run %s in %s", run_info.get("run_id"), run_dir)
-    fit(dataset, config, run_dir, callbacks=callbacks, stop_event=stop_event)
-    model, preprocessor, _ = load_trained(run_dir)
+    fresh = backbone_factory() if backbone_factory is not None else None
+    # A store of its own: a baseline is not one of the user's runs and must not appear in the Train page's table.
+    store = RunStore(_baseline_dir(run_info) / "baseline_runs.sqlite")
+    fit(dataset, config, run_dir, backbone=fresh, callbacks=callbacks, stop_event=stop_event, store=store)
+    rebuilt = backbone_factory() if backbone_factory is not None else None
+    model, preprocessor, _ = load_trained(run_dir, backbone=rebuilt)
     scored = evaluate(model, preprocessor, dataset, "test", device=config.device)
     return BaselineResult(
         name="scratch",
@@ -616,6 +622,7 @@ def train_baselines(
     epochs: int | None = None,
     stop_event: threading.Event | None = None,
     callbacks: Sequence[Any] = (),
+    backbone_factory: Callable[[], Any] | None = None,
 ) -> list[BaselineResult]:
     """Train the baselines of a run on the same split and save them next to the run's other baselines.
 
@@ -626,6 +633,7 @@ def train_baselines(
         epochs: epochs for the from-scratch baseline (default: the run's own).
         stop_event: set it to stop the from-scratch training early.
         callbacks: training callbacks for the from-scratch run (progress).
+        backbone_factory: builds the backbone for the from-scratch run instead of the catalogue (tests).
 
     Returns:
         The results of this call; `load_baselines(run_info)` returns every baseline saved for the run.
@@ -637,7 +645,16 @@ def train_baselines(
         if kind == "tfidf":
             results.append(tfidf_baseline(dataset, seed=int((run_info.get("config") or {}).get("seed", 0))))
         elif kind == "scratch":
-            results.append(scratch_baseline(dataset, run_info, epochs, stop_event=stop_event, callbacks=callbacks))
+            results.append(
+                scratch_baseline(
+                    dataset,
+                    run_info,
+                    epochs,
+                    stop_event=stop_event,
+                    callbacks=callbacks,
+                    backbone_factory=backbone_factory,
+                )
+            )
         else:
             raise ValueError(f"Unknown baseline '{kind}'; choose 'scratch' or 'tfidf'.")
     saved = {result.name: result for result in load_baselines(run_info)}
@@ -725,7 +742,9 @@ def main_predict(args: argparse.Namespace) -> int:
         if not inputs:
             raise PredictionInputError("Nothing to predict: give image files / folders, or texts.")
         probabilities = predict_proba(model, preprocessor, inputs, device=getattr(args, "device", None))
-    except (ModelLoadError, PredictionInputError, FileNotFoundError, ValueError) as error:
+    except (ModelLoadError, PredictionInputError, OSError, ValueError, RuntimeError) as error:
+        # Missing files, unreadable inputs, a backbone whose weights are not installed (BackboneUnavailable), a
+        # changed bundle (BundleError): all carry a message that says what to do.
         sys.stderr.write(f"error: {error}\n")
         return 2
     if not classes:

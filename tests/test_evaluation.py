@@ -11,29 +11,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from core import evaluation
 from core.backbones import Classifier
 from core.dataset import Dataset
-from tests.tiny import TinyCNN
+from core.paths import workspace_subdir
+from core.preprocess import make_preprocessor
+from core.store import RunStore
+from core.training import load_trained
+from tests.tiny import TINY_SPEC, TinyCNN
 
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-class TinyPreprocessor:
-    """The contract of `core.preprocess.Preprocessor` for TinyCNN: 32x32 RGB, normalised to [-1, 1]."""
-
-    cache_key = "tiny-32"
-
-    def load(self, item: str, train: bool) -> torch.Tensor:
-        with Image.open(item) as image:
-            pixels = np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.float32) / 255.0
-        return (torch.from_numpy(pixels).permute(2, 0, 1) - 0.5) / 0.5
-
-    def collate(self, loaded: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(loaded)
+def tiny_preprocessor() -> Any:
+    """The engine's evaluation preprocessing for TinyCNN (32x32 RGB, normalised as TINY_SPEC says)."""
+    return make_preprocessor(TINY_SPEC, "none")
 
 
 _TRAINED: dict[tuple[Any, ...], dict[str, torch.Tensor]] = {}
@@ -52,7 +46,7 @@ def train_tiny(dataset: Dataset, steps: int = 60) -> Classifier:
         return model.eval()
     torch.manual_seed(0)
     model = Classifier(TinyCNN(), dataset.num_classes)
-    preprocessor = TinyPreprocessor()
+    preprocessor = tiny_preprocessor()
     items, targets = dataset.split("train")
     batch = torch.stack([preprocessor.load(item, train=True) for item in items])
     labels = torch.tensor(targets)
@@ -87,15 +81,12 @@ def write_run(folder: Path, model: Classifier, dataset: Dataset, run_id: str = "
     return folder
 
 
-def load_tiny_run(path: str | Path) -> tuple[Classifier, TinyPreprocessor, dict[str, Any]]:
-    """Stands in for `core.training.load_trained` on TinyCNN run folders (the catalogue does not know TinyCNN)."""
-    folder = Path(path)
-    if not (folder / "run.json").is_file():
-        raise evaluation.ModelLoadError(f"{folder} is not a run folder")
-    info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    model = Classifier(TinyCNN(), len(info["classes"]))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return model.eval(), TinyPreprocessor(), info
+def load_tiny_run(path: str | Path) -> tuple[Classifier, Any, dict[str, Any]]:
+    """`evaluation.load_model` for TinyCNN runs: the engine's `load_trained`, given the architecture the catalogue
+    does not hold."""
+    if not (Path(path) / "run.json").is_file():
+        raise evaluation.ModelLoadError(f"{path} is not a run folder")
+    return load_trained(path, backbone=TinyCNN())
 
 
 @pytest.fixture
@@ -186,7 +177,7 @@ def test_coverage_curve_trades_coverage_for_accuracy() -> None:
 
 
 def test_evaluate_a_tiny_trained_model(colour_dataset: Dataset, tiny_model: Classifier) -> None:
-    result = evaluation.evaluate(tiny_model, TinyPreprocessor(), colour_dataset, device="cpu", batch_size=4)
+    result = evaluation.evaluate(tiny_model, tiny_preprocessor(), colour_dataset, device="cpu", batch_size=4)
     test_items, test_targets = colour_dataset.split("test")
     assert result.split == "test" and result.items == test_items
     np.testing.assert_array_equal(result.targets, test_targets)
@@ -199,7 +190,7 @@ def test_evaluate_a_tiny_trained_model(colour_dataset: Dataset, tiny_model: Clas
     assert 0.0 <= result.metrics["calibration_error"] <= 1.0
 
     # Same probabilities whatever the batch size: evaluation runs in eval mode.
-    again = evaluation.predict_proba(tiny_model, TinyPreprocessor(), test_items, device="cpu", batch_size=1)
+    again = evaluation.predict_proba(tiny_model, tiny_preprocessor(), test_items, device="cpu", batch_size=1)
     np.testing.assert_allclose(again, result.probabilities, atol=1e-5)
 
 
@@ -219,7 +210,7 @@ def test_evaluate_refuses_an_empty_split(colour_dataset: Dataset, tiny_model: Cl
     table = colour_dataset.table.assign(split=colour_dataset.table["split"].replace("test", "train"))
     no_test = Dataset("no test", "image", table, root=colour_dataset.root)
     with pytest.raises(ValueError, match="test share"):
-        evaluation.evaluate(tiny_model, TinyPreprocessor(), no_test, device="cpu")
+        evaluation.evaluate(tiny_model, tiny_preprocessor(), no_test, device="cpu")
 
 
 def test_top_k_table_says_not_sure_below_the_threshold() -> None:
@@ -281,6 +272,21 @@ def test_tfidf_baseline_refuses_images(colour_dataset: Dataset) -> None:
         evaluation.tfidf_baseline(colour_dataset)
 
 
+def test_scratch_baseline_trains_the_same_recipe_without_pretrained_weights(colour_dataset: Dataset) -> None:
+    info = {"run_id": "tiny-run", "backbone": "tiny_cnn", "frozen_groups": 0,
+            "config": {"backbone": "tiny_cnn", "frozen_groups": 0, "epochs": 9, "batch_size": 8, "lr": 0.01,
+                       "device": "cpu", "patience": None}}  # fmt: skip
+    results = evaluation.train_baselines(colour_dataset, info, epochs=2, backbone_factory=TinyCNN)
+    assert [r.name for r in results] == ["scratch"], "image data: no TF-IDF baseline"
+    assert 0.0 <= results[0].accuracy <= 1.0 and "2 epoch(s)" in results[0].detail
+    saved = evaluation.load_baselines(info)
+    assert [(r.name, r.accuracy) for r in saved] == [("scratch", results[0].accuracy)]
+    scratch_run = workspace_subdir("baselines") / "tiny-run" / "scratch"
+    recorded = json.loads((scratch_run / "run.json").read_text())
+    assert recorded["config"]["pretrained"] is False and recorded["config"]["epochs"] == 2
+    assert RunStore().list_runs() == [], "a baseline must not show up among the user's runs"
+
+
 def test_train_baselines_saves_results_for_the_run() -> None:
     texts = _topic_texts()
     info = {"run_id": "text-run", "config": {"seed": 0}}
@@ -314,7 +320,7 @@ def test_cli_predict_prints_the_same_answers_as_the_library(
     run = write_run(tmp_path / "run", tiny_model, colour_dataset)
     monkeypatch.setattr(evaluation, "load_model", load_tiny_run)
     images, _ = colour_dataset.split("test")
-    expected = evaluation.predict_proba(tiny_model, TinyPreprocessor(), images[:3], device="cpu")
+    expected = evaluation.predict_proba(tiny_model, tiny_preprocessor(), images[:3], device="cpu")
 
     assert main(["predict", "--model", str(run), "--top-k", "2", *images[:3]]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
