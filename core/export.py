@@ -770,6 +770,7 @@ def export_bundle(
     make_zip: bool = True,
     max_examples: int = DEFAULT_PARITY_EXAMPLES,
     progress: Callable[[str], None] | None = None,
+    counts: Any = None,
 ) -> ExportResult:
     """Write the bundle of a trained classifier, check its parity on `items` and zip it.
 
@@ -785,6 +786,7 @@ def export_bundle(
         make_zip: also write `<out_dir>.zip`.
         max_examples: parity runs on at most this many of `items` (the first ones, in order).
         progress: called with a short message before each stage.
+        counts: examples per class and split (`Dataset.counts()`) for the report's data summary.
 
     Raises:
         ExportError: no examples to check on, or the model could not be traced / exported.
@@ -855,7 +857,7 @@ def export_bundle(
     (out / PARITY_FILE).write_text(json.dumps({**parity.to_dict(), "items": stored_items}, indent=2), "utf-8")
     if evaluation is None and targets is not None and len(targets) == len(items):
         evaluation = _evaluate(reference, targets, classes, items)
-    report = model_report(run_info, evaluation=evaluation, baseline=baseline, parity=parity, spec=spec)
+    report = model_report(run_info, evaluation=evaluation, baseline=baseline, parity=parity, spec=spec, counts=counts)
     (out / REPORT_FILE).write_text(report, encoding="utf-8")
     (out / README_FILE).write_text(_readme(spec, classes, parity), encoding="utf-8")
     write_manifest(out, {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "parity_ok": parity.ok})
@@ -1156,6 +1158,7 @@ def export_run(
     targets: list[int] | None = None
     if dataset is not None:
         items, targets = dataset.split("test")
+        counts = dataset.counts()
         if list(dataset.classes) != [str(name) for name in run_info.get("classes") or dataset.classes]:
             raise ExportError(
                 f"The data set's classes {dataset.classes} differ from the model's {run_info.get('classes')}: "
@@ -1163,6 +1166,7 @@ def export_run(
             )
     else:
         items, targets = _run_test_items(folder, run_info)
+        counts = None
     if not items:
         raise ExportError(
             f"No test examples to check the export on: {folder} records none. Give the data set with --data."
@@ -1178,6 +1182,7 @@ def export_run(
         baseline=baseline,
         make_zip=make_zip,
         progress=progress,
+        counts=counts,
     )
 
 

@@ -313,3 +313,36 @@ def test_all_minilm_l6_v2_export_matches_with_real_weights(tmp_path: Path) -> No
     assert result.parity.ok, str(result.parity)
     assert result.parity.row("predict.py:safetensors") is not None
     assert (result.bundle_dir / "tokenizer" / "tokenizer_config.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------- page
+
+
+def _export_section_script() -> None:
+    from pages._export import render_export_section
+    from pages._ui import get_state
+
+    render_export_section(get_state())
+
+
+def test_export_section_builds_the_bundle_and_offers_what_passed(tiny_export: dict[str, Any]) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from core.session import StudioState
+
+    state = StudioState(dataset=tiny_export["dataset"], backbone_name="tiny_cnn", frozen_groups=1, run_dir="tiny-run")
+    state.scratch["test"] = {"model": ("tiny-run", tiny_export["model"], tiny_export["preprocessor"],
+                                       tiny_export["info"])}  # fmt: skip
+    app = AppTest.from_function(_export_section_script, default_timeout=300)
+    app.session_state["studio"] = state
+    app.run()
+    assert not app.exception
+    downloads = [element.label for element in app.get("download_button")]
+    assert downloads == ["Download model report (Markdown)"]  # nothing exported yet
+    app.button(key="export-build").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert "Parity holds" in app.success[0].value
+    labels = [element.label for element in app.get("download_button")]
+    assert {"Download bundle (zip)", "Download ONNX model", "Download TorchScript model"} <= set(labels)
+    table = app.dataframe[0].value
+    assert list(table["result"]) == ["pass", "pass", "pass"]

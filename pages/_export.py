@@ -1,0 +1,140 @@
+"""The Export section at the end of the Test page: build the bundle, show its parity check, offer the downloads.
+
+Only artefacts that passed the parity check are offered; a failure is shown in red with what did not match.
+The work is in `core.export`; this module only draws it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core import evaluation, export
+from core.paths import workspace_subdir
+from core.session import StudioState
+
+log = logging.getLogger(__name__)
+
+_MIME = {".zip": "application/zip", ".onnx": "application/octet-stream", ".pt": "application/octet-stream"}
+_ARTEFACT_TITLES = {"onnx": "ONNX model", "torchscript": "TorchScript model"}
+
+
+def _model(state: StudioState) -> tuple[Any, Any, dict[str, Any]]:
+    """The run's model as the Test page loaded it (kept in its scratch), or loaded here."""
+    cached = state.scratch.get("test", {}).get("model")
+    if cached is not None and cached[0] == state.run_dir:
+        return cached[1], cached[2], cached[3]
+    with st.spinner("Loading the trained model…"):
+        return evaluation.load_model(state.run_dir)
+
+
+def _evaluation(state: StudioState) -> Any:
+    """The Test page's evaluation of this run on the loaded data, if it computed one."""
+    if state.dataset is None:
+        return None
+    evaluations = state.scratch.get("test", {}).get("evaluations", {})
+    return evaluations.get(f"{state.run_dir}|{state.dataset.fingerprint}")
+
+
+def _download(label: str, path: Path, key: str) -> None:
+    st.download_button(
+        label, path.read_bytes(), file_name=path.name, mime=_MIME.get(path.suffix, "application/octet-stream"), key=key
+    )
+
+
+def _show_result(result: export.ExportResult, run_id: str) -> None:
+    parity = result.parity
+    if parity.ok:
+        st.success(
+            f"Parity holds: every export gives the app's top-1 class on all {parity.examples} test examples, and "
+            f"probabilities within {parity.tolerance:g} (largest difference {parity.max_abs_diff:.1e}).",
+            icon="✅",
+        )
+    else:
+        st.error(
+            "Parity FAILED: some exports do not give the app's answers. They are not offered for download; the "
+            "table says which and by how much.",
+            icon="🛑",
+        )
+    st.dataframe(pd.DataFrame(parity.table()), hide_index=True, width="stretch")
+    for artefact, reason in parity.skipped.items():
+        st.caption(f"{artefact}: not checked — {reason}.")
+    for row in parity.rows:
+        if not row.passed:
+            detail = row.error or f"top-1 agreement {row.top1_agreement:.1%}, max |Δp| {row.max_abs_diff:.1e}"
+            st.error(f"{row.title} does not match the app ({detail}); it is not offered.")
+
+    columns = st.columns(3)
+    with columns[0]:
+        if parity.ok and result.zip_path is not None and result.zip_path.is_file():
+            _download("Download bundle (zip)", result.zip_path, key=f"export-zip-{run_id}")
+            st.caption("Weights, ONNX, TorchScript, predict.py, labels, preprocessing, report, manifest.")
+        else:
+            st.caption("The bundle zip is offered once every artefact passes parity.")
+    for column, (artefact, path) in zip(columns[1:], result.artefacts().items(), strict=False):
+        with column:
+            _download(f"Download {_ARTEFACT_TITLES.get(artefact, artefact)}", path, key=f"export-{artefact}-{run_id}")
+
+
+def render_export_section(state: StudioState) -> None:
+    """Draw the Export section for the run chosen on the Test page (`state.run_dir`)."""
+    st.header("Export")
+    st.caption(
+        "A bundle that runs without Transfer Studio: weights (safetensors), the same model as ONNX and "
+        "TorchScript, a standalone `predict.py`, labels, preprocessing and a model report. Before anything is "
+        "offered, each export is run on the test split and must give the app's answers."
+    )
+    if state.run_dir is None or state.dataset is None:
+        st.info("Train a model and load its data set first.")
+        return
+    try:
+        model, preprocessor, run_info = _model(state)
+    except (evaluation.ModelLoadError, OSError, RuntimeError, ValueError, KeyError) as error:
+        st.error(f"This run's model cannot be loaded for export: {error}")
+        return
+    run_id = str(run_info.get("run_id") or Path(state.run_dir).name)
+    scratch: dict[str, Any] = state.scratch.setdefault("export", {})
+    result_of_test = _evaluation(state)
+    baselines = evaluation.load_baselines(run_info)
+    items, targets = state.dataset.split("test")
+
+    if st.button("Build bundle", type="primary", key="export-build", disabled=not items):
+        with st.spinner("Exporting ONNX and TorchScript, writing the bundle and checking parity…"):
+            try:
+                scratch[state.run_dir] = export.export_bundle(
+                    model,
+                    preprocessor,
+                    run_info,
+                    workspace_subdir("exports") / run_id,
+                    items,
+                    targets=targets,
+                    evaluation=result_of_test,
+                    baseline=baselines,
+                    counts=state.dataset.counts(),
+                )
+            except (export.ExportError, OSError, RuntimeError, ValueError) as error:
+                log.exception("Export of %s failed", run_id)
+                st.error(f"The export failed: {error}")
+    if not items:
+        st.warning("The test split is empty, so an export cannot be checked. Reload the data with a test share.")
+    result = scratch.get(state.run_dir)
+    if result is not None:
+        _show_result(result, run_id)
+    st.caption(f"The same from a terminal: `python -m core export --model {state.run_dir} --out bundle/`")
+
+    report = (
+        result.report
+        if result is not None
+        else export.model_report(run_info, evaluation=result_of_test, baseline=baselines, counts=state.dataset.counts())
+    )
+    st.download_button(
+        "Download model report (Markdown)",
+        report.encode("utf-8"),
+        file_name=f"model-report-{run_id}.md",
+        mime="text/markdown",
+        key=f"export-report-{run_id}",
+    )
