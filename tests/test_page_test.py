@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -32,6 +33,11 @@ def seeded(tmp_path: Path, colour_dataset: Dataset, monkeypatch: pytest.MonkeyPa
     app = AppTest.from_file(PAGE, default_timeout=60)
     app.session_state["studio"] = state
     return app, state
+
+
+def _predictions(app: AppTest) -> pd.DataFrame:
+    """The prediction table (the page's export section, drawn below it, may add tables of its own)."""
+    return next(frame.value for frame in app.dataframe if "prediction" in frame.value.columns)
 
 
 def _metric(app: AppTest, label: str) -> str:
@@ -110,11 +116,11 @@ def test_prediction_for_an_uploaded_image(seeded, tmp_path: Path) -> None:
     saved = tmp_path / "sky.png"
     saved.write_bytes(buffer.getvalue())
     expected = evaluation.predict_proba(model, preprocessor, [str(saved)], device="cpu")[0]
-    table = app.dataframe[-1].value
+    table = _predictions(app)
     assert table["input"].tolist() == ["sky.png"]
     assert table["class_1"].iloc[0] == state.dataset.classes[int(expected.argmax())] == "blue"
     assert table["probability_1"].iloc[0] == pytest.approx(float(expected.max()), abs=1e-5)
-    assert len(app.get("download_button")) == 1
+    assert "Download predictions (CSV)" in [button.label for button in app.get("download_button")]
 
 
 def test_unreadable_upload_is_reported_not_raised(seeded) -> None:
@@ -159,8 +165,6 @@ class _KeywordModel(torch.nn.Module):
 
 
 def test_text_model_gallery_and_pasted_predictions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import pandas as pd
-
     rows = [("goal goal team", "sport", "test"), ("bake bread", "food", "test"), ("chip goal", "tech", "test"),
             ("goal", "sport", "train"), ("bake", "food", "train"), ("chip", "tech", "train")]  # fmt: skip
     texts = Dataset("topics", "text", pd.DataFrame(rows, columns=["item", "label", "split"]), ["sport", "food", "tech"])
@@ -180,9 +184,10 @@ def test_text_model_gallery_and_pasted_predictions(monkeypatch: pytest.MonkeyPat
     # Default cell: the most common mistake (tech read as sport), shown as a table of texts.
     assert app.selectbox(key="test_true_class").value == "tech"
     assert app.selectbox(key="test_predicted_class").value == "sport"
-    assert app.dataframe[-1].value["text"].tolist() == ["chip goal"]
+    gallery = next(frame.value for frame in app.dataframe if "text" in frame.value.columns)
+    assert gallery["text"].tolist() == ["chip goal"]
 
     app.text_area(key="test_predict_text").set_value("we bake\n\nchip chip").run()
-    table = app.dataframe[-1].value
+    table = _predictions(app)
     assert table["input"].tolist() == ["we bake", "chip chip"]
     assert table["prediction"].tolist() == ["food", "tech"]
