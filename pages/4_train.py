@@ -37,23 +37,21 @@ def _session_id(state: StudioState) -> str:
 
 
 def _reattach(state: StudioState) -> None:
-    """A new session (refresh, second tab) picks up the latest job on its data, or any job when it has no data.
+    """A new session (a refresh, a reopened tab) picks up the latest job, and the data and choices it trained on.
 
-    When the session has no data yet (a refresh), the job's data set and choices come back with it, so the page
-    can show the running job instead of sending the user back to step 1.
+    Only a session with no data yet reattaches: a session that has its own data set keeps to its own jobs, so two
+    people on the same machine each train their own model (one after the other, through the queue).
     """
-    if state.job is not None:
+    if state.job is not None or state.dataset is not None:
         return
-    fingerprint = state.dataset.fingerprint if state.dataset is not None else None
-    job = jobs.latest(fingerprint=fingerprint)
+    job = jobs.latest()
     if job is None:
         return
     state.job = job
     state.scratch["train_reattached"] = job.job_id
-    if state.dataset is None:
-        state.dataset = job.dataset
-        state.backbone_name = str(getattr(job.config, "backbone", "")) or None
-        state.frozen_groups = getattr(job.config, "frozen_groups", None)
+    state.dataset = job.dataset
+    state.backbone_name = str(getattr(job.config, "backbone", "")) or None
+    state.frozen_groups = getattr(job.config, "frozen_groups", None)
 
 
 def _group_count(backbone_name: str) -> int | None:

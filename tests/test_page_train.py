@@ -6,6 +6,7 @@ polling fragment once, so the test polls with repeated `at.run()` calls (bounded
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -116,3 +117,45 @@ def test_a_fresh_session_reattaches_to_the_running_job(colour_dataset, tiny_fit)
     assert _poll(fresh, lambda a: not job.is_running)
     fresh.run()
     assert _state(fresh).run_dir == job.run_dir
+
+
+def test_the_stop_button_stops_the_run(colour_dataset, tiny_fit):
+    at = _app(colour_dataset, frozen_groups=0)
+    at.run()
+    _set(at, "Epochs", 200)
+    _set(at, "Batch size", 2)
+    at.button[0].click().run()
+    job = _state(at).job
+    assert _poll(at, lambda a: bool(job.snapshot().steps) or not job.is_running)
+    at.run()
+    at.button(key="train-stop").click().run()
+    assert not at.exception
+    assert _poll(at, lambda a: not job.is_running, limit_seconds=30)
+    at.run()
+    assert job.status == "stopped"
+    assert any("Stopped" in w.value for w in at.warning)
+    assert len(job.snapshot().epochs) < 200
+
+
+def test_a_second_session_queues_behind_the_first_and_says_so(colour_dataset, monkeypatch):
+    from tests.test_jobs import _FakeFit
+
+    gate = threading.Event()
+    fits = iter([_FakeFit(gate=gate), _FakeFit()])
+    monkeypatch.setattr(jobs, "_default_fit", lambda: next(fits))
+    first, second = _app(colour_dataset), _app(colour_dataset)
+    first.run()
+    first.button[0].click().run()
+    first_job = _state(first).job
+    assert _poll(first, lambda a: first_job.status == "running")
+
+    second.run()
+    assert second.button[0].label == "Train in the queue"  # the page says a run is going on elsewhere
+    second.button[0].click().run()
+    second_job = _state(second).job
+    assert second_job is not first_job
+    assert _poll(second, lambda a: second_job.status == "queued" and any("Queued" in i.value for i in a.info))
+    gate.set()
+    assert _poll(second, lambda a: not second_job.is_running)
+    assert first_job.status == "completed" and second_job.status == "completed"
+    assert second_job.started_at >= first_job.finished_at
