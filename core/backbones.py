@@ -728,7 +728,7 @@ def _build_torchvision(spec: BackboneSpec, location: _Location | None) -> nn.Mod
     return network
 
 
-def _build_transformers(spec: BackboneSpec, location: _Location | None) -> nn.Module:
+def _build_transformers(spec: BackboneSpec, location: _Location | None, config_only: bool = False) -> Any:
     from transformers import AutoConfig, AutoModel
 
     where = str(location.path) if location is not None and location.path is not None else spec.model_id
@@ -737,6 +737,8 @@ def _build_transformers(spec: BackboneSpec, location: _Location | None) -> nn.Mo
     except OSError as error:
         raise BackboneUnavailable(f"The configuration of {spec.title} is not on this machine. To use it: "
                                   + _how_to(spec)) from error
+    if config_only:
+        return config
     if location is None:
         return AutoModel.from_config(config)
     if location.path is not None and location.path.is_file():
@@ -759,6 +761,14 @@ def load_network(name: str, pretrained: bool = True) -> nn.Module:
     """
     spec = get_spec(name)
     location = None
+    if not pretrained and spec.source == "transformers":
+        # A text model's architecture (config) and tokenizer live with its weights: use a local copy if any.
+        local = _locate(spec)
+        if local is not None and local.path is not None:
+            config = _build_transformers(spec, local, config_only=True)
+            from transformers import AutoModel
+
+            return AutoModel.from_config(config)
     if pretrained:
         location = _locate(spec)
         if location is None:

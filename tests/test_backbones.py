@@ -276,3 +276,13 @@ def test_default_text_backbone_is_really_pretrained() -> None:
     assert similarity[0, 1] > 0.6
     assert similarity[0, 1] > similarity[0, 2] + 0.4
     assert similarity[1, 2] < 0.3
+
+
+def test_text_backbone_without_weights_builds_from_the_local_config() -> None:
+    """What `load_trained` does: the architecture from the shipped folder, random weights (replaced later)."""
+    random_init = load_backbone("all_minilm_l6_v2", pretrained=False)
+    pretrained = load_backbone("all_minilm_l6_v2")
+    assert random_init.group_names == pretrained.group_names
+    assert set(random_init.state_dict()) == set(pretrained.state_dict())
+    assert not torch.equal(random_init.network.embeddings.word_embeddings.weight,
+                           pretrained.network.embeddings.word_embeddings.weight)
