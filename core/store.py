@@ -265,7 +265,7 @@ class RunStore:
         if status is not None:
             query += " WHERE status = ?"
             params.append(status)
-        query += " ORDER BY created_at DESC, run_id DESC"
+        query += " ORDER BY created_at DESC, rowid DESC"
         if limit is not None:
             query += " LIMIT ?"
             params.append(int(limit))
