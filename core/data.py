@@ -1012,6 +1012,7 @@ def load_sample(kind: str, seed: int = 0, fractions: Sequence[float] = DEFAULT_F
 
 
 def lists_images(frame: pd.DataFrame) -> bool:
+    """Whether a table maps image files to labels (a `file,label` CSV) rather than holding texts."""
     file_column = _column(frame, FILE_COLUMNS)
     if file_column is None or _column(frame, LABEL_COLUMNS) is None or frame.empty:
         return False
