@@ -683,6 +683,9 @@ def load_baselines(run_info: dict[str, Any]) -> list[BaselineResult]:
         return []
 
 
+_SHORT_NAMES = {"scratch": "from scratch", "tfidf": "TF-IDF"}
+
+
 def transfer_verdict(
     model_accuracy: float, baselines: Sequence[BaselineResult], margin: float = 0.02
 ) -> tuple[str, str]:
@@ -692,16 +695,17 @@ def transfer_verdict(
     """
     if not baselines:
         return "info", "No baseline yet: train one to see what transfer learning adds."
-    comparison = ", ".join(f"{b.title.lower()}: {b.accuracy:.0%}" for b in baselines)
+    comparison = ", ".join(f"{_SHORT_NAMES.get(b.name, b.title)}: {b.accuracy:.0%}" for b in baselines)
     best = max(baselines, key=lambda b: b.accuracy)
     if model_accuracy >= best.accuracy + margin:
         return "success", (
             f"Pretrained: {model_accuracy:.0%}, {comparison}. "
             f"Transfer learning adds {(model_accuracy - best.accuracy) * 100:.0f} points over the best baseline."
         )
+    best_name = _SHORT_NAMES.get(best.name, best.title)
     return "warning", (
-        f"Pretrained: {model_accuracy:.0%}, {comparison}. The pretrained model does not clearly beat "
-        f"{best.title.lower()}: its features may not fit this data (negative transfer, a domain gap). "
+        f"Pretrained: {model_accuracy:.0%}, {comparison}. The pretrained model does not clearly beat {best_name}: "
+        "its features may not fit this data (negative transfer, a domain gap). "
         "Try unfreezing more layer groups, training longer, or another backbone closer to your data."
     )
 

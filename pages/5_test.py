@@ -318,7 +318,10 @@ st.caption(
     "Below the threshold the model answers **not sure** instead of guessing. A higher threshold answers fewer "
     "examples (coverage) and, when its confidence means something, gets more of those right."
 )
-threshold = st.slider("Confidence threshold", 0.0, 1.0, 0.5, 0.05, key="test_threshold")
+# Start at 0.5, or lower for a hesitant model, so that at least half of the test split is answered.
+median_confidence = float(np.median(result.probabilities.max(axis=1)))
+default_threshold = min(0.5, np.floor(median_confidence * 20) / 20)
+threshold = st.slider("Confidence threshold", 0.0, 1.0, float(default_threshold), 0.05, key="test_threshold")
 point = evaluation.confidence_at(result.probabilities, result.targets, threshold)
 answered_accuracy = "–" if np.isnan(point["accuracy"]) else f"{point['accuracy']:.1%}"
 numbers = st.columns(3)
