@@ -170,11 +170,11 @@ class ParityReport:
             f"largest difference {self.max_abs_diff:.2e}."
         )
         rows = [
-            f"  {row.title:<34} top-1 {row.top1_agreement:7.1%}  max|dp| {row.max_abs_diff:.2e}  "
+            f"  {row.title:<40} top-1 {row.top1_agreement:7.1%}  max|dp| {row.max_abs_diff:.2e}  "
             f"{'pass' if row.passed else 'FAIL'}{'  (' + row.error + ')' if row.error else ''}"
             for row in self.rows
         ]
-        rows += [f"  {artefact:<34} not checked: {reason}" for artefact, reason in self.skipped.items()]
+        rows += [f"  {artefact:<40} not checked: {reason}" for artefact, reason in self.skipped.items()]
         return "\n".join([head, *rows])
 
     def to_dict(self) -> dict[str, Any]:
