@@ -264,8 +264,9 @@ class _Examples(torch.utils.data.Dataset):
 
 def _loader(
     items: Sequence[str], labels: Sequence[int], preprocessor: Any, train: bool, batch_size: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, shuffle: bool = False,
 ) -> torch.utils.data.DataLoader:
+    """A DataLoader over a preprocessor; its own generator keeps the global RNG (dropout, augmentation) untouched."""
     def collate(examples: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
         loaded, classes = zip(*examples, strict=True)
         return preprocessor.collate(list(loaded)), torch.tensor(classes, dtype=torch.long)
@@ -273,8 +274,8 @@ def _loader(
     return torch.utils.data.DataLoader(
         _Examples(items, labels, preprocessor, train),
         batch_size=batch_size,
-        shuffle=generator is not None,
-        generator=generator,
+        shuffle=shuffle,
+        generator=generator if generator is not None else torch.Generator().manual_seed(0),
         num_workers=0,
         collate_fn=collate,
     )
@@ -445,6 +446,7 @@ class _Trainer:
     ) -> None:
         config.validate()
         self.dataset, self.config = dataset, config
+        self.fingerprint = dataset.fingerprint
         self.events = _Events(callbacks)
         self.stop_event = stop_event
         self.resume = resume
@@ -539,6 +541,7 @@ class _Trainer:
         self.start_epoch, self.global_step = 1, 0
         self.best_val_loss, self.best_epoch, self.bad_epochs = math.inf, None, 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.pending_rng: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
 
         if previous is not None:
             self._load_checkpoint()
@@ -557,7 +560,7 @@ class _Trainer:
         wanted = self.run_dir.name if self.run_dir.resolve().parent == runs_root else None
         arguments = dict(
             backbone=self.config.backbone, modality=self.dataset.modality, dataset_name=self.dataset.name,
-            dataset_fingerprint=self.dataset.fingerprint, frozen_groups=self.frozen, config=self.config.to_dict(),
+            dataset_fingerprint=self.fingerprint, frozen_groups=self.frozen, config=self.config.to_dict(),
             classes=self.dataset.classes, run_dir=str(self.run_dir),
         )
         try:
@@ -610,7 +613,7 @@ class _Trainer:
         plain = json.loads((directory / "last.json").read_text())
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=False)
         _load_optimizer_state(self.optimizer, tensors, plain["optimizer"])
-        _set_rng_state(tensors, plain["rng"])
+        self.pending_rng = (tensors, plain["rng"])  # applied just before training resumes
         self.start_epoch = int(plain["epoch"]) + 1
         self.global_step = int(plain["global_step"])
         self.best_val_loss = float(plain["best_val_loss"])
@@ -632,7 +635,7 @@ class _Trainer:
             "num_groups": self.num_groups,
             "config": self.config.to_dict(),
             "dataset_name": self.dataset.name,
-            "dataset_fingerprint": self.dataset.fingerprint,
+            "dataset_fingerprint": self.fingerprint,
             "status": self.status,
             "error": self.error,
             "cache_mode": self.cache_mode,
@@ -667,7 +670,7 @@ class _Trainer:
         boundary = self.frozen
         is_features = self.cache_mode == "features"
         key = feature_cache.cache_key(
-            self.dataset.fingerprint,
+            self.fingerprint,
             f"{self.backbone.spec.source}:{self.backbone.spec.name}",
             feature_cache.weights_digest(self.backbone.groups()[:boundary]),
             boundary,
@@ -755,7 +758,8 @@ class _Trainer:
                 yield split.batch(indices), split.labels.index_select(0, indices)
             return
         yield from _loader(
-            self.train_items, self.train_labels, self.train_preprocessor, True, self.config.batch_size, generator
+            self.train_items, self.train_labels, self.train_preprocessor, True, self.config.batch_size, generator,
+            shuffle=True,
         )
 
     def eval_batches(self, split_name: str, cache: dict | None) -> Iterator[tuple[Any, torch.Tensor]]:
@@ -861,6 +865,9 @@ class _Trainer:
         self.store.update_summary(self.run_id, **{k: info[k] for k in ("device", "precision", "cache_mode")})
         self.events.emit("on_train_begin", info)
         cache = self.build_cache()
+        if self.pending_rng is not None:
+            _set_rng_state(*self.pending_rng)
+            self.pending_rng = None
         if cache is None and info["cache_mode"] != self.cache_mode:
             self.store.update_summary(self.run_id, cache_mode=self.cache_mode, cache_note=self.cache_note)
         for epoch in range(self.start_epoch, self.config.epochs + 1):

@@ -1,0 +1,273 @@
+"""The training engine: learning, stopping, resuming, caching, failure records, and the real backbone once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from core import features
+from core.dataset import Dataset
+from core.store import RunStore
+from core.training import (
+    FitResult,
+    TrainConfig,
+    _class_weights,
+    _lr_factor,
+    _param_groups,
+    fit,
+    load_trained,
+    pick_device,
+)
+from tests.tiny import TinyCNN as _TinyCNN
+
+
+def TinyCNN(seed: int = 0) -> _TinyCNN:  # noqa: N802 - reads like the class it builds
+    """The tiny backbone with seeded random weights, so two runs start from the same network."""
+    torch.manual_seed(seed)
+    return _TinyCNN()
+
+
+def _config(**overrides: Any) -> TrainConfig:
+    values: dict[str, Any] = dict(
+        backbone="tiny_cnn", frozen_groups=0, epochs=4, batch_size=8, lr=0.02, pretrained=False,
+        precision="fp32", patience=None, warmup_fraction=0.0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class Recorder:
+    """Collects every event (what the Train page's job does with them)."""
+
+    def __init__(self) -> None:
+        self.begin: dict[str, Any] = {}
+        self.steps: list[dict[str, Any]] = []
+        self.epochs: list[dict[str, Any]] = []
+        self.end: FitResult | None = None
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        self.begin = info
+
+    def on_step_end(self, metrics: dict[str, Any]) -> None:
+        if metrics.get("phase") == "train":
+            self.steps.append(metrics)
+
+    def on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        self.epochs.append(metrics)
+
+    def on_train_end(self, result: FitResult) -> None:
+        self.end = result
+
+
+@pytest.fixture(autouse=True)
+def _empty_feature_memory() -> None:
+    features.MEMORY.clear()
+
+
+def test_tiny_model_learns_and_the_run_is_recorded(colour_dataset: Dataset, tmp_path: Path) -> None:
+    recorder = Recorder()
+    run_dir = tmp_path / "run"
+    result = fit(colour_dataset, _config(), run_dir, backbone=TinyCNN(), callbacks=[recorder])
+
+    assert result.status == "completed" and result.cache_mode == "none"
+    losses = [epoch["train_loss"] for epoch in result.history]
+    assert losses[-1] < losses[0] * 0.8
+    assert result.val_accuracy is not None and result.val_accuracy > 0.5
+    assert recorder.begin["steps_per_epoch"] == 3 and recorder.begin["total_steps"] == 12
+    assert [s["step"] for s in recorder.steps] == list(range(1, 13))
+    assert [e["epoch"] for e in recorder.epochs] == [1, 2, 3, 4]
+    assert recorder.end is result
+
+    info = json.loads((run_dir / "run.json").read_text())
+    for key in ("run_id", "backbone", "modality", "classes", "frozen_groups", "config", "dataset_name",
+                "dataset_fingerprint", "status", "metrics"):
+        assert key in info
+    assert info["status"] == "completed" and info["classes"] == colour_dataset.classes
+    assert info["metrics"]["best_epoch"] == result.best_epoch
+    assert set(info["metrics"]["history"][0]) >= {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+
+    record = RunStore().get_run(result.run_id)
+    assert record["status"] == "completed" and record["dataset_fingerprint"] == colour_dataset.fingerprint
+    assert len(RunStore().history(result.run_id)) == 4 and len(RunStore().steps(result.run_id)) == 12
+
+    model, preprocessor, loaded_info = load_trained(run_dir, backbone=TinyCNN())
+    assert not model.training and loaded_info["run_id"] == result.run_id
+    items, labels = colour_dataset.split("val")
+    with torch.no_grad():
+        predictions = model(preprocessor.collate([preprocessor.load(i, False) for i in items])).argmax(1)
+    assert (predictions == torch.tensor(labels)).float().mean().item() == pytest.approx(result.val_accuracy)
+
+
+def test_stop_flag_is_honoured_within_one_batch(colour_dataset: Dataset, tmp_path: Path) -> None:
+    stop = threading.Event()
+
+    class StopAtStep5(Recorder):
+        def on_step_end(self, metrics: dict[str, Any]) -> None:
+            super().on_step_end(metrics)
+            if metrics.get("step") == 5:
+                stop.set()
+
+    recorder = StopAtStep5()
+    result = fit(colour_dataset, _config(epochs=10), tmp_path / "run", backbone=TinyCNN(), callbacks=[recorder],
+                 stop_event=stop)
+    assert result.status == "stopped"
+    assert recorder.steps[-1]["step"] == 5
+    assert result.epochs_completed == 1 and result.best_epoch == 1
+    assert RunStore().get_run(result.run_id)["status"] == "stopped"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "stopped"
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("frozen_groups", [0, 1])
+def test_resume_continues_exactly_like_an_uninterrupted_run(
+    colour_dataset: Dataset, tmp_path: Path, frozen_groups: int
+) -> None:
+    config = _config(epochs=3, frozen_groups=frozen_groups, warmup_fraction=0.2)
+    whole = fit(colour_dataset, config, tmp_path / "whole", backbone=TinyCNN())
+
+    stop = threading.Event()
+
+    class StopAfterEpoch2:
+        def on_epoch_end(self, metrics: dict[str, Any]) -> None:
+            if metrics["epoch"] == 2:
+                stop.set()
+
+    torch.manual_seed(123)  # the resumed run must not depend on what ran before it
+    first = fit(colour_dataset, config, tmp_path / "split", backbone=TinyCNN(), callbacks=[StopAfterEpoch2()],
+                stop_event=stop)
+    assert first.status == "stopped" and first.epochs_completed == 2
+    features.MEMORY.clear()
+    resumed = fit(colour_dataset, config, tmp_path / "split", backbone=TinyCNN(), resume=True)
+
+    assert resumed.status == "completed" and resumed.run_id == first.run_id
+    assert [e["epoch"] for e in resumed.history] == [1, 2, 3]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert resumed.history[2][key] == pytest.approx(whole.history[2][key], rel=1e-5, abs=1e-6)
+    assert RunStore().get_run(first.run_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize(("frozen_groups", "mode"), [(3, "features"), (1, "activations")])
+def test_cached_training_predicts_like_recomputing(
+    colour_dataset: Dataset, tmp_path: Path, frozen_groups: int, mode: str
+) -> None:
+    result = fit(colour_dataset, _config(frozen_groups=frozen_groups), tmp_path / "run", backbone=TinyCNN())
+    assert result.cache_mode == mode and not result.cache_reused
+
+    model, preprocessor, _ = load_trained(tmp_path / "run", backbone=TinyCNN())
+    items, labels = colour_dataset.split("val")
+    with torch.no_grad():
+        recomputed = model(preprocessor.collate([preprocessor.load(i, False) for i in items]))
+    [cached] = list(features.MEMORY._items.values())
+    with torch.no_grad():
+        state = cached["val"].states
+        if mode == "activations":
+            state = model.backbone.forward_groups(state, frozen_groups, len(model.backbone.group_names))
+        from_cache = model.head(state)
+    assert torch.equal(cached["val"].labels, torch.tensor(labels))
+    assert torch.allclose(from_cache, recomputed, atol=1e-4)
+    assert torch.equal(from_cache.argmax(1), recomputed.argmax(1))
+    accuracy = (recomputed.argmax(1) == torch.tensor(labels)).float().mean().item()
+    assert accuracy == pytest.approx(result.val_accuracy)
+
+
+def test_second_run_reuses_the_feature_cache_from_memory_and_disk(colour_dataset: Dataset, tmp_path: Path) -> None:
+    backbone = TinyCNN()
+    first = fit(colour_dataset, _config(frozen_groups=3), tmp_path / "a", backbone=backbone)
+    second = fit(colour_dataset, _config(frozen_groups=3), tmp_path / "b", backbone=backbone)
+    features.MEMORY.clear()
+    third = fit(colour_dataset, _config(frozen_groups=3), tmp_path / "c", backbone=backbone)
+    assert not first.cache_reused and second.cache_reused and third.cache_reused
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert [h[key] for h in third.history] == pytest.approx([h[key] for h in first.history])
+    other_weights = fit(colour_dataset, _config(frozen_groups=3), tmp_path / "d", backbone=TinyCNN(seed=1))
+    assert not other_weights.cache_reused  # a different backbone's weights never reuse these features
+
+
+def test_augmentation_turns_caching_off_and_says_why(colour_dataset: Dataset, tmp_path: Path) -> None:
+    recorder = Recorder()
+    result = fit(colour_dataset, _config(frozen_groups=3, epochs=1, augmentation="light"), tmp_path / "run",
+                 backbone=TinyCNN(), callbacks=[recorder])
+    assert result.cache_mode == "none" == recorder.begin["cache_mode"]
+    assert "augmentation" in result.cache_note.lower()
+
+
+def test_failing_run_is_recorded_as_failed(colour_dataset: Dataset, tmp_path: Path) -> None:
+    table = colour_dataset.table.copy()
+    table.loc[table.index[0], "item"] = str(tmp_path / "missing.png")
+    broken = Dataset(name="broken", modality="image", table=pd.DataFrame(table), root=colour_dataset.root)
+    with pytest.raises(Exception, match="missing.png"):
+        fit(broken, _config(epochs=2), tmp_path / "run", backbone=TinyCNN())
+    [record] = RunStore().list_runs()
+    assert record["status"] == "failed" and "missing.png" in record["error"]
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "failed" and "missing.png" in info["error"]
+
+
+def test_bad_settings_are_explained() -> None:
+    with pytest.raises(ValueError, match="epochs must be at least 1.*augmentation must be one of"):
+        _config(epochs=0, augmentation="extreme").validate()
+
+
+def test_schedule_class_weights_and_discriminative_rates() -> None:
+    factors = [_lr_factor(step, total_steps=10, warmup_steps=2) for step in range(10)]
+    assert factors[0] == pytest.approx(0.5) and factors[1] == pytest.approx(1.0) and factors[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:], strict=False)) and factors[-1] < 0.05
+
+    weights = _class_weights([0, 0, 0, 1], num_classes=3)
+    assert weights[1] > weights[0] > 0 and weights[2] == 0
+
+    from core.backbones import Classifier
+    from core.freezing import freeze_first
+
+    model = Classifier(TinyCNN(), 3)
+    freeze_first(model, 1)
+    groups = _param_groups(model, _config(lr=0.01, backbone_lr_factor=0.1, weight_decay=0.05))
+    head_ids = {id(p) for p in model.head.parameters()}
+    for group in groups:
+        is_head = all(id(p) in head_ids for p in group["params"])
+        assert group["lr"] == pytest.approx(0.01 if is_head else 0.001)
+        assert group["weight_decay"] == (0.05 if group["params"][0].dim() > 1 else 0.0)
+    trained = {id(p) for group in groups for p in group["params"]}
+    assert not trained & {id(p) for p in model.backbone.stem.parameters()}
+
+
+def test_default_precision_trains_too(colour_dataset: Dataset, tmp_path: Path) -> None:
+    result = fit(colour_dataset, _config(precision="auto", epochs=2, frozen_groups=2), tmp_path / "run",
+                 backbone=TinyCNN())
+    assert result.status == "completed" and result.precision in {"bf16", "fp32"}
+    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.integration
+def test_efficientnet_lite0_feature_caching_via_the_cli(tmp_path: Path) -> None:
+    from core.__main__ import build_parser
+    from core.data import load_sample
+    from core.training import main_train
+
+    sample, _ = load_sample("images")
+    folder = tmp_path / "digits"
+    for label in sample.classes[:4]:
+        (folder / label).mkdir(parents=True)
+        for item in sample.table[sample.table["label"] == label]["item"].tolist()[:8]:
+            shutil.copy(item, folder / label / Path(item).name)
+
+    out = tmp_path / "out"
+    args = build_parser().parse_args(
+        ["train", "--data", str(folder), "--backbone", "efficientnet_lite0", "--epochs", "5", "--lr", "0.01",
+         "--out", str(out)]
+    )
+    assert main_train(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cache_mode"] == "features" and metrics["status"] == "completed"
+    assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+    assert (out / "model.safetensors").exists()
+    model, _, info = load_trained(out)
+    assert info["backbone"] == "efficientnet_lite0" and model.head[1].out_features == 4
