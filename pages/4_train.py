@@ -195,9 +195,9 @@ def epoch_chart(epochs: list[dict[str, Any]], best_epoch: int | None, title: str
             )
     if best_epoch is not None and epochs:
         for col in (1, 2):
-            figure.add_vline(x=best_epoch, line_dash="dot", line_color="green", row=1, col=col)
-        figure.add_annotation(x=best_epoch, y=1.0, yref="paper", xref="x2", text=f"best epoch {best_epoch}",
-                              showarrow=False, font={"color": "green"}, yanchor="bottom")
+            figure.add_vline(x=best_epoch, line_dash="dot", line_color="green", row=1, col=col,
+                             annotation_text=f"best epoch {best_epoch}", annotation_position="bottom left",
+                             annotation_font_color="green")
     figure.update_xaxes(title_text="epoch")
     figure.update_layout(title=title or "Per epoch", height=330, margin={"t": 60, "b": 30, "l": 40, "r": 10})
     return figure
@@ -206,13 +206,13 @@ def epoch_chart(epochs: list[dict[str, Any]], best_epoch: int | None, title: str
 def overlay_chart(runs: list[dict[str, Any]]) -> go.Figure:
     """Validation loss and accuracy of up to two runs on one chart."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("Validation loss", "Validation accuracy"))
-    for run in runs:
+    for run, colour in zip(runs[:2], ("#1f77b4", "#d62728"), strict=False):
         history = run["history"]
         x = [m.get("epoch") for m in history]
         for col, key in ((1, "val_loss"), (2, "val_accuracy")):
             figure.add_trace(
                 go.Scatter(x=x, y=[m.get(key) for m in history], mode="lines+markers", name=run["run_id"],
-                           legendgroup=run["run_id"], showlegend=col == 1),
+                           line={"color": colour}, legendgroup=run["run_id"], showlegend=col == 1),
                 row=1, col=col,
             )
     figure.update_xaxes(title_text="epoch")
@@ -297,6 +297,8 @@ def _draw_progress(snapshot: jobs.JobSnapshot) -> None:
             if snapshot.phase == "features"
             else "Loading the backbone and preparing the data…"
         )
+        if share:
+            text += f" {share:.0%}"
         st.progress(float(share or 0.0), text=text)
         return
     text = f"{snapshot.progress:.0%} done · {_format_eta(snapshot.eta_seconds)}"
@@ -350,6 +352,7 @@ def _adopt_finished_run(state: StudioState, job: jobs.TrainingJob) -> None:
     if job.run_dir not in state.runs:
         state.runs.append(job.run_dir)
         state.run_dir = job.run_dir
+        st.rerun()  # once more, so the sidebar (drawn before this page) shows the trained model
 
 
 def _draw_finished(state: StudioState, job: jobs.TrainingJob) -> None:
@@ -400,7 +403,8 @@ def _draw_runs(state: StudioState) -> None:
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_config={"best val. accuracy": st.column_config.NumberColumn(format="%.1f %%")})
     ids = [r["run_id"] for r in records]
-    chosen = st.multiselect("Compare two runs", ids, default=ids[:2], max_selections=2, key="train-compare",
+    chosen = st.multiselect("Compare two runs", ids, default=ids[:2], max_selections=2,
+                            key=f"train-compare-{len(ids)}",  # a new run resets the choice to the newest two
                             help="Overlay the validation curves of any two runs of this session.")
     if chosen:
         st.plotly_chart(overlay_chart([r for r in records if r["run_id"] in chosen]), width="stretch",

@@ -100,6 +100,18 @@ def test_page_trains_shows_live_metrics_and_adopts_the_finished_run(colour_datas
     snapshot = job.snapshot()
     assert len(snapshot.epochs) >= 1 and snapshot.best_epoch is not None
 
+    _set(at, "Epochs", 2)  # a second run: both are listed, overlaid, and the newest is the model for step 5
+    at.button[0].click().run()
+    second = _state(at).job
+    assert second is not job
+    assert _poll(at, lambda a: not second.is_running)
+    at.run()
+    assert second.status == "completed", second.error
+    assert _state(at).runs == [job.run_dir, second.run_dir] and _state(at).run_dir == second.run_dir
+    assert len(at.dataframe[0].value) == 2
+    assert sorted(at.multiselect[0].value) == sorted([Path(job.run_dir).name, Path(second.run_dir).name])
+    assert at.selectbox(key="train-pick").value == Path(second.run_dir).name
+
 
 def test_a_fresh_session_reattaches_to_the_running_job(colour_dataset, tiny_fit):
     at = _app(colour_dataset)
