@@ -22,7 +22,7 @@ def _jpeg_bytes(colour: tuple[int, int, int], size: int = 32) -> bytes:
 
 def sample_digit(folder: Path, digit: str = "seven", index: int = 3) -> Path:
     """One scan from the image sample, saved as its own file: a "new" image to ask the trained model about."""
-    name = f"digits/{digit}/{digit}_{index}.png"
+    name = f"digits/{digit}/{digit}_{index:02d}.png"
     path = folder / f"new_{digit}.png"
     with zipfile.ZipFile(SAMPLE_IMAGES_ZIP) as archive:
         path.write_bytes(archive.read(name))

@@ -140,3 +140,38 @@ def upload(page: Page, path: Path, index: int = 0) -> None:
     with rerun(page):
         uploader.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(path))
     expect(uploader.get_by_role("button", name=f"Remove {path.name}")).to_be_visible()
+
+
+def fill_number(page: Page, label: str, value: float) -> None:
+    """Type a value into an `st.number_input` (inside a form: nothing reruns until the form is submitted)."""
+    field = main(page).get_by_role("spinbutton", name=label, exact=True)
+    field.fill(str(value))
+    field.press("Tab")
+
+
+def chart_points(page: Page, chart_key: str, trace: int = 0) -> int:
+    """How many points trace `trace` of the plotly chart with Streamlit key `chart_key` holds now (0: not drawn)."""
+    return int(
+        page.evaluate(
+            """([key, trace]) => {
+              const plot = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+              const data = plot && plot.data && plot.data[trace];
+              return data && data.x ? data.x.length : 0;
+            }""",
+            [chart_key, trace],
+        )
+    )
+
+
+def wait_chart_grows(page: Page, chart_key: str, beyond: int, timeout_ms: float = TRAINING_TIMEOUT_MS) -> int:
+    """Wait until the live chart `chart_key` holds more than `beyond` points (redrawn by the app as data comes)."""
+    page.wait_for_function(
+        """([key, beyond]) => {
+          const plot = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+          const data = plot && plot.data && plot.data[0];
+          return !!(data && data.x && data.x.length > beyond);
+        }""",
+        arg=[chart_key, beyond],
+        timeout=timeout_ms,
+    )
+    return chart_points(page, chart_key)

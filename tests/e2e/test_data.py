@@ -13,12 +13,16 @@ from tests.e2e.studio import choose_radio, click_button, main, shot, upload
 pytestmark = pytest.mark.e2e
 
 
-def load_sample_images(page: Page) -> None:
-    """Load the image sample from the Data page and wait for its check report."""
-    choose_radio(page, "Sample images")
-    click_button(page, "Load sample images")
+def load_sample(page: Page, kind: str = "images") -> None:
+    """Load a sample ("images" or "texts") from the Data page and wait for its check report."""
+    choose_radio(page, f"Sample {kind}")
+    click_button(page, f"Load sample {kind}")
     expect(main(page).get_by_role("heading", name="Check report")).to_be_visible()
-    expect_loaded(page, examples=240)
+    expect_loaded(page, examples=240 if kind == "images" else 160)
+
+
+def load_sample_images(page: Page) -> None:
+    load_sample(page, "images")
 
 
 def expect_loaded(page: Page, examples: int) -> None:

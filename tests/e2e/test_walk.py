@@ -1,0 +1,149 @@
+"""The whole walk, like a person: sample data -> backbone -> freezing -> train -> test -> export.
+
+One browser session per modality; steps are switched with the sidebar links (a full page load would start a new
+Streamlit session). Each step is screenshotted (`UPDATE_SCREENSHOTS=1` refreshes the README's pictures).
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.files import sample_digit
+from tests.e2e.studio import (
+    TRAINING_TIMEOUT_MS,
+    chart_points,
+    click_button,
+    fill_number,
+    go_to,
+    main,
+    rerun,
+    shot,
+    upload,
+    wait_app_loaded,
+    wait_chart_grows,
+    wait_idle,
+)
+from tests.e2e.test_data import load_sample
+
+pytestmark = pytest.mark.e2e
+
+DEFAULT_BACKBONE = {"images": "efficientnet_lite0", "texts": "all_minilm_l6_v2"}
+
+
+def choose_default_backbone(page: Page, kind: str) -> None:
+    """Step 2: the best offline backbone for the data is pre-selected and available."""
+    go_to(page, "2 · Backbone")
+    picker = main(page).get_by_role("combobox", name="Backbone", exact=True)
+    expect(picker).to_have_value(re.compile(re.escape(f"({DEFAULT_BACKBONE[kind]})")))
+    expect(main(page).get_by_test_id("stAlert").filter(has_text="Available")).to_be_visible()
+    expect(main(page).get_by_test_id("stException")).to_have_count(0)
+
+
+DIGITS = "zero|one|two|three|four|five|six|seven|eight|nine"
+
+
+def set_feature_extraction(page: Page) -> None:
+    """Step 3: move the slider to full fine-tuning and back to feature extraction (every group frozen)."""
+    go_to(page, "3 · Freezing")
+    slider = main(page).get_by_role("slider")
+    expect(slider).to_be_visible(timeout=120_000)  # the backbone loads first
+    frozen = main(page).get_by_test_id("stMetric").filter(has_text="Frozen layer groups")
+    value = frozen.get_by_test_id("stMetricValue")
+    slider.focus()
+    slider.press("End")
+    expect(value).to_have_text(re.compile(r"^0 of \d+$"))
+    wait_idle(page)
+    slider.press("Home")
+    expect(value).to_have_text(re.compile(r"^(\d+) of \1$"))
+    wait_idle(page)
+    expect(main(page).get_by_test_id("stException")).to_have_count(0)
+
+
+def start_training(page: Page, epochs: int, batch_size: int | None = None, patience: int | None = None) -> None:
+    """Step 4: set a few hyperparameters and press Train; returns once the live panel shows progress."""
+    fill_number(page, "Epochs", epochs)
+    if batch_size is not None:
+        fill_number(page, "Batch size", batch_size)
+    if patience is not None:
+        fill_number(page, "Early-stopping patience", patience)
+    with rerun(page):
+        main(page).get_by_role("button", name=re.compile(r"Train$")).click()
+    expect(main(page).get_by_test_id("stProgress").or_(main(page).get_by_text("Training finished"))).to_be_visible()
+
+
+def expect_finished(page: Page) -> None:
+    """The run ended by itself and its model became the one step 5 tests."""
+    done = main(page).get_by_test_id("stAlert").filter(has_text="Training finished")
+    expect(done).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
+    wait_idle(page)
+    expect(main(page).get_by_role("link", name=re.compile("Next: test your model"))).to_be_visible()
+
+
+def test_image_walk(page: Page, tmp_path: Path) -> None:
+    load_sample(page, "images")
+    shot(page, "1-data")
+    choose_default_backbone(page, "images")
+    expect(page.get_by_test_id("stSidebar")).to_contain_text("240 examples, 10 classes")
+    shot(page, "2-backbone")
+    set_feature_extraction(page)
+    shot(page, "3-freezing")
+
+    # A long run (one example per step, no early stopping) whose live chart must grow while it trains.
+    go_to(page, "4 · Train")
+    start_training(page, epochs=400, batch_size=1, patience=0)
+    seen = wait_chart_grows(page, "steps-live", beyond=0)
+    grown = wait_chart_grows(page, "steps-live", beyond=seen)
+    assert grown > seen
+    expect(main(page).get_by_role("button", name=re.compile("Stop training"))).to_be_visible()
+    shot(page, "4-train-live")
+
+    # Reloading the tab starts a new session; it reattaches to the running job and keeps drawing it.
+    page.reload()
+    wait_app_loaded(page)
+    expect(main(page).get_by_text("Reattached to the latest training job")).to_be_visible()
+    expect(main(page).get_by_test_id("stProgress")).to_be_visible()
+    after_reload = wait_chart_grows(page, "steps-live", beyond=grown)
+    assert after_reload > grown
+
+    # Stop it early: the best epoch so far is kept.
+    main(page).get_by_role("button", name=re.compile("Stop training")).click()
+    stopped = main(page).get_by_test_id("stAlert").filter(has_text="Stopped")
+    expect(stopped).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
+    wait_idle(page)
+    expect(main(page).get_by_role("button", name=re.compile("Stop training"))).to_have_count(0)
+
+    # ... and start another, short one that finishes by itself (the cached features make it quick).
+    start_training(page, epochs=5, batch_size=32, patience=5)
+    expect_finished(page)
+    expect(main(page).get_by_role("heading", name="Runs in this session")).to_be_visible()
+    assert chart_points(page, "epochs-done") > 0
+    shot(page, "4-train-done")
+
+    # Step 5: scores, confusion matrix, gallery of one cell, a new image's prediction.
+    go_to(page, "5 · Test")
+    accuracy = main(page).get_by_test_id("stMetric").filter(has_text="Test accuracy")
+    expect(accuracy.get_by_test_id("stMetricValue")).to_have_text(re.compile(r"^\d+(\.\d)?%$"), timeout=120_000)
+    expect(main(page).locator(".st-key-test_confusion_chart .js-plotly-plot")).to_be_visible()
+    expect(main(page).get_by_text(re.compile(r"^\d+ (mistakes|correct answers): true"))).to_be_visible()
+    shot(page, "5-test")
+    upload(page, sample_digit(tmp_path))
+    caption = main(page).get_by_text(re.compile(rf"^({DIGITS}) \(\d+%\)$"))
+    expect(caption).to_be_visible()
+
+    # Export: the bundle is built, passes its parity check and downloads.
+    click_button(page, "Build bundle", timeout_ms=TRAINING_TIMEOUT_MS)
+    expect(main(page).get_by_test_id("stAlert").filter(has_text="Parity holds")).to_be_visible()
+    with page.expect_download() as download_info:
+        main(page).get_by_role("button", name="Download bundle (zip)").click()
+    bundle = tmp_path / download_info.value.suggested_filename
+    download_info.value.save_as(bundle)
+    with zipfile.ZipFile(bundle) as archive:
+        names = archive.namelist()
+    assert any(name.endswith("predict.py") for name in names), names
+    assert any(name.endswith(".onnx") for name in names), names
+    shot(page, "5-test-export")
