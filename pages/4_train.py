@@ -27,6 +27,8 @@ from pages._ui import get_state, require
 log = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("none", "light", "strong")
+_ENGINE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_CLI_SPLIT = "70%/15%/15%, seed 0"  # how `python -m core train` splits data (core.data defaults)
 STATUS_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "stopped": "⏹️", "failed": "❌"}
 
 
@@ -109,8 +111,9 @@ def _defaults(state: StudioState) -> dict[str, Any]:
         "patience": 5,
         "seed": 0,
         "device": "auto",
-        "warmup_fraction": 0.0 if feature_extraction else 0.1,
-        "grad_clip": 1.0,
+        # the engine's own defaults, which the command line uses too (it has no flags for these two)
+        "warmup_fraction": float(_ENGINE_DEFAULTS["warmup_fraction"]),
+        "grad_clip": float(_ENGINE_DEFAULTS["grad_clip"] or 0.0),
         "feature_extraction": feature_extraction,
         "imbalance": imbalance,
     }
@@ -156,6 +159,13 @@ def cli_command(state: StudioState, config: Any, run_dir: str) -> tuple[str, lis
     parts += ["--backbone-lr-factor", f"{config.backbone_lr_factor:g}", "--augmentation", str(config.augmentation)]
     parts += ["--patience", str(config.patience), "--seed", str(config.seed), "--device", str(config.device)]
     parts += ["--out", run_dir]
+    for name, flag in (("warmup_fraction", "warm-up fraction"), ("grad_clip", "gradient clipping")):
+        value, default = getattr(config, name, None), _ENGINE_DEFAULTS.get(name)
+        if (value or 0) != (default or 0):
+            notes.append(f"The command line has no {flag} option and uses {default}; this run used {value}.")
+    split = str(info.get("split_source", ""))
+    if split.startswith("random") and _CLI_SPLIT not in split:
+        notes.append(f"The command line splits the data {_CLI_SPLIT}; this data set was split {split}.")
     return shlex.join(parts), notes
 
 
