@@ -342,6 +342,7 @@ class TrainingJob:
             with self._lock:
                 self._status, self._phase, self._error = FAILED, "done", message
                 self.finished_at = time.time()
+            _close_failed_record(self.run_dir, message)
         finally:
             _SLOTS.release(self)
             _prune()
@@ -453,6 +454,23 @@ def _best_epoch(epochs: Sequence[dict[str, Any]]) -> int | None:
     if with_acc:
         return int(max(with_acc, key=lambda pair: float(pair[0]))[1])
     return None
+
+
+def _close_failed_record(run_dir: str, message: str) -> None:
+    """Make sure the run store does not keep a failed run as "running" (the engine normally closes it itself)."""
+    try:
+        from core.store import RunStore
+
+        store = RunStore()
+        try:
+            wanted = str(Path(run_dir).resolve())
+            for run in store.list_runs(limit=50, status=RUNNING):
+                if run.get("run_dir") and str(Path(run["run_dir"]).resolve()) == wanted:
+                    store.finish(run["run_id"], FAILED, error=message)
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - bookkeeping must never hide the original failure
+        log.warning("Could not mark run %s as failed in the run store", run_dir, exc_info=True)
 
 
 def _default_fit() -> FitFunction:

@@ -389,7 +389,9 @@ def _draw_finished(state: StudioState, job: jobs.TrainingJob) -> None:
 
 
 def _draw_runs(state: StudioState) -> None:
-    records = _run_records(state.runs)
+    """Every run this session started (failed and stopped ones too), compared; the chosen model goes to step 5."""
+    started = state.scratch.get("train_run_dirs", [])
+    records = _run_records(list(dict.fromkeys([*state.runs, *started])))
     if not records:
         return
     st.subheader("Runs in this session")
@@ -419,10 +421,13 @@ def _draw_runs(state: StudioState) -> None:
     if chosen:
         st.plotly_chart(overlay_chart([r for r in records if r["run_id"] in chosen]), width="stretch",
                         key="train-overlay")
-    if len(records) > 1:
-        by_id = {r["run_id"]: r for r in records}
-        current = next((r["run_id"] for r in records if str(r["run_dir"]) == str(state.run_dir)), ids[0])
-        pick = st.selectbox("Model to test in step 5", ids, index=ids.index(current), key="train-pick",
+    models = [r for r in records if str(r["run_dir"]) in state.runs]
+    if len(models) > 1:
+        by_id = {r["run_id"]: r for r in models}
+        model_ids = list(by_id)
+        current = next((r["run_id"] for r in models if str(r["run_dir"]) == str(state.run_dir)), model_ids[0])
+        pick = st.selectbox("Model to test in step 5", model_ids, index=model_ids.index(current),
+                            key=f"train-pick-{len(model_ids)}",  # a new model starts out as the chosen one
                             help="Step 5 tests and exports this run's best checkpoint.")
         state.run_dir = str(by_id[pick]["run_dir"])
 
@@ -525,6 +530,7 @@ if submitted and not active:
                                owner=_session_id(state))
         job.start()
         state.job = job
+        state.scratch.setdefault("train_run_dirs", []).append(job.run_dir)
         active = True
 
 if job is not None:

@@ -239,5 +239,9 @@ def test_a_real_engine_error_fails_the_job_with_its_message(colour_dataset, tmp_
     job = _tiny_job(colour_dataset, tmp_path / "tiny").start()
     assert job.join(120)
     assert job.status == jobs.FAILED and "no training examples" in job.error
+    from core.store import RunStore
+
+    record = RunStore().list_runs()[0]
+    assert record["status"] == "failed" and "no training examples" in record["error"]
     again = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "next", fit_fn=_FakeFit()).start()
     assert again.join(10) and again.status == jobs.COMPLETED

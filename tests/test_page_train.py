@@ -110,7 +110,7 @@ def test_page_trains_shows_live_metrics_and_adopts_the_finished_run(colour_datas
     assert _state(at).runs == [job.run_dir, second.run_dir] and _state(at).run_dir == second.run_dir
     assert len(at.dataframe[0].value) == 2
     assert sorted(at.multiselect[0].value) == sorted([Path(job.run_dir).name, Path(second.run_dir).name])
-    assert at.selectbox(key="train-pick").value == Path(second.run_dir).name
+    assert at.selectbox(key="train-pick-2").value == Path(second.run_dir).name
 
 
 def test_a_fresh_session_reattaches_to_the_running_job(colour_dataset, tiny_fit):
@@ -171,3 +171,20 @@ def test_a_second_session_queues_behind_the_first_and_says_so(colour_dataset, mo
     assert _poll(second, lambda a: not second_job.is_running)
     assert first_job.status == "completed" and second_job.status == "completed"
     assert second_job.started_at >= first_job.finished_at
+
+
+def test_a_failed_run_shows_its_message_is_listed_and_the_page_keeps_working(colour_dataset, tiny_fit):
+    colour_dataset.table["split"] = colour_dataset.table["split"].replace("train", "val")
+    at = _app(colour_dataset)
+    at.run()
+    at.button[0].click().run()
+    job = _state(at).job
+    assert _poll(at, lambda a: not job.is_running)
+    at.run()
+    assert not at.exception
+    assert job.status == "failed"
+    assert any("Training failed" in e.value and "no training examples" in e.value for e in at.error)
+    assert _state(at).run_dir is None and _state(at).runs == []
+    table = at.dataframe[0].value
+    assert len(table) == 1 and "failed" in table["status"].iloc[0]
+    assert at.button[0].label == "🚀 Train" and not at.button[0].disabled  # ready for another try
