@@ -44,6 +44,7 @@ def wait_idle(page: Page, timeout_ms: float = 60_000) -> None:
     page.locator(CONNECTED).wait_for(state="attached", timeout=timeout_ms)
     page.locator(IDLE).wait_for(state="attached", timeout=timeout_ms)
     expect(page.get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout_ms)
+    expect(page.locator("[data-stale='true']")).to_have_count(0, timeout=timeout_ms)
 
 
 def wait_app_loaded(page: Page, timeout_ms: float = 60_000) -> None:

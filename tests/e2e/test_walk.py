@@ -10,6 +10,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -44,6 +45,7 @@ def choose_default_backbone(page: Page, kind: str) -> None:
     expect(main(page).get_by_test_id("stException")).to_have_count(0)
 
 
+PERCENT = re.compile(r"^\d+(\.\d)?%$")
 DIGITS = "zero|one|two|three|four|five|six|seven|eight|nine"
 
 
@@ -110,7 +112,7 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
     after_reload = wait_chart_grows(page, "steps-live", beyond=grown)
     assert after_reload > grown
 
-    # Stop it early: the best epoch so far is kept.
+    # Stop it early (a run stopped inside its first epoch keeps no model; the page says so).
     main(page).get_by_role("button", name=re.compile("Stop training")).click()
     stopped = main(page).get_by_test_id("stAlert").filter(has_text="Stopped")
     expect(stopped).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
@@ -127,7 +129,7 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
     # Step 5: scores, confusion matrix, gallery of one cell, a new image's prediction.
     go_to(page, "5 · Test")
     accuracy = main(page).get_by_test_id("stMetric").filter(has_text="Test accuracy")
-    expect(accuracy.get_by_test_id("stMetricValue")).to_have_text(re.compile(r"^\d+(\.\d)?%$"), timeout=120_000)
+    expect(accuracy.get_by_test_id("stMetricValue")).to_have_text(PERCENT, timeout=120_000)
     expect(main(page).locator(".st-key-test_confusion_chart .js-plotly-plot")).to_be_visible()
     expect(main(page).get_by_text(re.compile(r"^\d+ (mistakes|correct answers): true"))).to_be_visible()
     shot(page, "5-test")
@@ -142,8 +144,39 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
         main(page).get_by_role("button", name="Download bundle (zip)").click()
     bundle = tmp_path / download_info.value.suggested_filename
     download_info.value.save_as(bundle)
+    wait_idle(page)
     with zipfile.ZipFile(bundle) as archive:
         names = archive.namelist()
     assert any(name.endswith("predict.py") for name in names), names
     assert any(name.endswith(".onnx") for name in names), names
     shot(page, "5-test-export")
+
+
+def test_text_walk(page: Page, tmp_path: Path) -> None:
+    load_sample(page, "texts")
+    choose_default_backbone(page, "texts")
+    set_feature_extraction(page)
+    go_to(page, "4 · Train")
+    start_training(page, epochs=8, batch_size=32, patience=8)
+    expect_finished(page)
+    shot(page, "text-4-train-done")
+
+    go_to(page, "5 · Test")
+    accuracy = main(page).get_by_test_id("stMetric").filter(has_text="Test accuracy")
+    expect(accuracy.get_by_test_id("stMetricValue")).to_have_text(PERCENT, timeout=120_000)
+    expect(main(page).locator(".st-key-test_confusion_chart .js-plotly-plot")).to_be_visible()
+    texts = main(page).get_by_role("textbox", name="Texts to classify, one per line")
+    with rerun(page):
+        texts.fill("I was charged twice for my subscription this month.\nThe parcel never arrived at my door.")
+        texts.press("Control+Enter")
+    download_button = main(page).get_by_role("button", name="Download predictions (CSV)")
+    expect(download_button).to_be_visible()
+    with page.expect_download() as download_info:
+        download_button.click()
+    predictions = tmp_path / "predictions.csv"
+    download_info.value.save_as(predictions)
+    wait_idle(page)
+    table = pd.read_csv(predictions)
+    assert len(table) == 2
+    assert set(table["prediction"]) <= {"billing", "delivery", "technical problem", "praise", "not sure"}, table
+    shot(page, "text-5-test")
