@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.studio import go_to, shot, sidebar_link
+from tests.e2e.studio import go_to, sidebar_link
 
 pytestmark = pytest.mark.e2e
 
@@ -25,4 +25,3 @@ def test_every_step_opens_from_the_sidebar_without_an_error(page: Page) -> None:
     for title in STEPS[1:] + STEPS[:1]:
         go_to(page, title)
         expect(page.get_by_test_id("stException")).to_have_count(0)
-    shot(page, "smoke-data")
