@@ -18,8 +18,10 @@ $(VENV)/.app-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-installed: $(VENV)/.app-installed
 	$(BIN)/pip install -e '.[offline,test]' $(TORCH_PINS)
-	@# Debian's Chromium for the end-to-end tests (Playwright cannot download a browser here).
-	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+	@# Debian's Chromium for the end-to-end tests (Playwright cannot download a browser here), and an emoji font
+	@# so the screenshots show the page's icons.
+	dpkg -s chromium chromium-driver fonts-noto-color-emoji >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-noto-color-emoji; }
 	touch $@
 
 app: $(VENV)/.app-installed

@@ -6,7 +6,7 @@ import logging
 
 import streamlit as st
 
-from pages._ui import PAGES, get_state
+from pages._ui import PAGES, draw_progress, get_state
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -15,26 +15,9 @@ st.set_page_config(page_title="Transfer Studio", page_icon="🧪", layout="wide"
 state = get_state()
 navigation = st.navigation([st.Page(path, title=title, icon=icon) for path, title, icon in PAGES])
 
-with st.sidebar:
-    st.markdown("### Your progress")
-    dataset = state.dataset
-    st.markdown(
-        ("✅ Data: **%s** — %d examples, %d classes" % (dataset.name, len(dataset.table), dataset.num_classes))
-        if dataset is not None
-        else "⬜ Data: not loaded yet"
-    )
-    st.markdown(f"✅ Backbone: **{state.backbone_name}**" if state.backbone_name else "⬜ Backbone: not chosen")
-    st.markdown(
-        f"✅ Freezing: **{state.frozen_groups}** group(s) frozen"
-        if state.frozen_groups is not None
-        else "⬜ Freezing: not chosen"
-    )
-    job = state.job
-    if job is not None and getattr(job, "is_running", False):
-        st.markdown("⏳ Train: **running**")
-    elif state.run_dir:
-        st.markdown("✅ Train: model trained")
-    else:
-        st.markdown("⬜ Train: no model yet")
-
+# Drawn before the page (so a page that stops early still shows it) and again after it, in the same slot, so
+# that what the page just changed (a data set loaded, a freezing chosen) shows without waiting a rerun.
+progress_slot = st.sidebar.empty()
+draw_progress(progress_slot, state)
 navigation.run()
+draw_progress(progress_slot, state)

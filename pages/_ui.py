@@ -39,3 +39,26 @@ def require(*steps: str) -> StudioState:
             st.page_link(path, label=f"Go to {title}", icon=icon)
             st.stop()
     return state
+
+
+def draw_progress(slot: st.delta_generator.DeltaGenerator, state: StudioState) -> None:
+    """The sidebar summary of where the user is, drawn into `slot` (replacing what was there)."""
+    lines = ["### Your progress"]
+    dataset = state.dataset
+    if dataset is not None:
+        lines.append(f"✅ Data: **{dataset.name}** — {len(dataset.table)} examples, {dataset.num_classes} classes")
+    else:
+        lines.append("⬜ Data: not loaded yet")
+    lines.append(f"✅ Backbone: **{state.backbone_name}**" if state.backbone_name else "⬜ Backbone: not chosen")
+    if state.frozen_groups is not None:
+        lines.append(f"✅ Freezing: **{state.frozen_groups}** group(s) frozen")
+    else:
+        lines.append("⬜ Freezing: not chosen")
+    job = state.job
+    if job is not None and getattr(job, "is_running", False):
+        lines.append("⏳ Train: **running**")
+    elif state.run_dir:
+        lines.append("✅ Train: model trained")
+    else:
+        lines.append("⬜ Train: no model yet")
+    slot.markdown("\n\n".join(lines))
