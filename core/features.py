@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -169,7 +170,7 @@ def store_cached(key: str, splits: dict[str, CachedStates], to_disk: bool) -> No
         else:
             tensors[f"{name}/states"] = split.states.contiguous()
     path = _disk_path(key)
-    temporary = path.with_suffix(".tmp")
+    temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # writers never share a file
     save_file(tensors, temporary)
     temporary.replace(path)
 

@@ -463,6 +463,9 @@ class _Trainer:
         self.status = "running"
         self.error: str | None = None
         self.test_accuracy: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.scaler: Any = None
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -530,10 +533,13 @@ class _Trainer:
         self.train_preprocessor = make_preprocessor(self.backbone.spec, config.augmentation)
         self.eval_preprocessor = make_preprocessor(self.backbone.spec, "none")
         self.cache_mode, self.cache_note = _cache_plan(config, self.frozen, self.num_groups)
+        self.check_cache_budget()
 
         weights = _class_weights(self.train_labels, dataset.num_classes) if config.class_weights else None
         self.loss_weights = weights.to(self.device) if weights is not None else None
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, config), lr=config.lr)
+        if self.precision == "fp16" and self.device.type == "cuda":
+            self.scaler = torch.amp.GradScaler("cuda")  # fp16 gradients underflow without loss scaling
         self.steps_per_epoch = math.ceil(len(self.train_items) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = int(round(config.warmup_fraction * self.total_steps))
@@ -689,15 +695,6 @@ class _Trainer:
             "test": (self.test_items, self.test_labels),
         }
         total_examples = sum(len(items) for items, _ in splits.values())
-        estimate = self._estimate_state_bytes(boundary, is_features) * total_examples
-        if estimate > feature_cache.MEMORY.budget:
-            self.cache_mode = "none"
-            self.cache_note = (
-                f"The activations at the freeze boundary would need {estimate / 1024**3:.1f} GiB, more than the "
-                f"{feature_cache.MEMORY.budget / 1024**3:.1f} GiB cache; freeze more layer groups (or all) to cache."
-            )
-            log.info(self.cache_note)
-            return None
         batch_size = 64 if self.dataset.modality == "image" else 128
         done = 0
         result: dict[str, feature_cache.CachedStates] = {}
@@ -729,6 +726,20 @@ class _Trainer:
         self.cache_seconds = time.perf_counter() - started
         log.info("Cached %s for %d examples in %.1f s", self.cache_mode, total_examples, self.cache_seconds)
         return result
+
+    def check_cache_budget(self) -> None:
+        """Fall back to no caching (and say why) when the stored states would not fit the memory cache."""
+        if self.cache_mode == "none":
+            return
+        examples = len(self.train_items) + len(self.val_items) + len(self.test_items)
+        estimate = self._estimate_state_bytes(self.frozen, self.cache_mode == "features") * examples
+        if estimate > feature_cache.MEMORY.budget:
+            self.cache_mode = "none"
+            self.cache_note = (
+                f"The activations at the freeze boundary would need {estimate / 1024**3:.1f} GiB, more than the "
+                f"{feature_cache.MEMORY.budget / 1024**3:.1f} GiB cache; freeze more layer groups (or all) to cache."
+            )
+            log.info(self.cache_note)
 
     def _estimate_state_bytes(self, boundary: int, is_features: bool) -> int:
         loaded = self.eval_preprocessor.collate([self.eval_preprocessor.load(self.train_items[0], False)])
@@ -820,10 +831,18 @@ class _Trainer:
                     "rate or turn on gradient clipping."
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
             if self.config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, self.config.grad_clip)
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
             self.global_step += 1
             size = int(labels.shape[0])
             batch_loss = float(loss.detach())
@@ -862,14 +881,14 @@ class _Trainer:
             "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "total_params": sum(p.numel() for p in self.model.parameters()),
         }
-        self.store.update_summary(self.run_id, **{k: info[k] for k in ("device", "precision", "cache_mode")})
+        self.store.update_summary(
+            self.run_id, **{k: info[k] for k in ("device", "precision", "cache_mode", "cache_note")}
+        )
         self.events.emit("on_train_begin", info)
         cache = self.build_cache()
         if self.pending_rng is not None:
             _set_rng_state(*self.pending_rng)
             self.pending_rng = None
-        if cache is None and info["cache_mode"] != self.cache_mode:
-            self.store.update_summary(self.run_id, cache_mode=self.cache_mode, cache_note=self.cache_note)
         for epoch in range(self.start_epoch, self.config.epochs + 1):
             metrics = self.train_epoch(epoch, cache)
             val_loss, val_accuracy = self.evaluate("val", cache)
@@ -915,10 +934,15 @@ class _Trainer:
     def finish(self) -> FitResult:
         """Write the model, run.json and the store record for the final status; build the result."""
         if self.run_id:
-            if hasattr(self, "model"):
-                self.save_model()
-            self.write_run_json()
-            self.flush_steps(force=True)
+            try:
+                if hasattr(self, "model"):
+                    self.save_model()
+                self.write_run_json()
+                self.flush_steps(force=True)
+            except (OSError, RuntimeError, sqlite3.Error) as error:  # the store record below must still close
+                log.exception("Could not write the run folder %s", self.run_dir)
+                if self.status != "failed":
+                    self.status, self.error = "failed", f"Could not write the run folder: {error}"
         best = next((m for m in self.history if m["epoch"] == self.best_epoch), None)
         result = FitResult(
             run_id=self.run_id,

@@ -210,6 +210,15 @@ def test_failing_run_is_recorded_as_failed(colour_dataset: Dataset, tmp_path: Pa
     assert info["status"] == "failed" and "missing.png" in info["error"]
 
 
+def test_run_failing_before_training_is_recorded_too(tmp_path: Path) -> None:
+    texts = pd.DataFrame({"item": ["good", "bad", "fine", "awful"], "label": ["pos", "neg", "pos", "neg"],
+                          "split": ["train", "train", "val", "val"]})
+    with pytest.raises(ValueError, match="pick a text backbone"):
+        fit(Dataset(name="texts", modality="text", table=texts), _config(), tmp_path / "run", backbone=TinyCNN())
+    [record] = RunStore().list_runs()
+    assert record["status"] == "failed" and "text backbone" in record["error"]
+
+
 def test_bad_settings_are_explained() -> None:
     with pytest.raises(ValueError, match="epochs must be at least 1.*augmentation must be one of"):
         _config(epochs=0, augmentation="extreme").validate()
