@@ -8,10 +8,10 @@ import streamlit as st
 from core.backbones import availability, catalogue_rows, default_backbone, get_spec
 from pages._ui import require
 
+st.title("2 · Backbone")
 state = require("Data")
 modality = state.dataset.modality
 
-st.title("2 · Choose a backbone")
 st.markdown(
     "A **backbone** is a network someone already trained on millions of examples. Your classifier reuses what it "
     "learned and only adds a small new layer for your classes."

@@ -22,12 +22,12 @@ def cached_backbone(name: str):
     return load_backbone(name)
 
 
+st.title("3 · Freezing")
 state = require("Data", "Backbone")
 dataset = state.dataset
 spec = get_spec(state.backbone_name)
 scratch: dict[str, Any] = state.scratch.setdefault("freezing", {})
 
-st.title("3 · What to freeze")
 st.markdown(
     f"**{spec.title}** is cut into layer groups, from the generic first layers (edges, word pieces) to the "
     "specific last ones. **Frozen** groups keep their pretrained weights; the others adapt to your data. "

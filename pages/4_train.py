@@ -435,10 +435,10 @@ def _draw_runs(state: StudioState) -> None:
 # ------------------------------------------------------------------------------------------------------- page
 state = get_state()
 _reattach(state)
+st.title("4 · Train")
 state = require("Data", "Backbone", "Freezing")
 dataset = state.dataset
 
-st.title("4 · Train")
 st.caption(
     f"Data **{dataset.name}** ({len(dataset.table)} examples, {dataset.num_classes} classes) · backbone "
     f"**{state.backbone_name}** · **{state.frozen_groups}** layer group(s) frozen"

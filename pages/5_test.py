@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 GALLERY_SIZE = 12
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 
+st.title("5 · Test")
 state = require("Data", "Train")
 dataset = state.dataset
 scratch: dict[str, Any] = state.scratch.setdefault("test", {})
 
-st.title("5 · Test")
 st.caption(
     "Scores on the **test split**, which training and early stopping never saw: the honest estimate of how the "
     "model will do on new data."

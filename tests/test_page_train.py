@@ -131,7 +131,25 @@ def test_a_fresh_session_reattaches_to_the_running_job(colour_dataset, tiny_fit)
     assert _state(fresh).run_dir == job.run_dir
 
 
-def test_the_stop_button_stops_the_run(colour_dataset, tiny_fit):
+def test_the_stop_button_stops_the_run(colour_dataset, monkeypatch):
+    from core import training
+    from tests.tiny import TinyCNN
+
+    class HoldUntilStopped(training.TrainCallback):
+        """Keeps the real run going (each step waits for the stop flag, at most 5 s) so the click always lands."""
+
+        def __init__(self, stop_event):
+            self.stop_event = stop_event
+
+        def on_step_end(self, metrics):
+            if metrics.get("phase", "train") == "train":
+                self.stop_event.wait(5)
+
+    def fit_held(dataset, config, run_dir, backbone=None, callbacks=(), stop_event=None, **kwargs):
+        return training.fit(dataset, config, run_dir, backbone=TinyCNN(), stop_event=stop_event,
+                            callbacks=(*callbacks, HoldUntilStopped(stop_event)), **kwargs)
+
+    monkeypatch.setattr(jobs, "_default_fit", lambda: fit_held)
     at = _app(colour_dataset, frozen_groups=0)
     at.run()
     _set(at, "Epochs", 200)

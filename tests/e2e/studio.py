@@ -75,9 +75,13 @@ def sidebar_link(page: Page, title: str) -> Locator:
 
 def go_to(page: Page, title: str) -> None:
     """Switch step with the sidebar link, inside the same Streamlit session (a full page load would start anew)."""
-    with rerun(page):
-        sidebar_link(page, title).click()
+    sidebar_link(page, title).click()
     expect(page).to_have_url(_url_pattern(title))
+    # Every page draws its step title first (before any "do this first" guard); a quick run can finish without
+    # the script-state attribute ever showing "running", so wait on the page's own heading, then on idleness.
+    heading = title.split("·", 1)[0].strip() + " ·"
+    expect(main(page).get_by_role("heading", level=1).filter(has_text=heading)).to_be_visible(timeout=60_000)
+    wait_idle(page)
 
 
 def _url_pattern(title: str) -> re.Pattern[str]:
