@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from core import freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
 from core.session import StudioState
-from core.training import TrainConfig
+from core.training import TrainConfig, suggested_settings
 from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
@@ -81,41 +81,15 @@ def _devices() -> list[str]:
 
 
 def _defaults(state: StudioState) -> dict[str, Any]:
-    """Hyperparameters that work for the loaded data and the chosen freezing, before the user touches anything.
-
-    Feature extraction (every group frozen) trains only a linear head on cached features: many cheap epochs and a
-    higher rate. Fine-tuning changes the backbone: fewer epochs, and the backbone learns at a tenth of the head's
-    rate (a twentieth for text encoders, which forget quickly).
-    """
-    dataset = state.dataset
-    counts = dataset.counts()
-    train_count = int(counts["train"].sum()) if "train" in counts else len(dataset.table)
-    per_class = counts["train"] if "train" in counts else counts["total"]
-    smallest = max(1, int(per_class.min())) if len(per_class) else 1
-    imbalance = float(per_class.max()) / smallest if len(per_class) else 1.0
+    """The form's starting values: the engine's suggestion for this data and freezing (`suggested_settings`)."""
     groups = _group_count(state.backbone_name) if state.backbone_name else None
-    feature_extraction = groups is not None and (state.frozen_groups or 0) >= groups
-    text = dataset.modality == "text"
-    batch_size = 32 if feature_extraction or not text else 16
-    while batch_size > 4 and batch_size > train_count:
-        batch_size //= 2
     return {
-        "epochs": 25 if feature_extraction else 8,
-        "batch_size": batch_size,
-        "lr": 1e-3,
-        "weight_decay": 0.01,
-        "label_smoothing": 0.0 if feature_extraction else 0.1,
-        "class_weights": imbalance > 3.0,
-        "backbone_lr_factor": 0.05 if text else 0.1,
-        "augmentation": "none",
-        "patience": 5,
+        **suggested_settings(state.dataset, groups, state.frozen_groups),
         "seed": 0,
         "device": "auto",
         # the engine's own defaults, which the command line uses too (it has no flags for these two)
         "warmup_fraction": float(_ENGINE_DEFAULTS["warmup_fraction"]),
         "grad_clip": float(_ENGINE_DEFAULTS["grad_clip"] or 0.0),
-        "feature_extraction": feature_extraction,
-        "imbalance": imbalance,
     }
 
 
@@ -154,8 +128,7 @@ def cli_command(state: StudioState, config: Any, run_dir: str) -> tuple[str, lis
     parts += ["--backbone", str(config.backbone), "--frozen-groups", str(config.frozen_groups)]
     parts += ["--epochs", str(config.epochs), "--batch-size", str(config.batch_size), "--lr", f"{config.lr:g}"]
     parts += ["--weight-decay", f"{config.weight_decay:g}", "--label-smoothing", f"{config.label_smoothing:g}"]
-    if config.class_weights:
-        parts.append("--class-weights")
+    parts.append("--class-weights" if config.class_weights else "--no-class-weights")
     parts += ["--backbone-lr-factor", f"{config.backbone_lr_factor:g}", "--augmentation", str(config.augmentation)]
     parts += ["--patience", str(config.patience), "--seed", str(config.seed), "--device", str(config.device)]
     parts += ["--out", run_dir]

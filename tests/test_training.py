@@ -280,3 +280,19 @@ def test_efficientnet_lite0_feature_caching_via_the_cli(tmp_path: Path) -> None:
     assert (out / "model.safetensors").exists()
     model, _, info = load_trained(out)
     assert info["backbone"] == "efficientnet_lite0" and model.head[1].out_features == 4
+
+
+def test_suggested_settings_follow_the_freezing_and_the_balance(colour_dataset) -> None:
+    from core.training import suggested_settings
+
+    probe = suggested_settings(colour_dataset, num_groups=3, frozen_groups=3)
+    tune = suggested_settings(colour_dataset, num_groups=3, frozen_groups=1)
+    assert probe["feature_extraction"] and not tune["feature_extraction"]
+    assert probe["lr"] > tune["lr"] and probe["epochs"] > tune["epochs"]
+    assert probe["batch_size"] <= 24  # never more than the training examples (24 here)
+    assert not probe["class_weights"]
+
+    table = colour_dataset.table
+    keep = ~((table["label"] == "red") & (table.index % 12 > 1))
+    lopsided = type(colour_dataset)(name="lopsided", modality="image", table=table[keep].reset_index(drop=True))
+    assert suggested_settings(lopsided, num_groups=3, frozen_groups=3)["class_weights"]
