@@ -128,6 +128,16 @@ class _MemoryCache:
 MEMORY = _MemoryCache(MEMORY_BUDGET_BYTES)
 
 
+_KEY_LOCKS: dict[str, threading.Lock] = {}
+_KEY_LOCKS_GUARD = threading.Lock()
+
+
+def key_lock(key: str) -> threading.Lock:
+    """The lock that serialises computing the states of one key, so the same features are never computed twice."""
+    with _KEY_LOCKS_GUARD:
+        return _KEY_LOCKS.setdefault(key, threading.Lock())
+
+
 def _disk_path(key: str) -> Path:
     return workspace_subdir("features") / f"{key}.safetensors"
 

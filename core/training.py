@@ -673,58 +673,22 @@ class _Trainer:
     def build_cache(self) -> dict[str, feature_cache.CachedStates] | None:
         if self.cache_mode == "none":
             return None
-        boundary = self.frozen
-        is_features = self.cache_mode == "features"
-        key = feature_cache.cache_key(
-            self.fingerprint,
-            f"{self.backbone.spec.source}:{self.backbone.spec.name}",
-            feature_cache.weights_digest(self.backbone.groups()[:boundary]),
-            boundary,
-            str(getattr(self.eval_preprocessor, "cache_key", "")),
-            self.precision,
-        )
         started = time.perf_counter()
-        cached = feature_cache.load_cached(key)
-        if cached is not None:
-            self.cache_reused = True
-            self.cache_seconds = time.perf_counter() - started
-            return cached
         splits = {
             "train": (self.train_items, self.train_labels),
             "val": (self.val_items, self.val_labels),
             "test": (self.test_items, self.test_labels),
         }
-        total_examples = sum(len(items) for items, _ in splits.values())
-        batch_size = 64 if self.dataset.modality == "image" else 128
-        done = 0
-        result: dict[str, feature_cache.CachedStates] = {}
-        for name, (items, labels) in splits.items():
-            if not items:
-                continue
-            loader = _loader(items, labels, self.eval_preprocessor, train=False, batch_size=batch_size)
-
-            def progress(
-                index: int, _total: int, offset: int = done, size: int = len(items), split: str = name
-            ) -> None:
-                finished = min(offset + index * batch_size, offset + size)
-                self.events.emit(
-                    "on_step_end",
-                    {"phase": "features", "progress": finished / total_examples, "done": finished,
-                     "total": total_examples, "split": split},
-                )
-
-            states = feature_cache.compute_states(
-                self.backbone, loader, boundary, self.device, autocast=self.autocast,
-                channels_last=self.channels_last, keep_float32=is_features or self.precision == "fp32",
-                stop_requested=self.stop_requested, progress=progress,
-            )
-            if states is None:
-                raise TrainingStopped
-            result[name] = states
-            done += len(items)
-        feature_cache.store_cached(key, result, to_disk=is_features)
+        result, self.cache_reused = cached_states(
+            self.backbone, splits, self.frozen, self.eval_preprocessor, self.fingerprint, self.device,
+            self.precision, self.channels_last, to_disk=self.cache_mode == "features",
+            stop_requested=self.stop_requested, emit=self.events.emit,
+        )
+        if result is None:
+            raise TrainingStopped
         self.cache_seconds = time.perf_counter() - started
-        log.info("Cached %s for %d examples in %.1f s", self.cache_mode, total_examples, self.cache_seconds)
+        if not self.cache_reused:
+            log.info("Cached %s in %.1f s", self.cache_mode, self.cache_seconds)
         return result
 
     def check_cache_budget(self) -> None:
@@ -979,6 +943,97 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cached_states(
+    backbone: Backbone,
+    splits: dict[str, tuple[list[str], list[int]]],
+    boundary: int,
+    preprocessor: Any,
+    fingerprint: str,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    to_disk: bool,
+    stop_requested: Callable[[], bool] | None = None,
+    emit: Callable[[str, dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, feature_cache.CachedStates] | None, bool]:
+    """The states after the first `boundary` groups for every split: from the cache, else computed and stored.
+
+    One computation per key at a time: a caller that finds another one computing the same key (the background
+    warm-up of `prepare_features`, a second session) waits for it and reuses its result instead of doing it again.
+    Returns (states, reused), or (None, False) when `stop_requested()` turned true.
+    """
+    key = feature_cache.cache_key(
+        fingerprint,
+        f"{backbone.spec.source}:{backbone.spec.name}",
+        feature_cache.weights_digest(backbone.groups()[:boundary]),
+        boundary,
+        str(getattr(preprocessor, "cache_key", "")),
+        precision,
+    )
+    with feature_cache.key_lock(key):
+        cached = feature_cache.load_cached(key)
+        if cached is not None:
+            return cached, True
+        total_examples = sum(len(items) for items, _ in splits.values())
+        batch_size = 64 if backbone.spec.modality == "image" else 128
+        autocast = autocast_factory(device, precision)
+        done = 0
+        result: dict[str, feature_cache.CachedStates] = {}
+        for name, (items, labels) in splits.items():
+            if not items:
+                continue
+            loader = _loader(items, labels, preprocessor, train=False, batch_size=batch_size)
+
+            def progress(
+                index: int, _total: int, offset: int = done, size: int = len(items), split: str = name
+            ) -> None:
+                if emit is not None:
+                    finished = min(offset + index * batch_size, offset + size)
+                    emit("on_step_end", {"phase": "features", "progress": finished / total_examples,
+                                         "done": finished, "total": total_examples, "split": split})
+
+            states = feature_cache.compute_states(
+                backbone, loader, boundary, device, autocast=autocast, channels_last=channels_last,
+                keep_float32=to_disk or precision == "fp32", stop_requested=stop_requested, progress=progress,
+            )
+            if states is None:
+                return None, False
+            result[name] = states
+            done += len(items)
+        feature_cache.store_cached(key, result, to_disk=to_disk)
+        return result, False
+
+
+def prepare_features(
+    dataset: Dataset, backbone_name: str, device: str = "auto", stop_event: threading.Event | None = None
+) -> bool:
+    """Compute and cache the frozen backbone's features for `dataset` ahead of training (feature extraction).
+
+    The app calls this in the background as soon as data and backbone are chosen, so that pressing Train with every
+    group frozen finds the features ready and draws its first point within seconds. It computes exactly what `fit`
+    would (same key, precision, memory format), so `fit` reuses it. Returns True when the features are cached.
+    """
+    from core.backbones import load_backbone
+    from core.preprocess import make_preprocessor
+
+    backbone = load_backbone(backbone_name, pretrained=True)
+    if backbone.spec.modality != dataset.modality:
+        return False
+    torch_device = pick_device(device)
+    precision = resolve_precision("auto", torch_device)
+    channels_last = dataset.modality == "image" and torch_device.type != "mps"
+    backbone.to(torch_device)
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    splits = {name: dataset.split(name) for name in ("train", "val", "test")}
+    states, _ = cached_states(
+        backbone, splits, len(backbone.group_names), make_preprocessor(backbone.spec, "none"), dataset.fingerprint,
+        torch_device, precision, channels_last, to_disk=True,
+        stop_requested=(stop_event.is_set if stop_event is not None else None),
+    )
+    return states is not None
+
+
 def suggested_settings(dataset: Dataset, num_groups: int | None, frozen_groups: int | None) -> dict[str, Any]:
     """Hyperparameters that work for this data and freezing before the user touches anything (page and CLI share them).
 
@@ -1180,6 +1235,8 @@ __all__ = [
     "TrainCallback",
     "TrainConfig",
     "available_threads",
+    "cached_states",
+    "prepare_features",
     "suggested_settings",
     "cpu_supports_bf16",
     "fit",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core import jobs
 from core.backbones import availability, catalogue_rows, default_backbone, get_spec
 from pages._ui import require
 
@@ -77,6 +78,9 @@ if status.available:
         if state.backbone_name is not None:
             state.frozen_groups = None  # the layer groups belong to the old backbone
         state.backbone_name = chosen
+    if jobs.warm_up_features(state.dataset, chosen):
+        st.caption("⚡ Its features for your data are being computed in the background, so training with the "
+                   "backbone frozen can start at once.")
     st.page_link("pages/3_freezing.py", label="Next: choose what to freeze", icon="➡️")
 else:
     st.info("Choose an available backbone to go on.")

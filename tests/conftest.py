@@ -12,6 +12,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFER_STUDIO_WARM_UP", "0")  # no background feature warm-ups in unit tests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 

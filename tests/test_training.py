@@ -296,3 +296,28 @@ def test_suggested_settings_follow_the_freezing_and_the_balance(colour_dataset) 
     keep = ~((table["label"] == "red") & (table.index % 12 > 1))
     lopsided = type(colour_dataset)(name="lopsided", modality="image", table=table[keep].reset_index(drop=True))
     assert suggested_settings(lopsided, num_groups=3, frozen_groups=3)["class_weights"]
+
+
+@pytest.mark.integration
+def test_features_prepared_ahead_are_reused_by_fit(colour_dataset) -> None:
+    from core.training import TrainConfig, fit, prepare_features
+
+    assert prepare_features(colour_dataset, "efficientnet_lite0")
+    config = TrainConfig(backbone="efficientnet_lite0", frozen_groups=99, epochs=2, lr=1e-2)
+    result = fit(colour_dataset, config)
+    assert result.cache_mode == "features"
+    assert result.cache_reused  # the backbone did not run again: same key as the warm-up's
+
+
+def test_a_warm_up_starts_once_per_data_and_backbone(colour_dataset, monkeypatch) -> None:
+    from core import jobs, training
+
+    calls = []
+    monkeypatch.setenv("TRANSFER_STUDIO_WARM_UP", "1")
+    monkeypatch.setattr(training, "prepare_features", lambda dataset, name: calls.append(name))
+    assert jobs.warm_up_features(colour_dataset, "efficientnet_lite0")
+    assert jobs.warm_up_features(colour_dataset, "efficientnet_lite0")
+    jobs._WARM_UPS[(colour_dataset.fingerprint, "efficientnet_lite0")].join(5)
+    assert calls == ["efficientnet_lite0"]
+    monkeypatch.setenv("TRANSFER_STUDIO_WARM_UP", "0")
+    assert not jobs.warm_up_features(colour_dataset, "all_minilm_l6_v2")

@@ -82,6 +82,7 @@ def app_url(studio_home: Path) -> Iterator[str]:
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         PYTHONUNBUFFERED="1",
+        TRANSFER_STUDIO_WARM_UP="1",  # the app as users get it: features warm up once a backbone is chosen
     )
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
