@@ -6,11 +6,22 @@ import logging
 
 import streamlit as st
 
+from core.paths import workspace_dir
+from core.store import RunStore
 from pages._ui import PAGES, draw_progress, get_state
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 st.set_page_config(page_title="Transfer Studio", page_icon="🧪", layout="wide")
+
+
+@st.cache_resource(show_spinner=False)
+def _close_abandoned_runs(workspace: str) -> list[str]:
+    """Once per server start and workspace: runs a killed server left "running" are recorded as failed."""
+    return RunStore().mark_abandoned()
+
+
+_close_abandoned_runs(str(workspace_dir()))
 
 state = get_state()
 navigation = st.navigation([st.Page(path, title=title, icon=icon) for path, title, icon in PAGES])

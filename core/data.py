@@ -702,6 +702,19 @@ def _check_classes(table: pd.DataFrame, modality: Modality, report: _Report, spl
             "more examples of the small classes.",
             [str(counts.idxmax()), str(counts.idxmin())],
         )
+    if len(counts) > 1:
+        empty = [name for name in ("val", "test") if not (table["split"] == name).any()]
+        if empty:
+            titles = " and ".join("validation" if name == "val" else "test" for name in empty)
+            report.warning(
+                "empty_split",
+                f"The {titles} split {'is' if len(empty) == 1 else 'are'} empty, so "
+                + ("early stopping and the best-epoch choice cannot use held-out data" if "val" in empty else "")
+                + (" and " if len(empty) == 2 else "")
+                + ("step 5 has nothing held out to test on" if "test" in empty else "")
+                + ". Add examples, or check for many identical files (identical files stay in one split).",
+                empty,
+            )
     if split_given:
         train_labels = set(table.loc[table["split"] == "train", "label"])
         absent = sorted(set(counts.index) - train_labels)

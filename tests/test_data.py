@@ -473,3 +473,27 @@ def test_reloading_sees_a_file_that_changed(tmp_path: Path) -> None:
     (root / "cats" / "cats_2.png").write_bytes(good[: len(good) // 2])
     _, report = data.load_folder(root, seed=1)
     assert problem(report, "damaged")["items"] == ["cats/cats_2.png"]
+
+
+def test_identical_files_that_fill_no_held_out_split_are_warned_about(tmp_path) -> None:
+    """Identical files stay in one split; when that empties validation and test, the report says so."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from core.data import load_zip
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for label, value in (("dark", 30), ("light", 220)):
+            image = io.BytesIO()
+            Image.fromarray(np.full((16, 16, 3), value, dtype=np.uint8)).save(image, format="PNG")
+            for index in range(6):
+                archive.writestr(f"{label}/{index}.png", image.getvalue())
+    _dataset, report = load_zip(buffer.getvalue(), name="same.zip")
+    codes = [warning["code"] for warning in report["warnings"]]
+    assert "empty_split" in codes
+    message = next(w["message"] for w in report["warnings"] if w["code"] == "empty_split")
+    assert "validation and test" in message

@@ -19,6 +19,8 @@ def load_sample(page: Page, kind: str = "images") -> None:
     click_button(page, f"Load sample {kind}")
     expect(main(page).get_by_role("heading", name="Check report")).to_be_visible()
     expect_loaded(page, examples=240 if kind == "images" else 160)
+    # the sidebar summary is redrawn after the page ran, so it shows the new data at once
+    expect(page.get_by_test_id("stSidebar")).to_contain_text("Data: Sample")
 
 
 def load_sample_images(page: Page) -> None:
