@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -752,6 +753,11 @@ def _build_transformers(spec: BackboneSpec, location: _Location | None, config_o
 _BUILDERS = {"timm": _build_timm, "torchvision": _build_torchvision, "transformers": _build_transformers}
 
 
+#: Held while a model library builds a network or tokenizer. transformers' lazy first import is not thread-safe
+#: ("cannot import name 'AutoConfig'" when the page and a background feature warm-up load at the same moment).
+LOAD_LOCK = threading.RLock()
+
+
 def load_network(name: str, pretrained: bool = True) -> nn.Module:
     """The raw pretrained network of `name` as its library builds it, original classifier included.
 
@@ -759,6 +765,11 @@ def load_network(name: str, pretrained: bool = True) -> nn.Module:
         BackboneUnavailable: no weights here; the message says how to make them available.
         WeightsMismatch: the weights found do not fit the network.
     """
+    with LOAD_LOCK:
+        return _load_network(name, pretrained)
+
+
+def _load_network(name: str, pretrained: bool) -> nn.Module:
     spec = get_spec(name)
     location = None
     if not pretrained and spec.source == "transformers":

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from core.backbones import BackboneSpec, BackboneUnavailable, weights_folder
+from core.backbones import LOAD_LOCK, BackboneSpec, BackboneUnavailable, weights_folder
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,13 @@ def _image_transform(spec: BackboneSpec, training: bool, augmentation: str = "no
 
 
 def _load_tokenizer(spec: BackboneSpec) -> Any:
-    from transformers import AutoTokenizer
-
     folder = weights_folder(spec.name)
     where = str(folder) if folder is not None else spec.model_id
     try:
-        return AutoTokenizer.from_pretrained(where)
+        with LOAD_LOCK:  # transformers' first import is not thread-safe (see core.backbones.LOAD_LOCK)
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(where)
     except OSError as error:
         raise BackboneUnavailable(
             f"The tokenizer of {spec.title} is not on this machine ({where}); it comes with the weights, see the "

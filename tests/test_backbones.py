@@ -286,3 +286,31 @@ def test_text_backbone_without_weights_builds_from_the_local_config() -> None:
     assert set(random_init.state_dict()) == set(pretrained.state_dict())
     assert not torch.equal(random_init.network.embeddings.word_embeddings.weight,
                            pretrained.network.embeddings.word_embeddings.weight)
+
+
+@pytest.mark.integration
+def test_the_text_backbone_loads_from_two_threads_at_once() -> None:
+    """The page and a background warm-up may load the same backbone together (transformers' imports race)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import threading
+        from core.backbones import get_spec, load_backbone
+        from core.preprocess import make_preprocessor
+        errors = []
+        def load():
+            try:
+                load_backbone("all_minilm_l6_v2")
+                make_preprocessor(get_spec("all_minilm_l6_v2"))
+            except Exception as error:
+                errors.append(repr(error))
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print("ERRORS", errors)
+        raise SystemExit(1 if errors else 0)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
