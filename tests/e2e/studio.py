@@ -37,6 +37,7 @@ new MutationObserver((records) => {
 """
 
 TRAINING_TIMEOUT_MS = 240_000
+RERUN_GRACE_MS = 3_000
 
 
 def wait_idle(page: Page, timeout_ms: float = 60_000) -> None:
@@ -63,8 +64,17 @@ def runs_finished(page: Page) -> int:
 def rerun(page: Page, timeout_ms: float = 60_000) -> Iterator[None]:
     """Wrap an action that makes Streamlit rerun: afterwards wait for a run to finish and the app to be idle."""
     before = runs_finished(page)
+    started = page.evaluate("() => Date.now()")
     yield
-    page.wait_for_function("n => (window.__studioRuns || 0) > n", arg=before, timeout=timeout_ms)
+    # A run that finishes within one React update never shows "running" in the DOM, so the counter can miss it:
+    # after a grace period an idle app also counts as done (the caller's retrying `expect` checks the result).
+    page.wait_for_function(
+        """([n, t0, grace]) => (window.__studioRuns || 0) > n
+            || (Date.now() - t0 > grace && !!document.querySelector(
+                "[data-testid='stApp'][data-test-script-state='notRunning']"))""",
+        arg=[before, started, RERUN_GRACE_MS],
+        timeout=timeout_ms,
+    )
     wait_idle(page, timeout_ms)
 
 
