@@ -347,7 +347,8 @@ def markdown(results: dict[str, Any]) -> str:
 
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads, "
-        f"{m['cpu_capability']}, bf16 {'yes' if m['bf16'] else 'no'}), load average at start {m['load_average']}",
+        f"{m['cpu_capability']}, bf16 {'yes' if m['bf16'] else 'no'}), load average at start "
+        f"{' / '.join(f'{value:.2f}' for value in m['load_average']) if m['load_average'] else 'unknown'}",
         f"Data: {results['dataset']} ({results['split']}), backbone {BACKBONE}, batch {BATCH_SIZE}, "
         f"{results['repeats']} repeat(s); throughput over {results['steps']} timed steps ({u['steps']} for full "
         "fine-tuning) after one warm-up step.",
