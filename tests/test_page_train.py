@@ -206,3 +206,33 @@ def test_a_failed_run_shows_its_message_is_listed_and_the_page_keeps_working(col
     table = at.dataframe[0].value
     assert len(table) == 1 and "failed" in table["status"].iloc[0]
     assert at.button[0].label == "🚀 Train" and not at.button[0].disabled  # ready for another try
+
+
+@pytest.mark.integration
+def test_a_short_run_on_the_sample_images_with_the_real_backbone():
+    """The real path: sample digits, the offline EfficientNet-Lite0 with its weights, every group frozen."""
+    from core.data import load_sample
+
+    dataset, report = load_sample("images")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGE)
+    state = StudioState()
+    state.set_dataset(dataset, report)
+    state.backbone_name = "efficientnet_lite0"
+    state.frozen_groups = 9
+    at.session_state["studio"] = state
+    at.run()
+    assert not at.exception
+    assert next(w for w in at.number_input if w.label == "Learning rate").value == pytest.approx(1e-2)
+    _set(at, "Epochs", 3)
+    at.button[0].click().run()
+    job = _state(at).job
+    assert _poll(at, lambda a: bool(job.snapshot().epochs) or not job.is_running, limit_seconds=180)
+    assert _poll(at, lambda a: not job.is_running, limit_seconds=180)
+    at.run()
+    assert job.status == "completed", job.error
+    snapshot = job.snapshot()
+    assert snapshot.cache_mode == "features" and len(snapshot.epochs) == 3
+    assert snapshot.epochs[-1]["val_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert _state(at).run_dir == job.run_dir
+    assert any("Training finished" in s.value for s in at.success)
