@@ -19,6 +19,7 @@ folder and item paths stay stable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -758,10 +759,8 @@ def _decode(data: bytes, name: str) -> tuple[str, str]:
         )
     if data.startswith(b"\xef\xbb\xbf"):
         return data[3:].decode("utf-8", errors="replace"), "utf-8-sig"
-    try:
+    with contextlib.suppress(UnicodeDecodeError):  # not UTF-8: try the Windows / Latin-1 code pages below
         return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        pass
     try:
         return data.decode("cp1252"), "windows-1252"
     except UnicodeDecodeError:
