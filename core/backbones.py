@@ -116,9 +116,15 @@ class Backbone(nn.Module, abc.ABC):
         Together the groups hold every parameter of the backbone exactly once.
         """
 
-    @abc.abstractmethod
     def forward_groups(self, state: Any, start: int, stop: int) -> Any:
-        """Run layer groups `start` .. `stop - 1` on `state` and return the state after them."""
+        """Run layer groups `start` .. `stop - 1` on `state` and return the state after them.
+
+        Each group takes the previous group's output; a family whose groups need more (the text encoders' mask)
+        overrides this.
+        """
+        for group in self.groups()[start:stop]:
+            state = group(state)
+        return state
 
     def forward(self, batch: Any) -> torch.Tensor:
         return self.forward_groups(batch, 0, len(self.group_names))
@@ -160,12 +166,6 @@ class Availability:
 
 
 # --------------------------------------------------------------------------------------------------- families
-
-
-def _run(groups: list[nn.Module], state: Any, start: int, stop: int) -> Any:
-    for group in groups[start:stop]:
-        state = group(state)
-    return state
 
 
 class _Steps(nn.Module):
@@ -213,9 +213,6 @@ class TimmCNNBackbone(Backbone):
         head._calls = [self._head]
         return [stem, *list(net.blocks), head]
 
-    def forward_groups(self, state: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return _run(self.groups(), state, start, stop)
-
 
 class ResNetBackbone(Backbone):
     """torchvision or timm ResNet: stem (conv1, bn1, act, maxpool), stages 1-3, then stage 4 with pooling."""
@@ -236,9 +233,6 @@ class ResNetBackbone(Backbone):
         last = _Steps(net.layer4, pool, lambda x: torch.flatten(x, 1))
         return [stem, net.layer1, net.layer2, net.layer3, last]
 
-    def forward_groups(self, state: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return _run(self.groups(), state, start, stop)
-
 
 class ConvNeXtBackbone(Backbone):
     """timm ConvNeXt: stem, stages 1-4, then the head's LayerNorm with pooling."""
@@ -256,9 +250,6 @@ class ConvNeXtBackbone(Backbone):
         head = _Steps(net.norm_pre, net.head)
         head._calls = [net.norm_pre, lambda x: net.forward_head(x, pre_logits=True)]
         return [net.stem, *list(net.stages), head]
-
-    def forward_groups(self, state: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return _run(self.groups(), state, start, stop)
 
 
 class _Tokens(nn.Module):
@@ -297,9 +288,6 @@ class ViTBackbone(Backbone):
         final = _Steps(*final_modules)
         final._calls = [self._final]
         return [embed, *list(net.blocks), final]
-
-    def forward_groups(self, state: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return _run(self.groups(), state, start, stop)
 
 
 class HFEncoderBackbone(Backbone):
