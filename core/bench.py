@@ -83,17 +83,25 @@ def _plain_accuracy(model: torch.nn.Module, loader: Any) -> float:
     return correct / max(count, 1)
 
 
-def plain_frozen_backbone(dataset: Any, backbone: Any, epochs: int, seed: int = 0) -> dict[str, Any]:
-    """The tutorial loop for a frozen backbone: every epoch runs the backbone over every batch again."""
+def plain_training(
+    dataset: Any, backbone: Any, epochs: int, freeze_backbone: bool, seed: int = 0
+) -> dict[str, Any]:
+    """The tutorial loop (fp32, default memory format), validating after every epoch.
+
+    With `freeze_backbone`, only the head trains and every epoch runs the frozen backbone over every batch again
+    (its BatchNorm statistics stay as pretrained: the careful tutorial variant); otherwise every parameter trains.
+    """
     from core.backbones import Classifier
     from core.preprocess import make_preprocessor
 
     torch.manual_seed(seed)
     started = time.perf_counter()
     model = Classifier(copy.deepcopy(backbone), dataset.num_classes)
-    for parameter in model.backbone.parameters():
-        parameter.requires_grad = False
-    optimizer = torch.optim.AdamW(model.head.parameters(), lr=LR, weight_decay=0.01)
+    if freeze_backbone:
+        for parameter in model.backbone.parameters():
+            parameter.requires_grad = False
+    trained = model.head if freeze_backbone else model
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=LR, weight_decay=0.01)
     preprocessor = make_preprocessor(backbone.spec, "none")
     train = _plain_loader(*dataset.split("train"), preprocessor, shuffle=True)
     val = _plain_loader(*dataset.split("val"), preprocessor, shuffle=False)
@@ -104,7 +112,8 @@ def plain_frozen_backbone(dataset: Any, backbone: Any, epochs: int, seed: int = 
     for _ in range(epochs):
         epoch_started = time.perf_counter()
         model.train()
-        model.backbone.eval()  # frozen BatchNorm statistics stay as pretrained (the careful tutorial variant)
+        if freeze_backbone:
+            model.backbone.eval()
         for images, labels in train:
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad()
@@ -118,30 +127,6 @@ def plain_frozen_backbone(dataset: Any, backbone: Any, epochs: int, seed: int = 
         "seconds": time.perf_counter() - started, "epoch_seconds": epoch_seconds, "val_accuracy": val_accuracy,
         "forward_examples_per_second": examples / statistics.median(epoch_seconds),
     }
-
-
-def plain_full_finetune(dataset: Any, backbone: Any, epochs: int, seed: int = 0) -> float:
-    """The tutorial loop for full fine-tuning (fp32, every parameter trains); returns the final val accuracy."""
-    from core.backbones import Classifier
-    from core.preprocess import make_preprocessor
-
-    torch.manual_seed(seed)
-    model = Classifier(copy.deepcopy(backbone), dataset.num_classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-    preprocessor = make_preprocessor(backbone.spec, "none")
-    train = _plain_loader(*dataset.split("train"), preprocessor, shuffle=True)
-    val = _plain_loader(*dataset.split("val"), preprocessor, shuffle=False)
-    total = epochs * len(train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, total))
-    for _ in range(epochs):
-        model.train()
-        for images, labels in train:
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    return _plain_accuracy(model, val)
 
 
 def _warmup_cosine(step: int, total: int, warmup_fraction: float = 0.1) -> float:
@@ -306,7 +291,7 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
         ours_runs.append(engine_features_run(dataset, backbone, epochs))
         log.info("features: ours %.1f s (cache %.1f s)", ours_runs[-1].seconds, ours_runs[-1].cache_seconds)
         if repeat == 0:
-            plain = plain_frozen_backbone(dataset, backbone, plain_epochs)
+            plain = plain_training(dataset, backbone, plain_epochs, freeze_backbone=True)
             log.info("features: plain %d epochs %.1f s", plain_epochs, plain["seconds"])
     if plain is None:
         raise RuntimeError("The plain 25-epoch arm did not run; use --repeats 1 or more.")
@@ -355,7 +340,7 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
     from core.training import fit
 
     ours_full = fit(dataset, _config(0, full_epochs), backbone=copy.deepcopy(backbone))
-    plain_full = plain_full_finetune(dataset, backbone, full_epochs)
+    plain_full = plain_training(dataset, backbone, full_epochs, freeze_backbone=False)["val_accuracy"]
     log.info("full accuracy after %d epochs: ours %.3f, plain %.3f", full_epochs, ours_full.val_accuracy, plain_full)
     results["full"] = {"ours": ours_tp, "plain": plain_tp, "ratios": ratios, "precision": result.precision,
                        "steps": full_steps, "epochs": full_epochs, "ours_val_accuracy": ours_full.val_accuracy,

@@ -238,6 +238,11 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
+def uses_channels_last(modality: str, device: torch.device) -> bool:
+    """Images train in channels-last memory format (faster convolutions), except on Apple MPS."""
+    return modality == "image" and device.type != "mps"
+
+
 def autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
     """A zero-argument function returning the autocast context for this device and precision."""
     if precision == "fp32":
@@ -492,7 +497,7 @@ class _Trainer:
         self.device = pick_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.autocast = autocast_factory(self.device, self.precision)
-        self.channels_last = dataset.modality == "image" and self.device.type != "mps"
+        self.channels_last = uses_channels_last(dataset.modality, self.device)
         previous = self._read_run_json() if self.resume else None
         self.num_groups, self.frozen = 0, config.frozen_groups
         self.cache_mode, self.cache_note = "none", ""
@@ -1021,7 +1026,7 @@ def prepare_features(
         return False
     torch_device = pick_device(device)
     precision = resolve_precision("auto", torch_device)
-    channels_last = dataset.modality == "image" and torch_device.type != "mps"
+    channels_last = uses_channels_last(dataset.modality, torch_device)
     backbone.to(torch_device)
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
