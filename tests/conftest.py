@@ -46,3 +46,16 @@ def tiny_backbone():
     from tests.tiny import TinyCNN
 
     return TinyCNN()
+
+
+@pytest.fixture
+def clean_jobs():
+    """No training jobs before the test; leftover workers stopped after it, so none holds the machine's slot."""
+    from core import jobs
+
+    jobs.JOBS.clear()
+    yield
+    for job in jobs.all_jobs():
+        job.stop()
+        job.join(10)
+    jobs.JOBS.clear()

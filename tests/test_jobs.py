@@ -64,14 +64,8 @@ class _FakeFit:
 
 
 @pytest.fixture(autouse=True)
-def _clean_registry():
-    """Each test starts with no jobs; leftover workers are stopped so they cannot hold the machine's slot."""
-    jobs.JOBS.clear()
-    yield
-    for job in jobs.all_jobs():
-        job.stop()
-        job.join(5)
-    jobs.JOBS.clear()
+def _clean_registry(clean_jobs):
+    """Every test here starts with no training jobs (see `clean_jobs` in conftest)."""
 
 
 def _wait(predicate, timeout: float = 10.0) -> bool:

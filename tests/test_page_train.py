@@ -21,13 +21,8 @@ PAGE = "pages/4_train.py"
 
 
 @pytest.fixture(autouse=True)
-def _clean_registry():
-    jobs.JOBS.clear()
-    yield
-    for job in jobs.all_jobs():
-        job.stop()
-        job.join(10)
-    jobs.JOBS.clear()
+def _clean_registry(clean_jobs):
+    """Every test here starts with no training jobs (see `clean_jobs` in conftest)."""
 
 
 @pytest.fixture
