@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone-lr-factor", type=float)
     train.add_argument("--augmentation", choices=["none", "light", "strong"])
     train.add_argument("--patience", type=int)
+    train.add_argument("--protocol", choices=["auto", "cross-validation", "test split"], default="auto",
+                       help="how scores are estimated (default: cross-validation and a refit on all labels for small "
+                       "data: under 2000 examples or any class under 50, unless the data brings its own test split)")
+    train.add_argument("--folds", type=int, default=5, help="the most cross-validation folds")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--out", required=True, help="folder for metrics.json and the best model")

@@ -584,6 +584,7 @@ def _finish(
     """Split (or complete a given split), run the checks every modality shares, and build Dataset + report."""
     table = table.reset_index(drop=True)
     table["label"] = table["label"].astype(str)
+    test_given = split_given and bool((table["split"] == "test").any())
     if split_given:
         report.info["split_source"] = "given by the folders"
         for missing in ("val", "test"):
@@ -605,7 +606,9 @@ def _finish(
         )
     _check_duplicates(table, modality, report, split_given)
     _check_classes(table, modality, report, split_given)
-    dataset = Dataset(name=name, modality=modality, table=table.drop(columns=["hash"]), root=root)
+    dataset = Dataset(
+        name=name, modality=modality, table=table.drop(columns=["hash"]), root=root, split_given=test_given
+    )
     result = report.to_dict(dataset)
     logger.info(
         "loaded %s: %d examples, %d classes, %d errors, %d warnings",

@@ -27,6 +27,8 @@ class Dataset:
         table: columns `item`, `label`, `split`; images are already extracted to a folder we own.
         classes: class names in a fixed, sorted order; a class's index is its position here.
         root: for images, the folder the files live in (inside the workspace); None for text.
+        split_given: the user brought their own train / val / test split (it is respected, and its test split
+            is what scores come from).
     """
 
     name: str
@@ -34,6 +36,7 @@ class Dataset:
     table: pd.DataFrame
     classes: list[str] = field(default_factory=list)
     root: str | None = None
+    split_given: bool = False
 
     def __post_init__(self) -> None:
         if not self.classes:

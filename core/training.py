@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core import features as feature_cache
+from core import smalldata
 from core.backbones import Backbone, Classifier
 from core.dataset import Dataset
 from core.paths import workspace_subdir
@@ -85,6 +86,11 @@ class TrainConfig:
         pretrained: start from the pretrained weights (False only for tests and experiments).
         precision: "auto" (bfloat16 autocast where the hardware supports it, AMP on CUDA), "fp32", "bf16", "fp16".
         cache: "auto" caches features / activations whenever that is exact; "off" always runs the whole network.
+        protocol: "auto" (cross-validation and a refit on all labels for small data, see `core.smalldata`),
+            "cross-validation" or "test split".
+        folds: the most folds of the cross-validation.
+        head: "auto" (logistic regression by L-BFGS on cached features when every group is frozen, else the
+            gradient loop), "logistic" or "gradient".
     """
 
     backbone: str
@@ -105,6 +111,9 @@ class TrainConfig:
     pretrained: bool = True
     precision: str = "auto"
     cache: str = "auto"
+    protocol: str = "auto"
+    folds: int = 5
+    head: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on when a value is out of range."""
@@ -131,6 +140,12 @@ class TrainConfig:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.cache not in ("auto", "off"):
             problems.append(f"cache must be 'auto' or 'off', not {self.cache!r}")
+        if self.protocol not in smalldata.PROTOCOLS:
+            problems.append(f"protocol must be one of {', '.join(smalldata.PROTOCOLS)}, not {self.protocol!r}")
+        if self.folds < 2:
+            problems.append(f"folds must be at least 2, not {self.folds}")
+        if self.head not in ("auto", "logistic", "gradient"):
+            problems.append(f"head must be 'auto', 'logistic' or 'gradient', not {self.head!r}")
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
 
@@ -173,6 +188,7 @@ class FitResult:
     cache_seconds: float = 0.0
     cache_reused: bool = False
     error: str | None = None
+    estimate: dict[str, Any] | None = None
 
 
 class TrainCallback:
@@ -471,6 +487,8 @@ class _Trainer:
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.scaler: Any = None
+        self.estimate: dict[str, Any] | None = None
+        self.protocol: smalldata.Protocol | None = None
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -539,6 +557,18 @@ class _Trainer:
         self.eval_preprocessor = make_preprocessor(self.backbone.spec, "none")
         self.cache_mode, self.cache_note = _cache_plan(config, self.frozen, self.num_groups)
         self.check_cache_budget()
+        self.logistic = config.head == "logistic" or (config.head == "auto" and self.cache_mode == "features")
+        if self.logistic and self.cache_mode != "features":
+            raise ValueError("The logistic-regression head needs cached features: freeze every group, no augmentation.")
+        self.protocol = smalldata.choose_protocol(
+            [str(label) for label in dataset.table["label"]], dataset.split_given, config.protocol, config.folds
+        )
+        if self.protocol.name == "cross-validation" and not self.logistic:
+            self.protocol = smalldata.Protocol(
+                "test split", 0, False,
+                "Scores come from the held-out test split: cross-validation is built for feature extraction "
+                "(every group frozen) only, not yet for fine-tuning.",
+            )
 
         weights = _class_weights(self.train_labels, dataset.num_classes) if config.class_weights else None
         self.loss_weights = weights.to(self.device) if weights is not None else None
@@ -659,7 +689,10 @@ class _Trainer:
                 "val_accuracy": best.get("val_accuracy") if best else None,
                 "val_loss": best.get("val_loss") if best else None,
                 "test_accuracy": self.test_accuracy,
+                "estimate": self.estimate,
             },
+            "protocol": self.protocol.name if self.protocol else None,
+            "protocol_reason": self.protocol.reason if self.protocol else None,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         temporary = self.run_dir / "run.json.tmp"
@@ -853,8 +886,16 @@ class _Trainer:
         self.store.update_summary(
             self.run_id, **{k: info[k] for k in ("device", "precision", "cache_mode", "cache_note")}
         )
+        info.update(protocol=self.protocol.name, protocol_reason=self.protocol.reason, folds=self.protocol.folds,
+                    head="logistic" if self.logistic else "gradient")
+        if self.logistic:
+            info.update(epochs=len(smalldata.L2_GRID), start_epoch=1, steps_per_epoch=0, total_steps=0)
         self.events.emit("on_train_begin", info)
         cache = self.build_cache()
+        if self.logistic:
+            self.run_logistic(cache)
+            self.status = "completed"
+            return self.finish()
         if self.pending_rng is not None:
             _set_rng_state(*self.pending_rng)
             self.pending_rng = None
@@ -893,8 +934,124 @@ class _Trainer:
             self.check_stop()
         self.restore_best()
         _, self.test_accuracy = self.evaluate("test", cache)
+        self.estimate_on_test_split(cache)
         self.status = "completed"
         return self.finish()
+
+    # -- small data: the logistic head and the estimate ------------------------------------------------------
+
+    def split_logits(self, split_name: str, cache: dict | None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and labels of one split with the current model (empty arrays for an empty split)."""
+        self.model.eval()
+        logits, labels = [], []
+        for batch, batch_labels in self.eval_batches(split_name, cache):
+            with torch.inference_mode(), self.autocast():
+                logits.append(self.forward(_to_device(batch, self.device, self.channels_last)).float().cpu())
+            labels.append(batch_labels)
+        if not logits:
+            return np.zeros((0, self.dataset.num_classes)), np.zeros(0, dtype=np.int64)
+        return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+    def estimate_on_test_split(self, cache: dict | None) -> None:
+        """Test-split numbers with intervals; probabilities calibrated by a temperature fitted on validation."""
+        from core import stats
+
+        test_logits, test_labels = self.split_logits("test", cache)
+        if len(test_labels) == 0:
+            return
+        val_logits, val_labels = self.split_logits("val", cache)
+        temperature = stats.fit_temperature(val_logits, val_labels) if len(val_labels) else 1.0
+        self.record_estimate(
+            test_labels, stats.softmax(test_logits, temperature), stats.softmax(test_logits),
+            items=self.test_items, where=["test"] * len(test_labels), temperature=temperature,
+        )
+
+    def record_estimate(
+        self, labels: np.ndarray, probabilities: np.ndarray, uncalibrated: np.ndarray, items: Sequence[str],
+        where: Sequence[str], temperature: float,
+    ) -> None:
+        """The estimate (metrics.json contract) and the examples it rests on, written to the run folder."""
+        self.estimate = smalldata.estimate(labels, probabilities, uncalibrated, self.protocol, self.dataset.classes)
+        self.estimate["temperature"] = temperature
+        self.test_accuracy = self.estimate["accuracy"]
+        examples = {
+            "protocol": self.protocol.name,
+            "classes": list(self.dataset.classes),
+            "items": [str(item) for item in items],
+            "labels": [int(label) for label in labels],
+            "where": list(where),
+            "probabilities": np.round(np.asarray(probabilities, dtype=np.float64), 6).tolist(),
+            "dataset_fingerprint": self.fingerprint,
+        }
+        temporary = self.run_dir / "examples.json.tmp"
+        temporary.write_text(json.dumps(examples))
+        temporary.replace(self.run_dir / "examples.json")
+
+    def run_logistic(self, cache: dict[str, feature_cache.CachedStates]) -> None:
+        """Feature extraction for real: logistic regression by L-BFGS, L2 by inner CV, estimated by the protocol.
+
+        The chart sees what really happens: one "epoch" per L2 strength tried (its cross-validated loss and
+        accuracy; the chosen one is the best epoch), and the loss of every L-BFGS iteration of the final fit.
+        """
+        from core import stats
+
+        names = [name for name in ("train", "val", "test") if name in cache]
+        if self.protocol.name == "cross-validation":
+            fit_names = names
+        else:
+            fit_names = [name for name in names if name != "test"]
+        features = torch.cat([cache[name].batch(torch.arange(len(cache[name]))).float().cpu() for name in fit_names])
+        labels = torch.cat([cache[name].labels for name in fit_names]).long().cpu()
+        items = [item for name in fit_names for item in self.dataset.split(name)[0]]
+
+        def iteration(index: int, loss: float) -> None:
+            self.global_step = index
+            self.events.emit("on_step_end", {
+                "phase": "train", "step": index, "global_step": index, "epoch": len(smalldata.L2_GRID),
+                "loss": loss, "train_loss": loss, "lr": 0.0, "progress": 0.95,
+            })
+
+        def progress(done: int, total: int) -> None:
+            self.events.emit("on_step_end", {
+                "phase": "train", "step": 0, "global_step": 0, "epoch": 0, "progress": 0.9 * done / max(total, 1),
+                "note": f"cross-validation fold {min(done + 1, total)} of {total}",
+            })
+
+        balanced = self.config.class_weights
+        if self.protocol.name == "cross-validation":
+            result = smalldata.cross_validate_head(
+                features, labels, self.dataset.num_classes, self.protocol.folds, seed=self.config.seed,
+                balanced=balanced, progress=progress, on_iteration=iteration, stop_requested=self.stop_requested,
+            )
+            fitted, temperature = result.final, result.temperature
+        else:
+            fitted = smalldata.select_and_fit(
+                features, labels, self.dataset.num_classes, seed=self.config.seed, balanced=balanced,
+                on_iteration=iteration, stop_requested=self.stop_requested,
+            )
+            temperature = stats.fit_temperature(fitted.oof_logits, labels.numpy())
+        fitted.head.to_linear(self.model.head[-1], temperature)
+        chosen = next((i for i, point in enumerate(fitted.grid, 1) if point.l2 == fitted.head.l2), None)
+        self.best_epoch = chosen
+        for index, point in enumerate(fitted.grid, 1):
+            record = {
+                "epoch": index, "train_loss": point.train_loss, "train_accuracy": None, "val_loss": point.log_loss,
+                "val_accuracy": point.accuracy, "lr": 0.0, "l2": point.l2, "seconds": 0.0, "best_epoch": chosen,
+                "is_best": index == chosen, "total_epochs": len(fitted.grid),
+            }
+            self.history.append(record)
+            self.store.log_epoch(self.run_id, index, record)
+            self.events.emit("on_epoch_end", dict(record))
+        self.flush_steps(force=True)
+        if self.protocol.name == "cross-validation":
+            self.record_estimate(
+                labels.numpy(), result.oof_probabilities, stats.softmax(result.oof_logits), items,
+                where=[f"fold {fold + 1}" for fold in result.fold_of], temperature=temperature,
+            )
+        else:
+            self.estimate_on_test_split(cache)
+        log.info("Logistic head: L2 %.4g, temperature %.2f, %s accuracy %.3f", fitted.head.l2, temperature,
+                 self.protocol.name, self.test_accuracy or 0.0)
 
     def restore_best(self) -> None:
         if self.best_state is not None:
@@ -931,6 +1088,7 @@ class _Trainer:
             cache_seconds=self.cache_seconds,
             cache_reused=self.cache_reused,
             error=self.error,
+            estimate=self.estimate,
         )
         if self.run_id:
             self.store.finish(
@@ -1205,7 +1363,10 @@ def main_train(args: argparse.Namespace) -> int:
               for name in names}
     class_weights = getattr(args, "class_weights", None)
     chosen["class_weights"] = settings["class_weights"] if class_weights is None else bool(class_weights)
-    config = TrainConfig(backbone=backbone_name, frozen_groups=frozen, seed=args.seed, device=args.device, **chosen)
+    config = TrainConfig(
+        backbone=backbone_name, frozen_groups=frozen, seed=args.seed, device=args.device,
+        protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5, **chosen,
+    )
     out = Path(args.out)
     try:
         result = fit(dataset, config, out, backbone=backbone, callbacks=(_LogProgress(),))
@@ -1218,11 +1379,27 @@ def main_train(args: argparse.Namespace) -> int:
         "test_accuracy": result.test_accuracy, "cache_mode": result.cache_mode, "device": result.device,
         "precision": result.precision, "seconds": round(result.seconds, 2),
     }
+    if result.estimate:  # the contract: protocol, folds, n, accuracy and macro-F1 with their 95 % intervals, ...
+        metrics.update(result.estimate)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info(
-        "Done: best epoch %s, val accuracy %s, test accuracy %s -> %s",
-        result.best_epoch, result.val_accuracy, result.test_accuracy, out,
-    )
+    if result.estimate:
+        from core.stats import format_interval
+
+        estimate = result.estimate
+        log.info("%s", estimate["protocol_reason"])
+        log.info(
+            "Done: accuracy %s, macro-F1 %s, n = %d (%s%s), calibration error %.1f%% (%.1f%% before) -> %s",
+            format_interval(estimate["accuracy"], estimate["accuracy_interval95"]),
+            format_interval(estimate["macro_f1"], estimate["macro_f1_interval95"], percent=False),
+            estimate["n"], estimate["protocol"], "; fewer than 30 examples, read with care"
+            if estimate["small_sample"] else "", 100 * estimate["calibration_error"],
+            100 * estimate["calibration_error_before"], out,
+        )
+    else:
+        log.info(
+            "Done: best epoch %s, val accuracy %s, test accuracy %s -> %s",
+            result.best_epoch, result.val_accuracy, result.test_accuracy, out,
+        )
     return 0 if result.status == "completed" else 1
 
 

@@ -1,0 +1,127 @@
+"""The small-data protocol, the logistic head and the intervals (core.smalldata, core.stats)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from core import smalldata, stats
+from core.dataset import Dataset
+from core.training import TrainConfig, fit
+from tests.tiny import TinyCNN
+
+
+def test_wilson_interval_contains_the_share_and_stays_in_bounds() -> None:
+    low, high = stats.wilson_interval(17, 20)
+    assert low < 0.85 < high
+    assert 0.6 < low < 0.7 and 0.9 < high < 0.97  # the known Wilson interval for 17/20 is 0.640-0.948
+    assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_bootstrap_intervals_narrow_with_more_examples() -> None:
+    rng = np.random.default_rng(0)
+    widths = []
+    for count in (40, 400):
+        targets = rng.integers(0, 3, count)
+        predictions = np.where(rng.random(count) < 0.8, targets, (targets + 1) % 3)
+        interval = stats.bootstrap_intervals(targets, predictions, 3)["macro_f1_interval95"]
+        widths.append(interval[1] - interval[0])
+    assert widths[1] < widths[0] / 2
+
+
+def test_temperature_scaling_fixes_overconfident_logits() -> None:
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 4, 2000)
+    logits = rng.normal(size=(2000, 4))
+    logits[np.arange(2000), targets] += 1.0
+    overconfident = logits * 5
+    temperature = stats.fit_temperature(overconfident, targets)
+    assert temperature > 2
+    from core.evaluation import expected_calibration_error
+
+    before = expected_calibration_error(stats.softmax(overconfident), targets)
+    after = expected_calibration_error(stats.softmax(overconfident, temperature), targets)
+    assert after < before / 2
+
+
+def test_protocol_rule() -> None:
+    small = smalldata.choose_protocol(["a"] * 30 + ["b"] * 30, split_given=False)
+    assert small.name == "cross-validation" and small.folds == 5 and small.refit_on_all
+    assert "60 examples" in small.reason
+    large = smalldata.choose_protocol(["a"] * 1500 + ["b"] * 1500, split_given=False)
+    assert large.name == "test split" and not large.refit_on_all
+    given = smalldata.choose_protocol(["a"] * 30 + ["b"] * 30, split_given=True)
+    assert given.name == "test split" and "own test split" in given.reason
+    forced = smalldata.choose_protocol(["a"] * 1500 + ["b"] * 1500, split_given=False, requested="cross-validation")
+    assert forced.name == "cross-validation"
+    assert smalldata.choose_protocol(["a"] * 3 + ["b"] * 9, split_given=False).folds == 3
+    with pytest.raises(ValueError, match="protocol"):
+        smalldata.choose_protocol(["a", "b"], split_given=False, requested="holdout")
+
+
+def test_stratified_folds_spread_every_class() -> None:
+    labels = [0] * 10 + [1] * 20
+    fold_of = smalldata.stratified_folds(labels, 5, seed=0)
+    for fold in range(5):
+        members = np.asarray(labels)[fold_of == fold]
+        assert (members == 0).sum() == 2 and (members == 1).sum() == 4
+
+
+def _digits(per_class: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    features, labels = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
+    rest = np.setdiff1d(np.arange(len(labels)), chosen)
+    return (torch.tensor(features[chosen], dtype=torch.float32), torch.tensor(labels[chosen]), features[rest],
+            labels[rest])
+
+
+def test_cross_validated_head_on_real_digits_holds_the_truth_in_its_interval() -> None:
+    """20 labelled digits per class: the CV interval holds the accuracy on the ~1,600 digits never labelled."""
+    features, labels, rest_features, rest_labels = _digits(20)
+    result = smalldata.cross_validate_head(features, labels, 10, folds=5)
+    low, high = stats.wilson_interval(int((result.oof_logits.argmax(1) == labels.numpy()).sum()), len(labels))
+    held_out = (result.final.head.logits(torch.tensor(rest_features)).argmax(1).numpy() == rest_labels).mean()
+    assert low <= held_out <= high
+    assert held_out > 0.85
+    assert result.final.grid and result.final.head.l2 in smalldata.L2_GRID
+
+
+def test_linear_head_folds_standardisation_and_temperature_into_nn_linear() -> None:
+    features, labels, rest_features, _ = _digits(8)
+    head = smalldata.fit_logistic(features, labels, 10, l2=0.01)
+    linear = torch.nn.Linear(64, 10)
+    head.to_linear(linear, temperature=2.0)
+    inputs = torch.tensor(rest_features[:50], dtype=torch.float32)
+    expected = head.logits(inputs).float() / 2.0
+    torch.testing.assert_close(linear(inputs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fit_cross_validates_small_data_and_refits_on_all(colour_dataset: Dataset, tmp_path: Path) -> None:
+    config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", folds=3)
+    result = fit(colour_dataset, config, tmp_path / "run", backbone=TinyCNN())
+    estimate = result.estimate
+    assert estimate is not None and estimate["protocol"] == "cross-validation" and estimate["refit_on_all"]
+    assert estimate["n"] == len(colour_dataset.table)  # every labelled example is estimated once
+    low, high = estimate["accuracy_interval95"]
+    assert low <= estimate["accuracy"] <= high
+    examples = json.loads((tmp_path / "run" / "examples.json").read_text())
+    assert len(examples["items"]) == len(colour_dataset.table) == len(examples["probabilities"])
+    assert {w.split()[0] for w in examples["where"]} == {"fold"}
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["protocol"] == "cross-validation" and info["metrics"]["estimate"]["n"] == estimate["n"]
+    assert [record["l2"] for record in result.history] == list(smalldata.L2_GRID)
+
+
+def test_fit_keeps_the_test_split_when_asked(colour_dataset: Dataset, tmp_path: Path) -> None:
+    config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", protocol="test split")
+    result = fit(colour_dataset, config, tmp_path / "run", backbone=TinyCNN())
+    assert result.estimate["protocol"] == "test split"
+    assert result.estimate["n"] == len(colour_dataset.split("test")[0])
+    assert not result.estimate["refit_on_all"]
