@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from core import stats
 from core.dataset import Dataset
 from core.paths import workspace_subdir
 
@@ -255,6 +256,7 @@ class Evaluation:
     predictions: np.ndarray
     confusion: np.ndarray
     metrics: dict[str, Any] = field(default_factory=dict)
+    where: list[str] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -321,6 +323,10 @@ def evaluate_probabilities(
     confusion = confusion_matrix(targets_array, predictions, len(classes))
     metrics = metrics_from_confusion(confusion, classes)
     metrics["calibration_error"] = expected_calibration_error(probabilities, targets_array)
+    summary = stats.interval_summary(targets_array, probabilities, len(classes))
+    for row, interval in zip(metrics["per_class"], summary["recall_interval95"], strict=True):
+        row["recall_interval95"] = interval
+    metrics.update({key: summary[key] for key in ("n", "accuracy_interval95", "macro_f1_interval95", "small_sample")})
     return Evaluation(
         split=split,
         classes=list(classes),
@@ -359,6 +365,29 @@ def evaluate(
         evaluation.macro_f1,
     )
     return evaluation
+
+
+def recorded_estimate(run_dir: str | Path) -> Evaluation | None:
+    """The evaluation a run recorded of itself (`examples.json`): out-of-fold predictions under cross-validation,
+    test-split predictions otherwise. None for a run that recorded none (trained before runs did).
+
+    The estimate's own extras (protocol and its reason, calibration error before temperature scaling) are in
+    `metrics`, read from run.json.
+    """
+    path = Path(run_dir) / "examples.json"
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text())
+    result = evaluate_probabilities(
+        np.asarray(recorded["probabilities"], dtype=np.float32), recorded["labels"], recorded["classes"],
+        recorded["items"], split=recorded["protocol"],
+    )
+    result.where = list(recorded["where"])
+    estimate = (read_run_info(run_dir).get("metrics") or {}).get("estimate") or {}
+    for key in ("protocol", "protocol_reason", "folds", "refit_on_all", "calibration_error_before", "temperature"):
+        if key in estimate:
+            result.metrics[key] = estimate[key]
+    return result
 
 
 def top_k_table(

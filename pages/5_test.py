@@ -29,10 +29,6 @@ state = require("Data", "Train")
 dataset = state.dataset
 scratch: dict[str, Any] = state.scratch.setdefault("test", {})
 
-st.caption(
-    "Scores on the **test split**, which training and early stopping never saw: the honest estimate of how the "
-    "model will do on new data."
-)
 
 
 # ---------------------------------------------------------------------------------------------------- which run
@@ -97,10 +93,14 @@ if run_info.get("dataset_fingerprint") and run_info["dataset_fingerprint"] != da
 
 
 def _evaluation() -> evaluation.Evaluation:
-    """The test-split evaluation of this run on this data set, computed once per session."""
+    """What the run recorded of itself (out-of-fold or test-split predictions), else the test split run now."""
     cache = scratch.setdefault("evaluations", {})
     key = f"{run_dir}|{dataset.fingerprint}"
     if key not in cache:
+        recorded = evaluation.recorded_estimate(run_dir)
+        if recorded is not None:
+            cache[key] = recorded
+            return recorded
         bar = st.progress(0.0, text="Running the model on the test split…")
         try:
             cache[key] = evaluation.evaluate(
@@ -121,15 +121,41 @@ except (ValueError, OSError, RuntimeError) as error:
     st.error(f"The model could not be tested: {error}")
     st.stop()
 
+cross_validated = result.metrics.get("protocol") == "cross-validation"
+if cross_validated:
+    st.info(f"**Protocol: {result.metrics['folds']}-fold cross-validation.** {result.metrics['protocol_reason']} "
+            "Every number below is from predictions on examples the scoring model never saw.")  # fmt: skip
+else:
+    st.info(
+        "**Protocol: held-out test split.** "
+        + (result.metrics.get("protocol_reason") or "Scores come from the test split, which training and early "
+           "stopping never saw.")  # fmt: skip
+    )
+accuracy_low, accuracy_high = result.metrics["accuracy_interval95"]
+f1_low, f1_high = result.metrics["macro_f1_interval95"]
+estimated_on = "Examples scored" if cross_validated else "Test examples"
 columns = st.columns(4)
-columns[0].metric("Test accuracy", f"{result.accuracy:.1%}")
+columns[0].metric(
+    "Cross-validated accuracy" if cross_validated else "Test accuracy", f"{result.accuracy:.1%}",
+    help="The 95 % interval (Wilson) is where the true accuracy on new data of this kind most likely lies.",
+)
+columns[0].caption(f"95 % interval {accuracy_low:.1%}–{accuracy_high:.1%} · n = {result.metrics['n']}")
 columns[1].metric("Macro-F1", f"{result.macro_f1:.3f}", help="F1 averaged over classes: small classes count as much.")
-columns[2].metric("Test examples", result.metrics["examples"])
+columns[1].caption(f"95 % interval {f1_low:.3f}–{f1_high:.3f} (bootstrap)")
+columns[2].metric(estimated_on, result.metrics["n"])
 columns[3].metric(
     "Calibration error",
     f"{result.metrics['calibration_error']:.1%}",
-    help="Average gap between the confidence the model shows and how often it is right (0 % = calibrated).",
+    help="Average gap between the confidence the model shows and how often it is right (0 % = calibrated). "
+    "Probabilities are temperature-scaled (fitted on examples not scored here).",
 )
+if "calibration_error_before" in result.metrics:
+    columns[3].caption(f"{result.metrics['calibration_error_before']:.1%} before temperature scaling")
+if result.metrics["small_sample"]:
+    st.warning(
+        f"These numbers rest on only {result.metrics['n']} examples (fewer than 30): read them with care; "
+        "the intervals show how wide the truth may be."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- baselines
@@ -177,13 +203,16 @@ with st.expander("Train a baseline", expanded=not baselines):
 # ---------------------------------------------------------------------------------------------------- per class
 
 st.subheader("Per class")
+per_class = result.per_class_table()
+per_class["recall_interval95"] = [f"{low:.0%}–{high:.0%}" for low, high in per_class["recall_interval95"]]
 st.dataframe(
-    result.per_class_table(),
+    per_class,
     column_config={
         "precision": st.column_config.NumberColumn("Precision", format="%.3f"),
         "recall": st.column_config.NumberColumn("Recall", format="%.3f"),
+        "recall_interval95": st.column_config.TextColumn("Recall, 95 % interval (bootstrap)"),
         "f1": st.column_config.NumberColumn("F1", format="%.3f"),
-        "support": st.column_config.NumberColumn("Test examples"),
+        "support": st.column_config.NumberColumn("Examples scored"),
     },
 )
 

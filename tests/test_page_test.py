@@ -142,7 +142,7 @@ def test_saved_baseline_is_reported_next_to_the_model(seeded) -> None:
     app.run()
     assert not app.exception
     # The tiny model cannot beat a perfect baseline: the page must say so plainly.
-    assert "does not clearly beat" in app.warning[0].value
+    assert any("does not clearly beat" in warning.value for warning in app.warning)
     assert "Same architecture, random weights" in app.dataframe[0].value["model"].tolist()
 
 
@@ -191,3 +191,26 @@ def test_text_model_gallery_and_pasted_predictions(monkeypatch: pytest.MonkeyPat
     table = _predictions(app)
     assert table["input"].tolist() == ["we bake", "chip chip"]
     assert table["prediction"].tolist() == ["food", "tech"]
+
+
+def test_cross_validated_run_shows_its_protocol_n_and_intervals(
+    tmp_path: Path, colour_dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small-data run is scored out of fold: the page says so and shows n and 95 % intervals."""
+    from core.training import TrainConfig, fit
+    from tests.tiny import TinyCNN
+
+    config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", folds=3)
+    result = fit(colour_dataset, config, tmp_path / "cv-run", backbone=TinyCNN())
+    monkeypatch.setattr(evaluation, "load_model", load_tiny_run)
+    state = StudioState(dataset=colour_dataset, backbone_name="tiny_cnn", frozen_groups=3, run_dir=result.run_dir)
+    state.runs.append(result.run_dir)
+    app = AppTest.from_file(PAGE, default_timeout=60)
+    app.session_state["studio"] = state
+    app.run()
+    assert not app.exception, app.exception
+    assert any("3-fold cross-validation" in info.value for info in app.info)
+    assert _metric(app, "Cross-validated accuracy") == f"{result.estimate['accuracy']:.1%}"
+    assert _metric(app, "Examples scored") == str(len(colour_dataset.table))
+    low, high = result.estimate["accuracy_interval95"]
+    assert any(f"95 % interval {low:.1%}–{high:.1%}" in caption.value for caption in app.caption)
