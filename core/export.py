@@ -1119,28 +1119,12 @@ def _load_dataset(spec: str) -> Any:
 
 
 def _run_test_items(run_dir: Path, run_info: dict[str, Any]) -> tuple[list[str], list[int] | None]:
-    """The run's own test examples, if the run folder records them."""
-    classes = [str(name) for name in run_info.get("classes") or []]
-    index = {name: i for i, name in enumerate(classes)}
-    for candidate in (run_info.get("test_items"), run_dir / "test_items.json", run_dir / "split.csv"):
-        if candidate is None:
-            continue
-        if isinstance(candidate, Path):
-            if not candidate.is_file():
-                continue
-            if candidate.suffix == ".csv":
-                import pandas as pd
-
-                table = pd.read_csv(candidate)
-                table = table[table["split"] == "test"]
-                return table["item"].astype(str).tolist(), [index[str(label)] for label in table["label"]]
-            candidate = json.loads(candidate.read_text(encoding="utf-8"))
-        if candidate and isinstance(candidate[0], dict):
-            items = [str(entry["item"]) for entry in candidate]
-            labels = [index.get(str(entry.get("label")), -1) for entry in candidate]
-            return items, labels if all(label >= 0 for label in labels) else None
-        return [str(entry) for entry in candidate], None
-    return [], None
+    """The examples the run's estimate rests on, as the trainer records them in `examples.json`."""
+    path = run_dir / "examples.json"
+    if not path.is_file():
+        return [], None
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    return [str(item) for item in recorded["items"]], [int(label) for label in recorded["labels"]]
 
 
 def export_run(

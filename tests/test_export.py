@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from core import export
 from core.backbones import Classifier
@@ -236,17 +235,12 @@ def test_cli_export_writes_the_bundle_and_prints_parity(
     tiny_export: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     from core.__main__ import main
-    from core.training import load_trained
+    from core.training import TrainConfig, fit, load_trained
 
-    dataset = tiny_export["dataset"]
+    # A real run folder: the engine records the examples its estimate rests on, and export checks parity on them.
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    state = {key: value.contiguous() for key, value in tiny_export["model"].state_dict().items()}
-    save_file(state, str(run_dir / "model.safetensors"))
-    info = tiny_export["info"]
-    (run_dir / "run.json").write_text(json.dumps(info))
-    (run_dir / "test_items.json").write_text(json.dumps([{"item": i, "label": dataset.classes[t]} for i, t in zip(
-        tiny_export["items"], tiny_export["targets"], strict=True)]))  # fmt: skip
+    config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", folds=2)
+    fit(tiny_export["dataset"], config, run_dir, backbone=TinyCNN())
     # The catalogue does not know TinyCNN: hand load_trained the architecture.
     monkeypatch.setattr(export, "_load_run", lambda folder: load_trained(folder, backbone=TinyCNN()))
     status = main(["export", "--model", str(run_dir), "--out", str(tmp_path / "cli-bundle")])
