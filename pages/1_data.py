@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import data
+from core import data, smalldata
 from core.dataset import SPLITS, Dataset
 from core.paths import data_root
 from pages._ui import get_state
@@ -242,6 +242,20 @@ if info.get("encoding"):
     notes.append(f"encoding {info['encoding']}")
 if notes:
     st.caption(" · ".join(notes))
+
+# How accuracy will be estimated: the rule's choice, in one sentence, and the user's override (Train reads it).
+PROTOCOL_CHOICES = {"auto": "Automatic (recommended)", "cross-validation": "Cross-validation, then train on all",
+                    "test split": "Held-out test split"}  # fmt: skip
+protocol_choice = st.selectbox(
+    "How to estimate accuracy", list(PROTOCOL_CHOICES), format_func=PROTOCOL_CHOICES.get, key="data_protocol",
+    help="Cross-validation scores every labelled example with a model that never saw it and then trains the "
+    "delivered model on all of them; a test split holds some examples out and never trains on them.",
+)
+state.scratch["protocol"] = protocol_choice
+protocol = smalldata.choose_protocol(
+    [str(label) for label in dataset.table["label"]], dataset.split_given, protocol_choice
+)
+st.info(f"**Estimate: {protocol.name}.** {protocol.reason}", icon="📏")
 
 st.markdown("#### Check report")
 if not report["errors"] and not report["warnings"]:

@@ -167,3 +167,12 @@ def test_server_folder_only_with_data_root(tmp_path: Path, monkeypatch: pytest.M
     app.button(key="load_server").click().run()
     assert not app.exception
     assert state(app).dataset.name == "pets" and len(state(app).dataset.table) == 12
+
+
+def test_protocol_is_said_in_one_sentence_and_can_be_overridden(app: AppTest) -> None:
+    app.button(key="load_sample_images").click().run()
+    assert "Estimate: cross-validation." in texts(app.info)
+    assert "240 examples" in texts(app.info) and state(app).scratch["protocol"] == "auto"
+    app.selectbox(key="data_protocol").select("test split").run()
+    assert not app.exception
+    assert "Estimate: test split." in texts(app.info) and state(app).scratch["protocol"] == "test split"
