@@ -227,7 +227,10 @@ def test_a_short_run_on_the_sample_images_with_the_real_backbone():
     at.run()
     assert job.status == "completed", job.error
     snapshot = job.snapshot()
-    assert snapshot.cache_mode == "features" and len(snapshot.epochs) == 3
-    assert snapshot.epochs[-1]["val_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    # Feature extraction fits a logistic-regression head: one chart point per L2 strength tried, not per epoch.
+    from core.smalldata import L2_GRID
+
+    assert snapshot.cache_mode == "features" and len(snapshot.epochs) == len(L2_GRID)
+    assert max(epoch["val_accuracy"] for epoch in snapshot.epochs) > 0.3  # 10 classes: chance is 0.1
     assert _state(at).run_dir == job.run_dir
     assert any("Training finished" in s.value for s in at.success)
