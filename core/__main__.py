@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how scores are estimated (default: cross-validation and a refit on all labels for small "
                        "data: under 2000 examples or any class under 50, unless the data brings its own test split)")
     train.add_argument("--folds", type=int, default=5, help="the most cross-validation folds")
+    train.add_argument("--head", choices=["auto", "logistic", "gradient"], default="auto",
+                       help="with every group frozen: logistic regression by L-BFGS (auto) or the gradient loop")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--out", required=True, help="folder for metrics.json and the best model")

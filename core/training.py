@@ -1365,7 +1365,8 @@ def main_train(args: argparse.Namespace) -> int:
     chosen["class_weights"] = settings["class_weights"] if class_weights is None else bool(class_weights)
     config = TrainConfig(
         backbone=backbone_name, frozen_groups=frozen, seed=args.seed, device=args.device,
-        protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5, **chosen,
+        protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5,
+        head=getattr(args, "head", None) or "auto", **chosen,
     )
     out = Path(args.out)
     try:

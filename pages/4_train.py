@@ -131,6 +131,7 @@ def cli_command(state: StudioState, config: Any, run_dir: str) -> tuple[str, lis
     parts.append("--class-weights" if config.class_weights else "--no-class-weights")
     parts += ["--backbone-lr-factor", f"{config.backbone_lr_factor:g}", "--augmentation", str(config.augmentation)]
     parts += ["--patience", str(config.patience), "--seed", str(config.seed), "--device", str(config.device)]
+    parts += ["--head", str(config.head), "--protocol", str(config.protocol)]
     parts += ["--out", run_dir]
     for name, flag in (("warmup_fraction", "warm-up fraction"), ("grad_clip", "gradient clipping")):
         value, default = getattr(config, name, None), _ENGINE_DEFAULTS.get(name)
@@ -427,7 +428,19 @@ active = job is not None and job.is_running
 defaults = _defaults(state)
 others_active = [j for j in jobs.all_jobs() if j.is_running and j is not job]
 
+HEADS = {"logistic": "Logistic regression to its optimum (recommended)", "gradient": "Gradient descent, epoch by epoch"}
 with st.form("train-settings"):
+    head = "gradient"
+    if defaults["feature_extraction"]:
+        head = st.radio(
+            "How the new head learns", list(HEADS), format_func=HEADS.get, horizontal=True, key="train_head",
+            help="Every layer group is frozen, so the head is a convex problem: logistic regression on the "
+            "standardised features, solved by L-BFGS with its L2 strength chosen by cross-validation, reaches the "
+            "optimum in seconds. Gradient descent uses the epochs and learning rate below.",
+        )
+        if head == "logistic":
+            st.caption("Epochs, batch size, learning rate, smoothing and patience below apply to gradient descent "
+                       "only; the chart shows the cross-validated loss of each L2 strength tried.")  # fmt: skip
     st.markdown("**Hyperparameters** — the defaults suit this data and freezing; change them only with a reason.")
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs", 1, 500, defaults["epochs"],
@@ -491,6 +504,8 @@ values = {
     "seed": int(seed),
     "device": device,
     "pretrained": True,
+    "head": head,
+    "protocol": state.scratch.get("protocol", "auto"),  # chosen on the Data page
 }
 
 if submitted and not active:

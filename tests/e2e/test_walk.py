@@ -66,8 +66,12 @@ def set_feature_extraction(page: Page) -> None:
     expect(main(page).get_by_test_id("stException")).to_have_count(0)
 
 
-def start_training(page: Page, epochs: int, batch_size: int | None = None, patience: int | None = None) -> None:
+def start_training(
+    page: Page, epochs: int, batch_size: int | None = None, patience: int | None = None, gradient: bool = False
+) -> None:
     """Step 4: set a few hyperparameters and press Train; returns once the live panel shows progress."""
+    if gradient:  # feature extraction defaults to the logistic head (seconds); epochs need the gradient loop
+        main(page).get_by_text("Gradient descent, epoch by epoch").click()
     fill_number(page, "Epochs", epochs)
     if batch_size is not None:
         fill_number(page, "Batch size", batch_size)
@@ -97,7 +101,7 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
 
     # A long run (one example per step, no early stopping) whose live chart must grow while it trains.
     go_to(page, "4 · Train")
-    start_training(page, epochs=400, batch_size=1, patience=0)
+    start_training(page, epochs=400, batch_size=1, patience=0, gradient=True)
     seen = wait_chart_grows(page, "steps-live", beyond=0)
     grown = wait_chart_grows(page, "steps-live", beyond=seen)
     assert grown > seen
@@ -128,8 +132,11 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
 
     # Step 5: scores, confusion matrix, gallery of one cell, a new image's prediction.
     go_to(page, "5 · Test")
-    accuracy = main(page).get_by_test_id("stMetric").filter(has_text="Test accuracy")
+    # Small data: scored by cross-validation, with the protocol, n and a 95 % interval on screen.
+    accuracy = main(page).get_by_test_id("stMetric").filter(has_text="Cross-validated accuracy")
     expect(accuracy.get_by_test_id("stMetricValue")).to_have_text(PERCENT, timeout=120_000)
+    expect(main(page).get_by_text("Protocol: 5-fold cross-validation.")).to_be_visible()
+    expect(main(page).get_by_text(re.compile(r"95 % interval \d+\.\d%–\d+\.\d% · n = \d+"))).to_be_visible()
     expect(main(page).locator(".st-key-test_confusion_chart .js-plotly-plot")).to_be_visible()
     expect(main(page).get_by_text(re.compile(r"^\d+ (mistakes|correct answers): true"))).to_be_visible()
     shot(page, "5-test")
@@ -162,8 +169,11 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     shot(page, "text-4-train-done")
 
     go_to(page, "5 · Test")
-    accuracy = main(page).get_by_test_id("stMetric").filter(has_text="Test accuracy")
+    # Small data: scored by cross-validation, with the protocol, n and a 95 % interval on screen.
+    accuracy = main(page).get_by_test_id("stMetric").filter(has_text="Cross-validated accuracy")
     expect(accuracy.get_by_test_id("stMetricValue")).to_have_text(PERCENT, timeout=120_000)
+    expect(main(page).get_by_text("Protocol: 5-fold cross-validation.")).to_be_visible()
+    expect(main(page).get_by_text(re.compile(r"95 % interval \d+\.\d%–\d+\.\d% · n = \d+"))).to_be_visible()
     expect(main(page).locator(".st-key-test_confusion_chart .js-plotly-plot")).to_be_visible()
     texts = main(page).get_by_role("textbox", name="Texts to classify, one per line")
     with rerun(page):
