@@ -20,6 +20,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core import freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
+from core.evaluation import read_run_info
 from core.session import StudioState
 from core.training import TrainConfig, suggested_settings
 from pages._ui import get_state, require
@@ -352,14 +353,38 @@ def _draw_finished(state: StudioState, job: jobs.TrainingJob) -> None:
         else:
             st.warning("Stopped before a first epoch finished, so there is no model from this run.", icon="⏹️")
     else:
-        accuracy = next((m.get("val_accuracy") for m in snapshot.epochs if m.get("epoch") == snapshot.best_epoch),
-                        None)
-        best = f" Best epoch: {snapshot.best_epoch}" if snapshot.best_epoch is not None else ""
-        acc = f", validation accuracy {accuracy:.1%}." if accuracy is not None else "."
-        st.success(f"Training finished in {snapshot.elapsed_seconds:.0f} s.{best}{acc}", icon="✅")
+        estimate = (read_run_info(job.run_dir).get("metrics") or {}).get("estimate")
+        if estimate:
+            _draw_estimate(snapshot, estimate)
+        else:
+            accuracy = next(
+                (m.get("val_accuracy") for m in snapshot.epochs if m.get("epoch") == snapshot.best_epoch), None
+            )
+            best = f" Best epoch: {snapshot.best_epoch}" if snapshot.best_epoch is not None else ""
+            acc = f", validation accuracy {accuracy:.1%}." if accuracy is not None else "."
+            st.success(f"Training finished in {snapshot.elapsed_seconds:.0f} s.{best}{acc}", icon="✅")
     _draw_cache_note(snapshot)
     if snapshot.steps or snapshot.epochs:
         _draw_charts(snapshot, "done")
+
+
+def _draw_estimate(snapshot: Any, estimate: dict[str, Any]) -> None:
+    """The finished run's headline: accuracy with its 95 % interval and n, and a plain word when that interval
+    does not rule out guessing (always answering the largest class)."""
+    low, high = estimate["accuracy_interval95"]
+    where = f"{estimate['folds']}-fold cross-validated" if estimate["protocol"] == "cross-validation" else "Test"
+    best = next((m for m in snapshot.epochs if m.get("epoch") == snapshot.best_epoch), {})
+    chosen = f" L2 strength {best['l2']:g} chosen by cross-validation." if best.get("l2") is not None else ""
+    sentence = (f"Training finished in {snapshot.elapsed_seconds:.0f} s. {where} accuracy {estimate['accuracy']:.1%} "
+                f"(95 % interval {low:.1%}–{high:.1%}, n = {estimate['n']}).{chosen}")  # fmt: skip
+    supports = [row["support"] for row in estimate.get("per_class", [])]
+    guessing = max(supports) / max(sum(supports), 1) if supports else 0.0
+    if low <= guessing:
+        st.warning(f"{sentence} That is **no better than guessing**: always answering the largest class scores "
+                   f"{guessing:.0%}, inside the interval. More or clearer examples, or another backbone, may help.",
+                   icon="⚠️")  # fmt: skip
+    else:
+        st.success(sentence, icon="✅")
 
 
 def _draw_runs(state: StudioState) -> None:
