@@ -505,7 +505,7 @@ with st.form("train-settings"):
         grad_clip = st.number_input("Gradient clipping", 0.0, 100.0, defaults["grad_clip"],
                                     help="Largest gradient norm per step (0: no clipping); steadies fine-tuning.")
     label = "Train in the queue" if others_active and not active else "🚀 Train"
-    submitted = st.form_submit_button(label, type="primary", disabled=active)
+    submitted = st.form_submit_button(label, type="primary", disabled=active, key="train-submit")
 
 if defaults["feature_extraction"]:
     st.caption("Every layer group is frozen: features are computed once and cached, so epochs take seconds.")
