@@ -407,7 +407,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, help="repeats per comparison (default 3, quick 1)")
     parser.add_argument("--json", help="also write the raw numbers to this file")
+    parser.add_argument("--accuracy", action="store_true", help="accuracy benchmark (core.bench_accuracy) instead")
+    parser.add_argument("--accuracy-out", help="also write the accuracy table to this file")
+    parser.add_argument("--accuracy-sizes", type=int, nargs="+", help="examples per class (default 8 20 64)")
+    parser.add_argument("--accuracy-draws", type=int, help="random draws per size (default 3)")
     args = parser.parse_args(argv)
+    if args.accuracy:
+        from core import bench_accuracy
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        sizes = tuple(args.accuracy_sizes or ((8,) if args.quick else bench_accuracy.SIZES))
+        draws = args.accuracy_draws or (1 if args.quick else bench_accuracy.DRAWS)
+        sys.stdout.write(bench_accuracy.run(sizes, draws, out=args.accuracy_out) + "\n")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("core.training", "core.freezing", "core.features", "core.data", "core.backbones"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
