@@ -354,7 +354,6 @@ def estimate(
     uncalibrated: np.ndarray,
     protocol: Protocol,
     classes: Sequence[str],
-    seed: int = 0,
 ) -> dict[str, Any]:
     """The headline numbers of a run, each with its n and 95 % interval: the metrics.json contract.
 
@@ -362,26 +361,22 @@ def estimate(
     its interval, support), calibration_error (after temperature scaling), calibration_error_before,
     refit_on_all, small_sample, protocol_reason.
     """
-    from core.evaluation import confusion_matrix, expected_calibration_error, metrics_from_confusion
+    from core.evaluation import evaluate_probabilities, expected_calibration_error
 
     targets_array = np.asarray(targets, dtype=np.int64)
-    predictions = np.asarray(probabilities).argmax(axis=1)
-    metrics = metrics_from_confusion(confusion_matrix(targets_array, predictions, len(classes)), classes)
-    summary = stats.interval_summary(targets_array, probabilities, len(classes), seed=seed)
-    for row, interval in zip(metrics["per_class"], summary["recall_interval95"], strict=True):
-        row["recall_interval95"] = interval
+    metrics = evaluate_probabilities(probabilities, targets_array, classes, [""] * len(targets_array)).metrics
     return {
         "protocol": protocol.name,
         "folds": protocol.folds,
-        "n": summary["n"],
+        "n": metrics["n"],
         "accuracy": metrics["accuracy"],
-        "accuracy_interval95": summary["accuracy_interval95"],
+        "accuracy_interval95": metrics["accuracy_interval95"],
         "macro_f1": metrics["macro_f1"],
-        "macro_f1_interval95": summary["macro_f1_interval95"],
-        "calibration_error": expected_calibration_error(probabilities, targets_array),
+        "macro_f1_interval95": metrics["macro_f1_interval95"],
+        "calibration_error": metrics["calibration_error"],
         "calibration_error_before": expected_calibration_error(uncalibrated, targets_array),
         "refit_on_all": protocol.refit_on_all,
-        "small_sample": summary["small_sample"],
+        "small_sample": metrics["small_sample"],
         "protocol_reason": protocol.reason,
         "per_class": metrics["per_class"],
     }
