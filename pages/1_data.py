@@ -42,8 +42,8 @@ st.caption(
 
 def _attempt(what: str, load: Callable[[], tuple[Dataset, dict[str, Any]]]) -> None:
     """Run a loader; keep the result only when its report has no errors, and remember what to tell the user."""
-    scratch.pop("data_error", None)
-    scratch.pop("data_failed_report", None)
+    for key in ("data_error", "data_failed_report", "data_pending"):
+        scratch.pop(key, None)
     try:
         with st.spinner(f"Loading and checking {what}…"):
             dataset, report = load()
@@ -54,14 +54,52 @@ def _attempt(what: str, load: Callable[[], tuple[Dataset, dict[str, Any]]]) -> N
         logger.exception("unexpected failure loading %s", what)
         scratch["data_error"] = f"Something went wrong while reading {what} ({type(exc).__name__}: {exc})."
         return
-    if report["ok"]:
-        state.set_dataset(dataset, report)
-        scratch["data_notice"] = (
-            f"Loaded **{dataset.name}**: {len(dataset.table)} examples, {dataset.num_classes} classes."
-        )
-    else:
+    if not report["ok"]:
         scratch["data_failed_report"] = report
         scratch.pop("data_notice", None)
+    elif _work_set_aside(dataset):
+        scratch["data_pending"] = (dataset, report)  # asked below: replace, or keep what is loaded
+        scratch.pop("data_notice", None)
+    else:
+        _replace_dataset(dataset, report)
+
+
+def _work_set_aside(dataset: Dataset) -> list[str]:
+    """What loading `dataset` would set aside, in the user's words; empty when nothing trained depends on the old one.
+
+    The same data again (same items, labels and split) changes nothing that was trained, so it is never asked about.
+    """
+    if state.dataset is None or dataset.fingerprint == state.dataset.fingerprint:
+        return []
+    lost = []
+    job = state.job
+    if job is not None and getattr(job, "is_running", False):
+        lost.append("the run training now: it finishes, but its model does not become the one step 5 tests")
+    if state.run_dir is not None:
+        lost.append("the trained model that step 5 tests and exports")
+    if lost and dataset.modality != state.dataset.modality:
+        lost.append(f"the chosen backbone and freezing (they are for {state.dataset.modality}s)")
+    return lost
+
+
+def _replace_dataset(dataset: Dataset, report: dict[str, Any]) -> None:
+    """Make `dataset` the loaded one. Runs already trained stay in `state.runs`, so the Test page still lists them."""
+    if state.dataset is not None and dataset.fingerprint == state.dataset.fingerprint:
+        state.dataset, state.data_report = dataset, report  # the same examples: the trained model still fits them
+    else:
+        state.set_dataset(dataset, report)
+    scratch["data_notice"] = f"Loaded **{dataset.name}**: {len(dataset.table)} examples, {dataset.num_classes} classes."
+
+
+def _confirm_replace() -> None:
+    pending = scratch.pop("data_pending", None)
+    if pending is not None:
+        _replace_dataset(*pending)
+
+
+def _keep_loaded() -> None:
+    scratch.pop("data_pending", None)
+    scratch["data_notice"] = f"Kept **{state.dataset.name}**; nothing was replaced."
 
 
 def _column_pickers(frame: pd.DataFrame, key: str) -> tuple[str, str]:
@@ -212,7 +250,26 @@ if failed:
         icon="⛔",
     )
     _show_problems(failed)
-if (scratch.get("data_error") or failed) and state.dataset is not None:
+pending = scratch.get("data_pending")
+if pending is not None and not _work_set_aside(pending[0]):  # nothing to set aside any more (a run was let go)
+    _confirm_replace()
+    pending = None
+if pending is not None:
+    new_dataset, new_report = pending
+    with st.container(border=True):
+        st.warning(
+            f"**{new_dataset.name}** is checked and ready ({len(new_dataset.table)} examples, "
+            f"{new_dataset.num_classes} classes), but loading it sets aside work done on **{state.dataset.name}**: "
+            + "; ".join(_work_set_aside(new_dataset))
+            + ". Runs already trained stay listed on the Test page. Replace the data?",
+            icon="❓",
+        )
+        _show_problems(new_report)
+        replace, keep = st.columns(2)
+        replace.button(f"Replace with {new_dataset.name}", type="primary", key="data_confirm_replace",
+                       on_click=_confirm_replace)  # fmt: skip
+        keep.button(f"Keep {state.dataset.name}", key="data_keep_loaded", on_click=_keep_loaded)
+elif (scratch.get("data_error") or failed) and state.dataset is not None:
     st.info(f"Your earlier data set **{state.dataset.name}** is still loaded.", icon="💾")
 elif scratch.get("data_notice") and state.dataset is not None:
     st.success(scratch["data_notice"], icon="✅")

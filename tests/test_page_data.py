@@ -176,3 +176,65 @@ def test_protocol_is_said_in_one_sentence_and_can_be_overridden(app: AppTest) ->
     app.selectbox(key="data_protocol").select("test split").run()
     assert not app.exception
     assert "Estimate: test split." in texts(app.info) and state(app).scratch["protocol"] == "test split"
+
+
+def _trained(app: AppTest) -> StudioState:
+    """The session as after steps 2-4 on the loaded data: a backbone, a freezing and a trained run."""
+    studio = state(app)
+    studio.backbone_name, studio.frozen_groups = "efficientnet_lite0", 9
+    studio.run_dir = "/workspace/runs/run-1"
+    studio.runs.append(studio.run_dir)
+    return studio
+
+
+def _load_zip(app: AppTest, name: str, content: bytes) -> None:
+    app.radio(key="data_source").set_value("Upload a zip of images").run()
+    app.file_uploader(key="data_zip_upload").set_value((name, content, "application/zip")).run()
+    app.button(key="load_zip").click().run()
+    assert not app.exception, app.exception
+
+
+def test_data_set_with_warnings_asks_before_setting_trained_work_aside(app: AppTest) -> None:
+    """A zip with a broken image and tiny classes loads with warnings; with a trained model, the page asks first."""
+    app.button(key="load_sample_images").click().run()
+    studio = _trained(app)
+    corrupt = zip_of({**pets(per_class=3), "pets/cats/broken.png": b"not a png"})
+    _load_zip(app, "corrupt.zip", corrupt)
+
+    assert studio.dataset.name == "Sample: handwritten digits" and studio.run_dir == "/workspace/runs/run-1"
+    question = texts(app.warning)
+    assert "**corrupt.zip** is checked and ready" in question and "the trained model that step 5 tests" in question
+    assert "broken.png" in question  # the new data set's own warnings, to decide with
+    app.button(key="data_keep_loaded").click().run()
+    assert not app.exception
+    assert studio.dataset.name == "Sample: handwritten digits" and studio.run_dir == "/workspace/runs/run-1"
+    assert "Kept **Sample: handwritten digits**" in texts(app.success)
+    assert "data_confirm_replace" not in [button.key for button in app.button]
+
+    app.button(key="load_zip").click().run()
+    app.button(key="data_confirm_replace").click().run()
+    assert not app.exception
+    assert studio.dataset.name == "corrupt.zip" and studio.run_dir is None
+    assert studio.runs == ["/workspace/runs/run-1"]  # still listed on the Test page
+    assert (studio.backbone_name, studio.frozen_groups) == ("efficientnet_lite0", 9)  # images again: still valid
+    assert "Loaded **corrupt.zip**" in texts(app.success)
+
+
+def test_other_modality_says_the_backbone_goes_too_and_keeps_the_runs(app: AppTest) -> None:
+    app.radio(key="data_source").set_value("Sample texts").run()
+    app.button(key="load_sample_texts").click().run()
+    studio = _trained(app)
+    _load_zip(app, "pets.zip", zip_of(pets()))
+    assert "the chosen backbone and freezing (they are for texts)" in texts(app.warning)
+    app.button(key="data_confirm_replace").click().run()
+    assert studio.dataset.name == "pets.zip" and studio.backbone_name is None and studio.frozen_groups is None
+    assert studio.runs == ["/workspace/runs/run-1"]
+
+
+def test_same_data_again_keeps_the_trained_model_without_asking(app: AppTest) -> None:
+    app.button(key="load_sample_images").click().run()
+    studio = _trained(app)
+    app.button(key="load_sample_images").click().run()
+    assert not app.exception
+    assert "data_confirm_replace" not in [button.key for button in app.button]
+    assert studio.run_dir == "/workspace/runs/run-1" and "Loaded **Sample: handwritten digits**" in texts(app.success)
