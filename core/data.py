@@ -101,8 +101,9 @@ def _names(items: Sequence[str]) -> str:
     return shown + (f" and {len(items) - _SHOWN_NAMES} more" if len(items) > _SHOWN_NAMES else "")
 
 
-def _plural(count: int, singular: str, plural: str | None = None) -> str:
-    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """`1 mistake`, `3 mistakes`: a count with its noun agreeing (pages use it too)."""
+    return f"{count} {singular if count == 1 else (plural_form or singular + 's')}"
 
 
 def per_split_counts(table: pd.DataFrame, split: str, classes: Sequence[str]) -> dict[str, int]:
@@ -398,7 +399,7 @@ def _report_file_problems(report: _Report, problems: dict[tuple[str, str], list[
         template, one, many = _PROBLEM_TEXT[problem]
         count = len(relatives)
         message = template.format(
-            count=_plural(count, "file"),
+            count=plural(count, "file"),
             folder=folder,
             verb=one if count == 1 else many,
             was="was" if count == 1 else "were",
@@ -456,14 +457,14 @@ def _image_entries(
         if missing:
             report.warning(
                 "missing_files",
-                f"{_plural(len(missing), 'file')} listed in `{table_path}` {'is' if len(missing) == 1 else 'are'} "
+                f"{plural(len(missing), 'file')} listed in `{table_path}` {'is' if len(missing) == 1 else 'are'} "
                 f"not in the data: {_names(missing)}. Check the names (they are case-sensitive) or add the files.",
                 missing,
             )
         if unlabelled:
             report.warning(
                 "missing_labels",
-                f"{_plural(len(unlabelled), 'row')} of `{table_path}` {'has' if len(unlabelled) == 1 else 'have'} "
+                f"{plural(len(unlabelled), 'row')} of `{table_path}` {'has' if len(unlabelled) == 1 else 'have'} "
                 f"no label and {'was' if len(unlabelled) == 1 else 'were'} skipped: {_names(unlabelled)}.",
                 unlabelled,
             )
@@ -471,7 +472,7 @@ def _image_entries(
         if unlisted:
             report.warning(
                 "unlisted_images",
-                f"{_plural(len(unlisted), 'image')} {'is' if len(unlisted) == 1 else 'are'} not listed in "
+                f"{plural(len(unlisted), 'image')} {'is' if len(unlisted) == 1 else 'are'} not listed in "
                 f"`{table_path}` and {'was' if len(unlisted) == 1 else 'were'} ignored: {_names(unlisted)}.",
                 unlisted,
             )
@@ -502,7 +503,7 @@ def _image_entries(
         where = "directly in the split folders" if split_layout else "at the top level, outside any class folder"
         report.warning(
             "outside_class_folders",
-            f"{_plural(len(outside), 'image')} {'is' if len(outside) == 1 else 'are'} {where} and "
+            f"{plural(len(outside), 'image')} {'is' if len(outside) == 1 else 'are'} {where} and "
             f"{'was' if len(outside) == 1 else 'were'} ignored (the class comes from the folder name): "
             f"{_names(outside)}.",
             outside,
@@ -641,7 +642,7 @@ def _check_duplicates(table: pd.DataFrame, modality: Modality, report: _Report, 
     if conflicting:
         report.warning(
             "conflicting_duplicates",
-            f"{_plural(len(conflicting), 'set')} of identical {what} carry different labels, so the model is "
+            f"{plural(len(conflicting), 'set')} of identical {what} carry different labels, so the model is "
             f"taught two answers for the same input: {_names(conflicting)}. Keep each in its right class only.",
             conflicting,
         )
@@ -649,14 +650,14 @@ def _check_duplicates(table: pd.DataFrame, modality: Modality, report: _Report, 
         kept = "were kept in the same split" if not split_given else "are in the data more than once"
         report.warning(
             "duplicates",
-            f"{_plural(len(same), 'set')} of exact duplicate {what} found ({kept}); duplicates add no information: "
+            f"{plural(len(same), 'set')} of exact duplicate {what} found ({kept}); duplicates add no information: "
             f"{_names(same)}.",
             same,
         )
     if leaking:
         report.warning(
             "duplicates_across_splits",
-            f"{_plural(len(leaking), 'set')} of identical {what} sit in more than one split, so the validation/test "
+            f"{plural(len(leaking), 'set')} of identical {what} sit in more than one split, so the validation/test "
             f"score will look better than it is (leakage): {_names(leaking)}. Remove the copies from val/test.",
             leaking,
         )
@@ -685,7 +686,7 @@ def _check_classes(table: pd.DataFrame, modality: Modality, report: _Report, spl
     if tiny:
         report.error(
             "too_few_examples",
-            f"{_plural(len(tiny), 'class', 'classes')} {'has' if len(tiny) == 1 else 'have'} fewer than "
+            f"{plural(len(tiny), 'class', 'classes')} {'has' if len(tiny) == 1 else 'have'} fewer than "
             f"{MIN_EXAMPLES} examples: {_names([f'`{t}`' for t in tiny])}. Add examples (20+ per class works well) "
             "or remove the class.",
             tiny,
@@ -694,7 +695,7 @@ def _check_classes(table: pd.DataFrame, modality: Modality, report: _Report, spl
     if few:
         report.warning(
             "few_examples",
-            f"{_plural(len(few), 'class', 'classes')} {'has' if len(few) == 1 else 'have'} fewer than {FEW_EXAMPLES} "
+            f"{plural(len(few), 'class', 'classes')} {'has' if len(few) == 1 else 'have'} fewer than {FEW_EXAMPLES} "
             f"examples: {_names([f'`{c}` ({counts[c]})' for c in few])}. Results for them will be unreliable.",
             few,
         )
@@ -725,7 +726,7 @@ def _check_classes(table: pd.DataFrame, modality: Modality, report: _Report, spl
         if absent:
             report.error(
                 "missing_from_train",
-                f"{_plural(len(absent), 'class', 'classes')} {'has' if len(absent) == 1 else 'have'} no examples "
+                f"{plural(len(absent), 'class', 'classes')} {'has' if len(absent) == 1 else 'have'} no examples "
                 f"in the training folder: {_names([f'`{a}`' for a in absent])}. Put some of them in `train/`.",
                 absent,
             )
@@ -882,11 +883,11 @@ def load_text_table(
     if no_label.any():
         items = [f"row {n}" for n in row_numbers[no_label]]
         report.warning(
-            "missing_labels", f"{_plural(len(items), 'row')} without a label skipped: {_names(items)}.", items
+            "missing_labels", f"{plural(len(items), 'row')} without a label skipped: {_names(items)}.", items
         )
     if empty.any():
         items = [f"row {n}" for n in row_numbers[empty]]
-        report.warning("empty_texts", f"{_plural(len(items), 'empty text')} skipped: {_names(items)}.", items)
+        report.warning("empty_texts", f"{plural(len(items), 'empty text')} skipped: {_names(items)}.", items)
     keep = ~(no_label | empty)
     texts, labels, row_numbers = texts[keep], labels[keep], row_numbers[keep]
     words = texts.str.split().str.len()
@@ -895,7 +896,7 @@ def load_text_table(
         items = [f"row {n} ({w} words)" for n, w in zip(row_numbers[long], words[long], strict=True)]
         report.warning(
             "long_texts",
-            f"{_plural(len(items), 'text')} {'is' if len(items) == 1 else 'are'} longer than {LONG_TEXT_WORDS} words; "
+            f"{plural(len(items), 'text')} {'is' if len(items) == 1 else 'are'} longer than {LONG_TEXT_WORDS} words; "
             f"the model reads only the beginning (they are truncated): {_names(items)}.",
             items,
         )
@@ -1003,6 +1004,24 @@ def load_zip(
         if len(tables) == 1:
             return load_text_table(folder / tables[0], name=name, seed=seed, fractions=fractions)
     return _load_image_folder(folder, name, seed, fractions, source=name)
+
+
+def images_in_zip(source: bytes | str | os.PathLike[str], name: str | None = None) -> list[tuple[str, Path]]:
+    """The images of a zip to classify, each as (its path inside the zip, the extracted file), sorted by path.
+
+    The path inside the zip is how the user knows each file: `cats/0000.png` and `dogs/0000.png` stay apart, which
+    their base names would not. Hidden junk (`__MACOSX`, dotfiles) is skipped; other non-images are ignored.
+
+    Raises:
+        DataError: the archive cannot be used (see `extract_zip`), or it holds no image.
+    """
+    name = name or (Path(source).name if not isinstance(source, bytes) else "the archive")
+    folder = extract_zip(source, name)
+    files, _ = _scan(folder)
+    images = [(file.as_posix(), folder / file) for file in files if file.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        raise DataError(f"`{name}` holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    return images
 
 
 def load_folder(

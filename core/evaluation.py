@@ -425,12 +425,15 @@ def top_k_table(
     return pd.DataFrame(rows, columns=columns)
 
 
-def check_image_files(paths: Sequence[str | Path]) -> list[str]:
-    """The paths as strings, after checking each is an existing image file; raises with every bad one named."""
+def check_image_files(paths: Sequence[str | Path], names: Sequence[str] | None = None) -> list[str]:
+    """The paths as strings, after checking each is an existing image file; raises with every bad one named.
+
+    `names` are what the user calls the files (an upload's name, a path inside a zip); by default the file names.
+    """
     from PIL import Image, UnidentifiedImageError
 
     missing, unreadable = [], []
-    for path in paths:
+    for position, path in enumerate(paths):
         file = Path(path)
         if not file.is_file():
             missing.append(str(path))
@@ -439,7 +442,7 @@ def check_image_files(paths: Sequence[str | Path]) -> list[str]:
             with Image.open(file) as image:
                 image.verify()
         except (UnidentifiedImageError, OSError):
-            unreadable.append(file.name)
+            unreadable.append(names[position] if names is not None else file.name)
     problems = []
     if missing:
         problems.append(f"{len(missing)} file(s) not found: {', '.join(missing[:5])}")

@@ -15,9 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import evaluation
+from core import data, evaluation
 from core.paths import workspace_subdir
-from pages._ui import require
+from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ GALLERY_SIZE = 12
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 
 st.title("5 · Test")
+state = get_state()
+if state.run_dir is None and state.runs:
+    # Loading another data set sets the model aside, not the session's runs: they stay here to pick (newest first).
+    state.run_dir = state.runs[-1]
 state = require("Data", "Train")
 dataset = state.dataset
 scratch: dict[str, Any] = state.scratch.setdefault("test", {})
@@ -220,14 +224,23 @@ st.dataframe(
 # ---------------------------------------------------------------------------------------------------- confusion
 
 
-def _confusion_figure(result: evaluation.Evaluation, normalised: bool) -> go.Figure:
-    """A heatmap of the confusion matrix, with an invisible marker on every cell so that a click selects it.
+def _count_ticks(largest: int, most: int = 6) -> list[int]:
+    """Whole-number ticks from 0 to `largest` for a colour bar of counts (no "1.5 examples"), at most `most`."""
+    step = max(1, -(-largest // (most - 1)))
+    return list(range(0, largest + 1, step))
+
+
+def _confusion_figure(result: evaluation.Evaluation, normalised: bool, chosen: tuple[str, str]) -> go.Figure:
+    """A heatmap of the confusion matrix, with an invisible marker on every cell so that a click selects it, and
+    the chosen (true, predicted) cell outlined: the one whose examples are shown below it.
 
     Streamlit's plotly selection returns nothing for heatmap traces, but it does for scatter markers.
     """
     names = result.classes
     values = result.confusion_normalised() if normalised else result.confusion
     text = [[f"{v:.0%}" if normalised else str(int(v)) for v in row] for row in values]
+    largest = int(result.confusion.max())
+    colour_bar = {"tickformat": ".0%"} if normalised else {"tickvals": _count_ticks(largest), "title": "examples"}
     figure = go.Figure(
         go.Heatmap(
             z=values.tolist(),
@@ -237,9 +250,16 @@ def _confusion_figure(result: evaluation.Evaluation, normalised: bool) -> go.Fig
             texttemplate="%{text}",
             colorscale="Blues",
             zmin=0,
-            zmax=1 if normalised else None,
+            zmax=1 if normalised else max(largest, 1),
+            colorbar=colour_bar,
             hoverinfo="skip",
         )
+    )
+    true_name, predicted_name = chosen
+    row, column = names.index(true_name), names.index(predicted_name)
+    figure.add_shape(  # category axes place cell i at i, so the cell spans i - 0.5 to i + 0.5
+        type="rect", x0=column - 0.5, x1=column + 0.5, y0=row - 0.5, y1=row + 0.5,
+        line={"color": "#e67e22", "width": 4}, name="chosen cell",
     )
     cells_true = [true for true in names for _ in names]
     cells_predicted = [predicted for _ in names for predicted in names]
@@ -251,7 +271,8 @@ def _confusion_figure(result: evaluation.Evaluation, normalised: bool) -> go.Fig
             mode="markers",
             marker={"symbol": "square", "size": 40, "color": "rgba(0,0,0,0)"},
             customdata=counts,
-            hovertemplate="true %{y}, predicted %{x}: %{customdata} example(s)<extra></extra>",
+            hovertext=[data.plural(count, "example") for count in counts],
+            hovertemplate="true %{y}, predicted %{x}: %{hovertext}<extra></extra>",
             showlegend=False,
         )
     )
@@ -277,16 +298,13 @@ def _cell_from_selection(selection: Any) -> tuple[str, str] | None:
 
 st.subheader("Confusion matrix")
 normalised = st.toggle("Row-normalised (share of each true class)", key="test_normalised")
-event = st.plotly_chart(
-    _confusion_figure(result, normalised),
-    key="test_confusion_chart",
-    on_select="rerun",
-    selection_mode="points",
-)
-clicked = _cell_from_selection(event)
-if clicked is not None and clicked != scratch.get("applied_cell"):
-    scratch["applied_cell"] = clicked
-    st.session_state["test_true_class"], st.session_state["test_predicted_class"] = clicked
+# A click is read from the chart's state before the chart is drawn, so the chart drawn below outlines that cell. A
+# new outline makes a new chart (its selection starts empty), so clicking the same cell again later still counts.
+clicked = _cell_from_selection(st.session_state.get("test_confusion_chart"))
+if clicked != scratch.get("seen_click"):
+    scratch["seen_click"] = clicked
+    if clicked is not None:
+        st.session_state["test_true_class"], st.session_state["test_predicted_class"] = clicked
 for widget_key in ("test_true_class", "test_predicted_class"):
     if st.session_state.get(widget_key) not in result.classes:
         st.session_state.pop(widget_key, None)
@@ -295,6 +313,13 @@ if "test_true_class" not in st.session_state:
     true_index, predicted_index = np.unravel_index(int(off_diagonal.argmax()), off_diagonal.shape)
     st.session_state["test_true_class"] = result.classes[int(true_index)]
     st.session_state["test_predicted_class"] = result.classes[int(predicted_index)]
+chosen_cell = (st.session_state["test_true_class"], st.session_state["test_predicted_class"])
+st.plotly_chart(
+    _confusion_figure(result, normalised, chosen_cell),
+    key="test_confusion_chart",
+    on_select="rerun",
+    selection_mode="points",
+)
 
 st.caption("Click a cell, or choose it here, to see its examples (most confident mistakes first).")
 pick_true, pick_predicted = st.columns(2)
@@ -302,8 +327,9 @@ true_name = pick_true.selectbox("True class", result.classes, key="test_true_cla
 predicted_name = pick_predicted.selectbox("Predicted class", result.classes, key="test_predicted_class")
 true_index, predicted_index = result.classes.index(true_name), result.classes.index(predicted_name)
 examples = result.examples(true_index, predicted_index)
-kind = "correct answers" if true_index == predicted_index else "mistakes"
-st.markdown(f"**{len(examples)}** {kind}: true **{true_name}**, predicted **{predicted_name}**.")
+kind = "correct answer" if true_index == predicted_index else "mistake"
+count, noun = data.plural(len(examples), kind).split(" ", 1)
+st.markdown(f"**{count}** {noun}: true **{true_name}**, predicted **{predicted_name}**.")
 
 
 def _top_classes(index: int, count: int = 3) -> str:
@@ -378,11 +404,20 @@ top_k = st.slider("Classes to show per example", 1, max(1, len(classes)), min(3,
 
 
 def _saved_uploads(files: list[Any]) -> tuple[list[str], list[str]]:
-    """Uploaded images written into the workspace (the preprocessor reads files); returns (paths, names)."""
+    """Uploaded images written into the workspace (the preprocessor reads files); returns (paths, names).
+
+    A zip is opened and each image in it is named by its path inside the zip (`cats/0000.png`), so that rows of the
+    prediction table stay apart and can be traced back to the user's own files.
+    """
     folder = workspace_subdir("predict")
     paths, names = [], []
     for file in files:
         content = file.getvalue()
+        if file.name.lower().endswith(".zip"):
+            for inside, path in data.images_in_zip(content, name=file.name):
+                paths.append(str(path))
+                names.append(inside)
+            continue
         # One folder per content, the user's file name kept, so that messages name the file they know.
         safe_name = re.sub(r"[^\w.\- ]", "_", Path(file.name).name).strip() or "upload.png"
         path = folder / hashlib.sha256(content).hexdigest()[:16] / safe_name
@@ -399,7 +434,9 @@ names: list[str] = []
 try:
     if dataset.modality == "image":
         uploads = st.file_uploader(
-            "Images to classify", type=IMAGE_TYPES, accept_multiple_files=True, key="test_predict_files"
+            "Images to classify, or a zip of them", type=[*IMAGE_TYPES, "zip"], accept_multiple_files=True,
+            key="test_predict_files", help="A zip keeps its folders: each row of the predictions names the file by "
+            "its path inside the zip, such as `cats/0000.png`.",
         )
         files = list(uploads or [])
         if st.toggle("Use the camera", key="test_use_camera"):
@@ -408,7 +445,7 @@ try:
                 files.append(photo)
         if files:
             inputs, names = _saved_uploads(files)
-            evaluation.check_image_files(inputs)
+            evaluation.check_image_files(inputs, names)
     else:
         pasted = st.text_area("Texts to classify, one per line", key="test_predict_text")
         upload = st.file_uploader("…or a CSV with a 'text' column", type=["csv", "txt"], key="test_predict_csv")
@@ -418,7 +455,7 @@ try:
         elif pasted.strip():
             inputs = evaluation.read_texts(pasted)
         names = inputs
-except evaluation.PredictionInputError as error:
+except (evaluation.PredictionInputError, data.DataError) as error:
     st.error(str(error))
     inputs = []
 
@@ -439,6 +476,10 @@ if inputs:
             if column == "confidence" or column.startswith("probability_")
         },
     )
+    repeated = len(names) - len(set(names))
+    if dataset.modality == "image" and repeated:
+        st.caption(f"Some file names repeat ({repeated} of {len(names)}): a browser sends file names without their "
+                   "folders. Upload a zip to keep the folders in the table and the CSV.")  # fmt: skip
     st.download_button(
         "Download predictions (CSV)",
         table.to_csv(index=False).encode("utf-8"),

@@ -497,3 +497,18 @@ def test_identical_files_that_fill_no_held_out_split_are_warned_about(tmp_path) 
     assert "empty_split" in codes
     message = next(w["message"] for w in report["warnings"] if w["code"] == "empty_split")
     assert "validation and test" in message
+
+
+def test_images_in_zip_are_named_by_their_path_inside_it() -> None:
+    archive = make_zip({"b/0000.png": png_bytes((0, 0, 200)), "a/0000.png": png_bytes((200, 0, 0)),
+                        "a/.DS_Store": b"junk", "readme.txt": b"hello"})  # fmt: skip
+    images = data.images_in_zip(archive, name="new.zip")
+    assert [inside for inside, _ in images] == ["a/0000.png", "b/0000.png"]
+    assert all(path.is_file() and path.as_posix().endswith(inside) for inside, path in images)
+    with pytest.raises(data.DataError, match="`texts.zip` holds no images"):
+        data.images_in_zip(make_zip({"notes.txt": b"hello"}), name="texts.zip")
+
+
+def test_plural_agrees_with_the_count() -> None:
+    assert [data.plural(n, "mistake") for n in (0, 1, 2)] == ["0 mistakes", "1 mistake", "2 mistakes"]
+    assert data.plural(3, "class", "classes") == "3 classes"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,14 @@ def _predictions(app: AppTest) -> pd.DataFrame:
 
 def _metric(app: AppTest, label: str) -> str:
     return next(metric.value for metric in app.metric if metric.label == label)
+
+
+def _outlined_cell(app: AppTest) -> tuple[int, int]:
+    """(row, column) of the cell the confusion matrix outlines; category axes put cell i at i +- 0.5."""
+    figure = json.loads(app.get("plotly_chart")[0].proto.spec)
+    [outline] = [shape for shape in figure["layout"]["shapes"] if shape.get("name") == "chosen cell"]
+    assert outline["x1"] - outline["x0"] == outline["y1"] - outline["y0"] == 1
+    return round(outline["y0"] + 0.5), round(outline["x0"] + 0.5)
 
 
 def test_page_asks_for_earlier_steps_first() -> None:
@@ -87,8 +96,13 @@ def test_gallery_shows_the_examples_of_the_chosen_cell(seeded) -> None:
     assert len(captions) == len(expected)
     assert all(caption.startswith("red ") for caption in captions)
 
+    assert _outlined_cell(app) == (red, red)
+    ticks = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]["colorbar"]["tickvals"]
+    assert ticks == list(range(int(result.confusion.max()) + 1))  # whole counts only, no 0.5 or 1.5
+
     wrong = next(name for name in result.classes if result.confusion[red, result.classes.index(name)] == 0)
     app.selectbox(key="test_predicted_class").set_value(wrong).run()
+    assert _outlined_cell(app) == (red, result.classes.index(wrong))
     assert any("No test example" in caption.value for caption in app.caption)
 
 
@@ -121,6 +135,54 @@ def test_prediction_for_an_uploaded_image(seeded, tmp_path: Path) -> None:
     assert table["class_1"].iloc[0] == state.dataset.classes[int(expected.argmax())] == "blue"
     assert table["probability_1"].iloc[0] == pytest.approx(float(expected.max()), abs=1e-5)
     assert "Download predictions (CSV)" in [button.label for button in app.get("download_button")]
+
+
+def _png(red: int, green: int, blue: int) -> bytes:
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[...] = (red, green, blue)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_predictions_from_a_zip_keep_each_file_s_path_inside_it(seeded) -> None:
+    """Every class folder has 0000.png: the table and CSV name files by their path in the zip, so none repeat."""
+    app, _ = seeded
+    app.run()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("new/red/0000.png", _png(230, 0, 0))
+        archive.writestr("new/blue/0000.png", _png(0, 0, 230))
+        archive.writestr("__MACOSX/new/red/._0000.png", b"junk")
+        archive.writestr("new/notes.txt", b"not an image")
+    upload = ("new.zip", buffer.getvalue(), "application/zip")
+    app.file_uploader(key="test_predict_files").set_value(upload).run()
+    assert not app.exception, app.exception
+    table = _predictions(app)
+    assert table["input"].tolist() == ["new/blue/0000.png", "new/red/0000.png"]
+    assert table["class_1"].tolist() == ["blue", "red"]
+    assert not any("file names repeat" in caption.value for caption in app.caption)
+
+
+def test_repeated_file_names_point_to_a_zip(seeded) -> None:
+    app, _ = seeded
+    app.run()
+    same_name = [("0000.png", _png(230, 0, 0), "image/png"), ("0000.png", _png(0, 0, 230), "image/png")]
+    app.file_uploader(key="test_predict_files").set_value(same_name).run()
+    assert not app.exception, app.exception
+    assert _predictions(app)["input"].tolist() == ["0000.png", "0000.png"]
+    assert any("Upload a zip to keep the folders" in caption.value for caption in app.caption)
+
+
+def test_runs_stay_reachable_after_another_data_set_was_loaded(seeded) -> None:
+    """Loading other data clears the model step 5 tests (run_dir), not the session's runs: the page picks one."""
+    app, state = seeded
+    state.run_dir = None
+    app.run()
+    assert not app.exception, app.exception
+    assert not any("earlier one" in info.value for info in app.info)
+    assert state.run_dir == state.runs[-1]
+    assert app.selectbox[0].value == state.runs[-1]
 
 
 def test_unreadable_upload_is_reported_not_raised(seeded) -> None:
@@ -186,6 +248,7 @@ def test_text_model_gallery_and_pasted_predictions(monkeypatch: pytest.MonkeyPat
     assert app.selectbox(key="test_predicted_class").value == "sport"
     gallery = next(frame.value for frame in app.dataframe if "text" in frame.value.columns)
     assert gallery["text"].tolist() == ["chip goal"]
+    assert any(block.value.startswith("**1** mistake: true **tech**") for block in app.markdown)
 
     app.text_area(key="test_predict_text").set_value("we bake\n\nchip chip").run()
     table = _predictions(app)

@@ -138,7 +138,7 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
     expect(main(page).get_by_text("Protocol: 5-fold cross-validation.")).to_be_visible()
     expect(main(page).get_by_text(re.compile(r"95 % interval \d+\.\d%–\d+\.\d% · n = \d+"))).to_be_visible()
     expect(main(page).locator(".st-key-test_confusion_chart .js-plotly-plot")).to_be_visible()
-    expect(main(page).get_by_text(re.compile(r"^\d+ (mistakes|correct answers): true"))).to_be_visible()
+    expect(main(page).get_by_text(re.compile(r"^\d+ (mistakes?|correct answers?): true"))).to_be_visible()
     shot(page, "5-test")
     upload(page, sample_digit(tmp_path))
     caption = main(page).get_by_text(re.compile(rf"^({DIGITS}) \(\d+%\)$"))
