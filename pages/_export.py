@@ -80,6 +80,21 @@ def _show_result(result: export.ExportResult, run_id: str) -> None:
             _download(f"Download {_ARTEFACT_TITLES.get(artefact, artefact)}", path, key=f"export-{artefact}-{run_id}")
 
 
+def _how_to_run(result: export.ExportResult | None, run_id: str, modality: str) -> None:
+    """The commands that run the downloaded bundle on the user's own computer.
+
+    The run folder lives on the server, so a command naming it is of no use in the user's terminal; the bundle
+    zip is what they take away, and its `predict.py` is what they run (the same commands as the bundle's README).
+    """
+    zip_name = result.zip_path.name if result is not None and result.zip_path is not None else f"{run_id}.zip"
+    folder = result.bundle_dir.name if result is not None else run_id
+    example = "photo.jpg" if modality == "image" else '"a text to classify"'
+    packages = "torch pillow" if modality == "image" else "torch transformers"
+    st.markdown(f"**On your own computer**, once `{zip_name}` is downloaded:")
+    st.code(f"unzip {zip_name}\npip install {packages}\npython {folder}/predict.py --top-k 3 {example}",
+            language="bash")  # fmt: skip
+
+
 def render_export_section(state: StudioState) -> None:
     """Draw the Export section for the run chosen on the Test page (`state.run_dir`)."""
     st.header("Export")
@@ -124,7 +139,7 @@ def render_export_section(state: StudioState) -> None:
     result = scratch.get(state.run_dir)
     if result is not None:
         _show_result(result, run_id)
-    st.caption(f"The same from a terminal: `python -m core export --model {state.run_dir} --out bundle/`")
+    _how_to_run(result, run_id, str(run_info.get("modality") or state.dataset.modality))
 
     report = (
         result.report

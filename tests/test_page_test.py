@@ -185,6 +185,17 @@ def test_runs_stay_reachable_after_another_data_set_was_loaded(seeded) -> None:
     assert app.selectbox[0].value == state.runs[-1]
 
 
+def test_export_section_shows_commands_a_user_can_run_not_the_server_s_run_folder(seeded) -> None:
+    app, state = seeded
+    app.run()
+    assert not app.exception, app.exception
+    [command] = [block.value for block in app.code if "predict.py" in block.value]
+    assert command.splitlines() == ["unzip tiny-run.zip", "pip install torch pillow",
+                                    "python tiny-run/predict.py --top-k 3 photo.jpg"]  # fmt: skip
+    shown = "\n".join(str(element.value) for kind in ("code", "markdown", "caption") for element in app.get(kind))
+    assert state.run_dir not in shown and str(Path(state.run_dir).parent) not in shown
+
+
 def test_unreadable_upload_is_reported_not_raised(seeded) -> None:
     app, _ = seeded
     app.run()
