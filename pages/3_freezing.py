@@ -46,28 +46,28 @@ train_items, _ = dataset.split("train")
 recommended, reason = recommend(len(train_items), dataset.modality, spec)
 recommended = min(recommended, total_groups)
 current = state.frozen_groups if state.frozen_groups is not None and state.frozen_groups <= total_groups else None
-slider_key = f"freezing_trainable_{spec.name}"
+slider_key = f"freezing_frozen_{spec.name}"
 if slider_key not in st.session_state:
-    st.session_state[slider_key] = total_groups - (current if current is not None else recommended)
+    st.session_state[slider_key] = current if current is not None else recommended
 
 
 def use_recommendation() -> None:
-    st.session_state[slider_key] = total_groups - recommended
+    st.session_state[slider_key] = recommended
 
 
-# Slider from "feature extraction" (everything frozen) on the left to "full fine-tuning" (nothing frozen).
-trainable_groups = st.slider(
-    "Layer groups that adapt to your data",
+# The slider, its metric, the recommendation, the sidebar and the Train page all count one thing: frozen groups.
+# Left, nothing frozen (full fine-tuning); right, everything frozen (feature extraction).
+frozen_groups = st.slider(
+    "Layer groups frozen",
     min_value=0,
     max_value=total_groups,
     key=slider_key,
-    help="0 = feature extraction: only the new head trains. All = full fine-tuning: every layer trains.",
+    help=f"0 = full fine-tuning: every layer trains. {total_groups} = feature extraction: only the new head trains.",
 )
 ends = st.columns(2)
-ends[0].caption("◀ feature extraction — only the new head trains")
-ends[1].markdown("<div style='text-align: right'><small>full fine-tuning — every layer trains ▶</small></div>",
-                 unsafe_allow_html=True)
-frozen_groups = total_groups - trainable_groups
+ends[0].caption("◀ 0 frozen: full fine-tuning — every layer trains")
+ends[1].markdown(f"<div style='text-align: right'><small>{total_groups} frozen: feature extraction — only the new "
+                 "head trains ▶</small></div>", unsafe_allow_html=True)  # fmt: skip
 state.frozen_groups = frozen_groups
 
 # Freezing a shallow copy's flags would touch the shared backbone: summarise on a private copy.

@@ -85,14 +85,17 @@ def test_freezing_page_slider_chart_recommendation_and_measurement(tmp_path: Pat
     at = start("pages/3_freezing.py", state)
     # 6 training examples: the recommendation is feature extraction, all 3 groups frozen.
     assert state.frozen_groups == 3
-    assert at.slider[0].value == 0
+    # One word, one direction: the slider, its metric and the recommendation all count frozen groups.
+    assert at.slider[0].label == "Layer groups frozen" and at.slider[0].value == 3
+    assert [m.value for m in at.metric if m.label == "Frozen layer groups"] == ["3 of 3"]
     assert "Recommendation: 3 of 3" in markdown(at)
     assert len(at.get("plotly_chart")) == 1
     trainable = [m for m in at.metric if m.label == "Trainable parameters"][0]
     assert trainable.value == f"{16 * 3 + 3:,}"  # only the new head: 16 features x 3 classes + 3 biases
 
-    at.slider[0].set_value(3).run()
+    at.slider[0].set_value(0).run()
     assert state.frozen_groups == 0
+    assert [m.value for m in at.metric if m.label == "Frozen layer groups"] == ["0 of 3"]
     full = [m for m in at.metric if m.label == "Trainable parameters"][0]
     assert int(full.value.replace(",", "")) == sum(p.numel() for p in TinyCNN().parameters()) + 51
 
@@ -102,7 +105,7 @@ def test_freezing_page_slider_chart_recommendation_and_measurement(tmp_path: Pat
     assert {"Time per epoch", "Extra memory"} <= labels
 
     [b for b in at.button if b.label == "Use the recommendation"][0].click().run()
-    assert state.frozen_groups == 3 and at.slider[0].value == 0
+    assert state.frozen_groups == 3 and at.slider[0].value == 3
 
 
 def test_freezing_page_needs_a_backbone(tmp_path: Path) -> None:

@@ -50,17 +50,17 @@ DIGITS = "zero|one|two|three|four|five|six|seven|eight|nine"
 
 
 def set_feature_extraction(page: Page) -> None:
-    """Step 3: move the slider to full fine-tuning and back to feature extraction (every group frozen)."""
+    """Step 3: move the slider to full fine-tuning (0 frozen) and back to feature extraction (every group frozen)."""
     go_to(page, "3 · Freezing")
     slider = main(page).get_by_role("slider")
     expect(slider).to_be_visible(timeout=120_000)  # the backbone loads first
     frozen = main(page).get_by_test_id("stMetric").filter(has_text="Frozen layer groups")
     value = frozen.get_by_test_id("stMetricValue")
     slider.focus()
-    slider.press("End")
+    slider.press("Home")
     expect(value).to_have_text(re.compile(r"^0 of \d+$"))
     wait_idle(page)
-    slider.press("Home")
+    slider.press("End")
     expect(value).to_have_text(re.compile(r"^(\d+) of \1$"))
     wait_idle(page)
     expect(main(page).get_by_test_id("stException")).to_have_count(0)
