@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     summary_json TEXT NOT NULL DEFAULT '{}',
     host TEXT,
-    pid INTEGER
+    pid INTEGER,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -69,6 +70,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
 """
+#: Columns added after the first release, with their type: a file written before them gets them on opening.
+_ADDED_COLUMNS = {"owner": "TEXT"}
 
 
 class RunNotFound(KeyError):
@@ -104,6 +107,7 @@ class RunStore:
         self.timeout = timeout
         self._local = threading.local()
         self._connection().executescript(_SCHEMA)
+        self._migrate()
 
     # -- connections ---------------------------------------------------------------------------------------------
 
@@ -131,6 +135,18 @@ class RunStore:
 
     def _transaction(self) -> RunStore._Tx:
         return RunStore._Tx(self._connection())
+
+    def _migrate(self) -> None:
+        """Bring a database written by an older version up to `_SCHEMA`: add the columns it lacks.
+
+        Checked again inside a write transaction, so two processes opening the same old file do not both add one.
+        """
+        if _missing_columns(self._connection()):
+            with self._transaction() as connection:
+                for name in _missing_columns(connection):
+                    connection.execute(f"ALTER TABLE runs ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
+                    log.info("Run store %s: added the column %r", self.path, name)
+        self._connection().execute("CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, created_at)")
 
     def close(self) -> None:
         """Close this thread's connection (other threads' connections close when their thread ends)."""
@@ -173,6 +189,25 @@ class RunStore:
     def mark_running(self, run_id: str) -> None:
         """A resumed run is running again (in this process)."""
         self._update(run_id, status="running", error=None, pid=os.getpid(), host=socket.gethostname())
+
+    def set_owner(self, run_dir: str | Path, owner: str) -> str | None:
+        """Record who started the run in `run_dir`: an opaque id of a browser, so a page lists that person's runs.
+
+        The job that runs the engine knows its owner; the engine, which creates the record, does not.
+
+        Returns the run's id, or None when no run of that folder is recorded (it failed before its record).
+        An owner once recorded is kept: a run never changes hands.
+        """
+        with self._transaction() as connection:
+            row = connection.execute(
+                "SELECT run_id, owner FROM runs WHERE run_dir = ? ORDER BY created_at DESC LIMIT 1",
+                (str(Path(run_dir)),),
+            ).fetchone()
+            if row is None:
+                return None
+            if row["owner"] is None:
+                connection.execute("UPDATE runs SET owner = ? WHERE run_id = ?", (owner, row["run_id"]))
+            return row["run_id"]
 
     def log_step(self, run_id: str, step: int, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Record one optimisation step's metrics (loss, learning rate, ...)."""
@@ -258,13 +293,20 @@ class RunStore:
             raise RunNotFound(f"No run {run_id!r} in {self.path}.")
         return self._run_from_row(row)
 
-    def list_runs(self, limit: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        """Runs, newest first; optionally only those with one status."""
+    def list_runs(
+        self,
+        limit: int | None = None,
+        status: str | None = None,
+        owner: str | None = None,
+        dataset_fingerprint: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Runs, newest first; optionally only those with one status, of one owner, or on one data set."""
+        conditions = {"status": status, "owner": owner, "dataset_fingerprint": dataset_fingerprint}
+        wanted = {column: value for column, value in conditions.items() if value is not None}
         query = "SELECT * FROM runs"
-        params: list[Any] = []
-        if status is not None:
-            query += " WHERE status = ?"
-            params.append(status)
+        params: list[Any] = list(wanted.values())
+        if wanted:
+            query += " WHERE " + " AND ".join(f"{column} = ?" for column in wanted)
         query += " ORDER BY created_at DESC, rowid DESC"
         if limit is not None:
             query += " LIMIT ?"
@@ -308,6 +350,11 @@ class RunStore:
                 self._update(row["run_id"], status="failed", error="The training process ended before the run did.")
                 changed.append(row["run_id"])
         return changed
+
+
+def _missing_columns(connection: sqlite3.Connection) -> list[str]:
+    present = {row["name"] for row in connection.execute("PRAGMA table_info(runs)")}
+    return [name for name in _ADDED_COLUMNS if name not in present]
 
 
 def _pid_alive(pid: int) -> bool:

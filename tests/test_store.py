@@ -143,3 +143,52 @@ def test_store_survives_a_killed_writer(tmp_path: Path) -> None:
     # the killed process cannot close its run; start-up clean-up marks it failed
     assert store.mark_abandoned() == [run_id]
     assert store.get_run(run_id)["status"] == "failed"
+
+
+def _old_file(path: Path) -> None:
+    """A run store as written before runs had an owner: the same tables, no `owner` column, one run in it."""
+    connection = sqlite3.connect(path)
+    connection.executescript(
+        """
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+            status TEXT NOT NULL, backbone TEXT NOT NULL, modality TEXT NOT NULL, dataset_name TEXT NOT NULL,
+            dataset_fingerprint TEXT NOT NULL, frozen_groups INTEGER, config_json TEXT NOT NULL,
+            classes_json TEXT NOT NULL, run_dir TEXT, error TEXT, summary_json TEXT NOT NULL DEFAULT '{}',
+            host TEXT, pid INTEGER);
+        INSERT INTO runs VALUES ('old-run', '2025-01-01T00:00:00', '2025-01-01T00:00:00', 'completed', 'tiny_cnn',
+            'image', 'colours', 'abc123', 1, '{}', '["a", "b"]', '/runs/old-run', NULL, '{}', 'host', 1);
+        """
+    )
+    connection.commit()
+    connection.close()
+
+
+def test_a_file_from_before_owners_gets_the_column_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    _old_file(path)
+    store = RunStore(path)
+    old = store.get_run("old-run")
+    assert old["owner"] is None and old["status"] == "completed"
+    run_id = _new_run(store, run_dir=tmp_path / "new")
+    assert store.set_owner(tmp_path / "new", "alice") == run_id
+    assert [run["run_id"] for run in store.list_runs(owner="alice")] == [run_id]
+    assert {run["run_id"] for run in store.list_runs()} == {"old-run", run_id}
+    store.close()
+    again = RunStore(path)  # opening a migrated file again changes nothing
+    assert again.get_run(run_id)["owner"] == "alice"
+
+
+def test_runs_are_listed_per_owner_and_data_set_and_never_change_hands(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    alice = _new_run(store, run_dir=tmp_path / "a1")
+    alice_other_data = _new_run(store, run_dir=tmp_path / "a2", dataset_fingerprint="other")
+    bob = _new_run(store, run_dir=tmp_path / "b1")
+    store.set_owner(tmp_path / "a1", "alice")
+    store.set_owner(tmp_path / "a2", "alice")
+    store.set_owner(tmp_path / "b1", "bob")
+    assert store.set_owner(tmp_path / "a1", "bob") == alice  # already alice's: stays hers
+    assert store.set_owner(tmp_path / "nowhere", "bob") is None
+    assert [run["run_id"] for run in store.list_runs(owner="alice")] == [alice_other_data, alice]
+    assert [run["run_id"] for run in store.list_runs(owner="alice", dataset_fingerprint="abc123")] == [alice]
+    assert [run["run_id"] for run in store.list_runs(owner="bob")] == [bob]
+    assert store.list_runs(owner="carol") == []
