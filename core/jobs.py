@@ -128,28 +128,48 @@ def _is_cache_phase(metrics: dict[str, Any]) -> bool:
 
 
 class _Slots:
-    """The machine-wide queue: FIFO, at most `max_running_jobs()` jobs training at once."""
+    """The machine-wide queue: FIFO, at most `max_running_jobs()` jobs training at once.
+
+    A job joins with `enqueue` on the caller's thread, so whoever pressed Train learns at once whether the job took
+    a free slot or waits, and at which place; its worker then waits its turn with `wait_turn`.
+    """
 
     def __init__(self) -> None:
         self.condition = threading.Condition()
         self.waiting: list[TrainingJob] = []
         self.running: set[str] = set()
 
-    def acquire(self, job: TrainingJob) -> bool:
-        """Block until `job` may run (True) or was stopped while waiting (False)."""
+    def _take_if_first(self, job: TrainingJob) -> bool:
+        """Move `job` from the head of the queue to a free slot (the caller holds the condition)."""
+        if self.waiting and self.waiting[0] is job and len(self.running) < max_running_jobs():
+            self.waiting.pop(0)
+            self.running.add(job.job_id)
+            self.condition.notify_all()
+            return True
+        return False
+
+    def enqueue(self, job: TrainingJob) -> int | None:
+        """Join the queue; None when `job` took a free slot at once, else its 1-based place in the queue."""
         with self.condition:
             self.waiting.append(job)
+            if self._take_if_first(job):
+                return None
+            return self.waiting.index(job) + 1
+
+    def wait_turn(self, job: TrainingJob) -> bool:
+        """Block until `job` holds a slot (True) or was stopped while waiting (False)."""
+        with self.condition:
             try:
-                while True:
+                while job.job_id not in self.running:
                     if job.stop_requested:
                         return False
-                    if self.waiting[0] is job and len(self.running) < max_running_jobs():
-                        self.running.add(job.job_id)
-                        return True
-                    self.condition.wait(timeout=0.5)
+                    if not self._take_if_first(job):
+                        self.condition.wait(timeout=0.5)
+                return True
             finally:
-                self.waiting.remove(job)
-                self.condition.notify_all()
+                if job in self.waiting:
+                    self.waiting.remove(job)
+                    self.condition.notify_all()
 
     def release(self, job: TrainingJob) -> None:
         with self.condition:
@@ -203,7 +223,11 @@ class TrainingJob:
         fit_fn: the training function, `fit(dataset, config, run_dir, backbone=..., callbacks=..., stop_event=...)`;
             default `core.training.fit`. Tests inject fakes here.
         label: a short description for lists ("efficientnet_lite0, 3 frozen, lr 0.001").
-        owner: an opaque id of who started it (a browser session), so a page can tell its own jobs apart.
+        owner: an opaque id of who started it (a browser), so a page can tell its own jobs apart; also recorded
+            with the run in the run store, so that person's runs can be listed after the job is forgotten.
+
+    Attributes:
+        queued_at: after `start()`, None when the job took a free slot at once, else its place in the queue then.
     """
 
     def __init__(
@@ -223,6 +247,7 @@ class TrainingJob:
         self.config = config
         self.label = label or backbone_name
         self.owner = owner
+        self.queued_at: int | None = None
         self.created_at = time.time()
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -244,10 +269,18 @@ class TrainingJob:
 
     # ----------------------------------------------------------------------------------------------- control
     def start(self) -> TrainingJob:
-        """Register the job and start its worker; it trains as soon as a slot on this machine is free."""
+        """Register the job and start its worker; it trains as soon as a slot on this machine is free.
+
+        Whether it started at once or was queued (and where) is decided here, before this returns: `queued_at`.
+        """
         if self._thread is not None:
             raise RuntimeError(f"Job {self.job_id} was already started; create a new TrainingJob to train again.")
         _register(self)
+        self.queued_at = _SLOTS.enqueue(self)
+        if self.queued_at is None:
+            with self._lock:
+                self._status, self._phase = RUNNING, "starting"
+                self.started_at = time.time()
         self._thread = threading.Thread(target=self._work, name=f"train-{self.job_id}", daemon=True)
         self._thread.start()
         return self
@@ -313,7 +346,7 @@ class TrainingJob:
 
     # ----------------------------------------------------------------------------------------------- worker
     def _work(self) -> None:
-        if not _SLOTS.acquire(self):
+        if not _SLOTS.wait_turn(self):
             with self._lock:
                 self._status, self._phase = STOPPED, "done"
                 self.finished_at = time.time()
@@ -322,8 +355,9 @@ class TrainingJob:
             return
         try:
             with self._lock:
-                self._status, self._phase = RUNNING, "starting"
-                self.started_at = time.time()
+                if self._status == QUEUED:
+                    self._status, self._phase = RUNNING, "starting"
+                    self.started_at = time.time()
             log.info("Job %s starts training %s", self.job_id, self.label)
             fit = self._fit_fn or _default_fit()
             result = fit(
@@ -344,6 +378,7 @@ class TrainingJob:
                 self.finished_at = time.time()
             _close_failed_record(self.run_dir, message)
         finally:
+            _record_owner(self)
             _SLOTS.release(self)
             _prune()
 
@@ -372,6 +407,7 @@ class TrainingJob:
 
     # -------------------------------------------------------------------------------------- engine events
     def _record_begin(self, info: dict[str, Any]) -> None:
+        _record_owner(self)  # the engine has created the run's record by now
         with self._lock:
             self._info.update({k: v for k, v in info.items() if _is_plain(v)})
             if self._phase == "starting":
@@ -471,6 +507,22 @@ def _close_failed_record(run_dir: str, message: str) -> None:
             store.close()
     except Exception:  # noqa: BLE001 - bookkeeping must never hide the original failure
         log.warning("Could not mark run %s as failed in the run store", run_dir, exc_info=True)
+
+
+def _record_owner(job: TrainingJob) -> None:
+    """Write the job's owner into its run's record (the engine creates the record, and knows no owners)."""
+    if job.owner is None:
+        return
+    try:
+        from core.store import RunStore
+
+        store = RunStore()
+        try:
+            store.set_owner(job.run_dir, job.owner)
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - bookkeeping must never stop a run; the job itself still knows its owner
+        log.warning("Could not record the owner of run %s in the run store", job.run_dir, exc_info=True)
 
 
 def _default_fit() -> FitFunction:

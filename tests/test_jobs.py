@@ -239,3 +239,46 @@ def test_a_real_engine_error_fails_the_job_with_its_message(colour_dataset, tmp_
     assert record["status"] == "failed" and "no training examples" in record["error"]
     again = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "next", fit_fn=_FakeFit()).start()
     assert again.join(10) and again.status == jobs.COMPLETED
+
+
+def test_every_start_says_at_once_whether_it_trains_or_waits_and_where(colour_dataset, tmp_path, monkeypatch):
+    """Six people press Train at the same moment on a one-slot machine: one starts, five queue, none is lost."""
+    monkeypatch.setenv("TRANSFER_STUDIO_MAX_JOBS", "1")
+    gate = threading.Event()
+    barrier = threading.Barrier(6)
+    created = [TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / f"r{i}", fit_fn=_FakeFit(gate=gate))
+               for i in range(6)]
+
+    def press(job: TrainingJob) -> None:
+        barrier.wait()
+        job.start()
+
+    threads = [threading.Thread(target=press, args=(job,)) for job in created]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    started = [job for job in created if job.queued_at is None]
+    assert len(started) == 1 and started[0].status == jobs.RUNNING  # decided by start(), not later by the worker
+    queued = sorted(created, key=lambda job: job.queued_at or 0)[1:]
+    assert [job.queued_at for job in queued] == [1, 2, 3, 4, 5]
+    assert all(job.status == jobs.QUEUED for job in queued)
+    gate.set()
+    assert all(job.join(10) for job in created)
+    assert all(job.status == jobs.COMPLETED for job in created)
+    order = sorted(created, key=lambda job: job.started_at)
+    assert order == [started[0], *queued]  # the queue is served in the order it was joined
+
+
+def test_the_owner_is_recorded_with_the_run(colour_dataset, tmp_path):
+    from core.store import RunStore
+    from core.training import TrainConfig
+    from tests.tiny import TinyCNN
+
+    config = TrainConfig(backbone="tiny_cnn", frozen_groups=1, epochs=1, batch_size=8, pretrained=False,
+                         precision="fp32")
+    job = TrainingJob(colour_dataset, config, backbone=TinyCNN(), owner="alice").start()
+    assert job.join(60) and job.status == jobs.COMPLETED, job.error
+    runs = RunStore().list_runs(owner="alice")
+    assert [run["run_dir"] for run in runs] == [job.run_dir]
+    assert RunStore().list_runs(owner="bob") == []
