@@ -212,35 +212,123 @@ def test_model_report_has_the_per_class_table_baseline_and_limits(tiny_export: d
         tiny_export["info"], evaluation=evaluation, baseline={"title": "from scratch", "accuracy": 0.5},
         counts=tiny_export["dataset"].counts(),
     )  # fmt: skip
-    assert "| Class | Precision | Recall | F1 | Support |" in report
+    assert "| Class | Precision | Recall | Recall, 95 % interval (bootstrap) | F1 | Examples scored |" in report
     for row in evaluation.metrics["per_class"]:
-        assert f"| {row['class']} | {row['precision']:.1%} | {row['recall']:.1%} | {row['f1']:.1%} |" in report
+        low, high = row["recall_interval95"]
+        assert (
+            f"| {row['class']} | {row['precision']:.1%} | {row['recall']:.1%} | {low:.1%}–{high:.1%} | "
+            f"{row['f1']:.1%} | {row['support']} |"
+        ) in report
     assert "| from scratch | 50.0% |" in report
     assert f"{classes[2]} → {classes[1]} (1×)" in report  # the one confusion
     assert "Frozen layer groups: **1**" in report and "| lr | 0.02 |" in report
     assert "Under 10 training examples" in report  # the colour set has 8 per class
+    # A run that recorded no estimate, scored on its test split: said so, with n, the interval and the flag.
+    low, high = evaluation.metrics["accuracy_interval95"]
+    assert f"Test-split accuracy: **85.7% (95 % CI {low:.1%}–{high:.1%})**" in report and "n = 7 held-out" in report
+    assert "**A number from fewer than 30 examples** (n = 7)" in report
 
 
 def test_the_bundled_report_is_built_from_the_test_split(tiny_export: dict[str, Any]) -> None:
     report = (tiny_export["result"].bundle_dir / "MODEL_REPORT.md").read_text()
-    assert "### Per class (test split)" in report
+    n = len(tiny_export["items"])
+    assert f"### Per class (test split, n = {n})" in report and f"n = {n} held-out test examples" in report
+    assert "Protocol: **test split**" in report and "Cross-validated" not in report
     assert all(f"| {name} |" in report for name in tiny_export["dataset"].classes)
     assert "## Export parity" in report and "Passed" in report
+
+
+@pytest.fixture(scope="module")
+def fitted_runs(tiny_export: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real run folders from `fit`: one estimated by 3-fold cross-validation (36 examples), one on a test split (6)."""
+    from core.training import TrainConfig, fit
+
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for protocol in ("cross-validation", "test split"):
+        config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", folds=3,
+                             protocol=protocol)  # fmt: skip
+        runs[protocol] = root / protocol.replace(" ", "-")
+        fit(tiny_export["dataset"], config, runs[protocol], backbone=TinyCNN())
+    return runs
+
+
+def _recorded(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """run.json and the estimate in it, as training wrote them."""
+    info = json.loads((run_dir / "run.json").read_text())
+    return info, info["metrics"]["estimate"]
+
+
+def _results(report: str) -> str:
+    return report.split("## Results")[1].split("## Known limits")[0]
+
+
+def test_the_report_of_a_cross_validated_run_states_its_protocol_n_and_intervals(fitted_runs: dict[str, Path]) -> None:
+    from core.evaluation import recorded_estimate
+
+    info, estimate = _recorded(fitted_runs["cross-validation"])
+    assert estimate["protocol"] == "cross-validation" and estimate["n"] == 36
+    report = export.model_report(info)
+    low, high = estimate["accuracy_interval95"]
+    f1_low, f1_high = estimate["macro_f1_interval95"]
+    assert (
+        "Protocol: **cross-validation** (3 folds, out-of-fold predictions); the delivered model is a refit on all "
+        "labelled examples."
+    ) in report
+    assert f"- Why: {estimate['protocol_reason']}" in report
+    assert (
+        f"Cross-validated accuracy (3 folds, out-of-fold predictions): **{estimate['accuracy']:.1%} "
+        f"(95 % CI {low:.1%}–{high:.1%})** (Wilson interval), n = 36 examples scored"
+    ) in report
+    assert f"Macro-F1: {estimate['macro_f1']:.3f} (95 % CI {f1_low:.3f}–{f1_high:.3f}), bootstrap interval" in report
+    assert (
+        f"Calibration error: {estimate['calibration_error']:.1%} after temperature scaling "
+        f"({estimate['calibration_error_before']:.1%} before; temperature {estimate['temperature']:.2f})"
+    ) in report
+    assert "### Per class (out-of-fold predictions, 3-fold cross-validation, n = 36)" in report
+    for row in estimate["per_class"]:
+        recall_low, recall_high = row["recall_interval95"]
+        assert f"| {row['recall']:.1%} | {recall_low:.1%}–{recall_high:.1%} |" in report
+    assert "fewer than 30 examples" not in report  # 36 examples: no flag
+    assert "Test accuracy" not in report and "(test split" not in report
+    # The Test page hands over the recorded estimate as an Evaluation: the same numbers.
+    from_page = export.model_report(info, evaluation=recorded_estimate(fitted_runs["cross-validation"]))
+    assert _results(from_page) == _results(report)
+
+
+def test_an_evaluation_made_at_export_time_does_not_replace_the_runs_estimate(fitted_runs: dict[str, Path]) -> None:
+    """Under cross-validation the delivered model saw every example: scoring it on them now would be in-sample."""
+    from core.evaluation import evaluate_probabilities
+
+    info, estimate = _recorded(fitted_runs["cross-validation"])
+    in_sample = evaluate_probabilities(np.eye(3)[[0, 1, 2, 0]], [0, 1, 2, 1], info["classes"], list("abcd"))
+    report = export.model_report(info, evaluation=in_sample)
+    assert "n = 36 examples scored" in report and "n = 4" not in report
+
+
+def test_the_report_of_a_small_test_split_run_flags_fewer_than_30_examples(fitted_runs: dict[str, Path]) -> None:
+    info, estimate = _recorded(fitted_runs["test split"])
+    assert estimate["protocol"] == "test split" and estimate["n"] == 6 and estimate["small_sample"]
+    report = export.model_report(info)
+    low, high = estimate["accuracy_interval95"]
+    assert "Protocol: **test split**" in report and "refit on all labelled examples" not in report
+    assert f"- Why: {estimate['protocol_reason']}" in report
+    assert f"Test-split accuracy: **{estimate['accuracy']:.1%} (95 % CI {low:.1%}–{high:.1%})**" in report
+    assert "n = 6 held-out test examples" in report and "### Per class (test split, n = 6)" in report
+    assert "**A number from fewer than 30 examples** (n = 6)" in report
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
 def test_cli_export_writes_the_bundle_and_prints_parity(
-    tiny_export: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    fitted_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     from core.__main__ import main
-    from core.training import TrainConfig, fit, load_trained
+    from core.training import load_trained
 
     # A real run folder: the engine records the examples its estimate rests on, and export checks parity on them.
-    run_dir = tmp_path / "run"
-    config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", folds=2)
-    fit(tiny_export["dataset"], config, run_dir, backbone=TinyCNN())
+    run_dir = fitted_runs["cross-validation"]
     # The catalogue does not know TinyCNN: hand load_trained the architecture.
     monkeypatch.setattr(export, "_load_run", lambda folder: load_trained(folder, backbone=TinyCNN()))
     status = main(["export", "--model", str(run_dir), "--out", str(tmp_path / "cli-bundle")])
@@ -248,6 +336,9 @@ def test_cli_export_writes_the_bundle_and_prints_parity(
     assert status == 0, printed
     assert "Parity PASSED" in printed and "predict.py" in printed
     assert (tmp_path / "cli-bundle" / "manifest.json").is_file() and (tmp_path / "cli-bundle.zip").is_file()
+    # The bundled report states the run's cross-validated estimate, not the refit model scored on its own examples.
+    report = (tmp_path / "cli-bundle" / "MODEL_REPORT.md").read_text()
+    assert "Cross-validated accuracy (3 folds, out-of-fold predictions)" in report and "n = 36 examples" in report
     assert main(["export", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
 
 
