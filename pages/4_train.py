@@ -548,7 +548,16 @@ if submitted and not active:
 
 if job is not None:
     st.divider()
-    st.markdown(f"**Run `{job.job_id}`**")
+    # Backbone and freezing are chosen on earlier pages; when they changed since this run, the caption above no
+    # longer describes it: say so, so its panel is not read as the result of the settings shown.
+    changed = [f"{name} {then} (now {now})" for name, then, now in (
+        ("backbone", getattr(job.config, "backbone", None), state.backbone_name),
+        ("frozen groups", getattr(job.config, "frozen_groups", None), state.frozen_groups)) if then != now]  # fmt: skip
+    if changed:
+        st.markdown(f"**{'Run' if active else 'Previous run'} `{job.job_id}`**, with other settings than above: "
+                    + "; ".join(changed) + ("." if active else ". Press Train for a run with the settings above."))
+    else:
+        st.markdown(f"**Run `{job.job_id}`**")
     if active:
         _live_panel(job.job_id)
     else:

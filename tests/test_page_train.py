@@ -239,3 +239,22 @@ def test_a_short_run_on_the_sample_images_with_the_real_backbone():
     assert _state(at).run_dir == job.run_dir
     assert any("Training finished" in s.value for s in at.success)
     assert any("cross-validated accuracy" in s.value and "95 % interval" in s.value for s in at.success)
+
+
+def test_a_finished_run_with_other_settings_is_labelled_as_the_previous_run(colour_dataset, tiny_fit):
+    """Freezing chosen anew after a run: its panel stays, but is no longer presented under the new settings."""
+    at = _app(colour_dataset, frozen_groups=1)
+    at.run()
+    _set(at, "Epochs", 1)
+    at.button[0].click().run()
+    job = _state(at).job
+    assert _poll(at, lambda a: not job.is_running)
+    at.run()
+    assert f"**Run `{job.job_id}`**" in [block.value for block in at.markdown]
+
+    _state(at).frozen_groups = 0  # as the Freezing page sets it
+    at.run()
+    assert not at.exception, at.exception
+    labels = [block.value for block in at.markdown if job.job_id in block.value]
+    assert labels == [f"**Previous run `{job.job_id}`**, with other settings than above: frozen groups 1 (now 0). "
+                      "Press Train for a run with the settings above."]  # fmt: skip
