@@ -379,7 +379,7 @@ def _inspect_cached(path: Path, workspace: str) -> tuple[str, Path | None, str |
 
 
 _PROBLEM_TEXT = {
-    "not_image": ("{count} in `{folder}` {verb} not images and {was} skipped: {names}", "is", "are"),
+    "not_image": ("{count} in `{folder}` {verb} and {was} skipped: {names}", "is not an image", "are not images"),
     "damaged": (
         "{count} in `{folder}` could not be read as images (damaged or truncated) and {was} skipped: {names}",
         "is",
@@ -405,7 +405,8 @@ def _report_file_problems(report: _Report, problems: dict[tuple[str, str], list[
             was="was" if count == 1 else "were",
             names=_names([PurePosixPath(item).name for item in relatives]),
         )
-        report.warning(problem, message[0].upper() + message[1:] + ". Remove or replace them.", relatives)
+        them = "it" if count == 1 else "them"
+        report.warning(problem, message[0].upper() + message[1:] + f". Remove or replace {them}.", relatives)
 
 
 def _folder_of(relative: str) -> str:

@@ -90,7 +90,7 @@ def _how_to_run(result: export.ExportResult | None, run_id: str, modality: str) 
     folder = result.bundle_dir.name if result is not None else run_id
     example = "photo.jpg" if modality == "image" else '"a text to classify"'
     packages = "torch pillow" if modality == "image" else "torch transformers"
-    st.markdown(f"**On your own computer**, once `{zip_name}` is downloaded:")
+    st.markdown(f"**On your own computer**: build the bundle, download `{zip_name}`, then")
     st.code(f"unzip {zip_name}\npip install {packages}\npython {folder}/predict.py --top-k 3 {example}",
             language="bash")  # fmt: skip
 

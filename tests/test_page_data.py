@@ -204,7 +204,8 @@ def test_data_set_with_warnings_asks_before_setting_trained_work_aside(app: AppT
     assert studio.dataset.name == "Sample: handwritten digits" and studio.run_dir == "/workspace/runs/run-1"
     question = texts(app.warning)
     assert "**corrupt.zip** is checked and ready" in question and "the trained model that step 5 tests" in question
-    assert "broken.png" in question  # the new data set's own warnings, to decide with
+    # the new data set's own warnings, to decide with
+    assert "1 file in `cats/` is not an image and was skipped: broken.png. Remove or replace it." in question
     app.button(key="data_keep_loaded").click().run()
     assert not app.exception
     assert studio.dataset.name == "Sample: handwritten digits" and studio.run_dir == "/workspace/runs/run-1"
