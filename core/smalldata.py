@@ -11,6 +11,11 @@ With every layer group frozen the head is multinomial logistic regression on sta
 problem, solved full-batch with L-BFGS, its L2 strength chosen by inner cross-validation over `L2_GRID`. It takes
 seconds, and it is what a careful practitioner's linear probe does, with the standardisation and temperature
 folded into the shipped `nn.Linear` so export and prediction need nothing new.
+
+A sentence encoder also knows something before it sees a single example: the class names themselves, embedded by
+the same encoder, make a zero-shot classifier (cosine similarity to each name). That gives the "0 examples" baseline
+the user sees, and a prior for the head: the inner cross-validation may shrink the weights towards the class-name
+classifier instead of towards zero (`L2 * ||W - W_names||^2`), which helps most where labels are fewest.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class LinearHead:
     scale: torch.Tensor
     l2: float
     losses: list[float] = field(default_factory=list)
+    toward_names: bool = False
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         standardised = (features.to(self.mean.dtype) - self.mean) / self.scale
@@ -138,6 +144,40 @@ class LinearHead:
         with torch.no_grad():
             linear.weight.copy_(weight.to(linear.weight.dtype))
             linear.bias.copy_(bias.to(linear.bias.dtype))
+
+
+def zero_shot_logits(features: torch.Tensor, class_embeddings: torch.Tensor) -> np.ndarray:
+    """Cosine similarity of every example's features to every class name's embedding: a classifier from names alone."""
+    examples = F.normalize(features.to(torch.float64), dim=1)
+    names = F.normalize(class_embeddings.to(torch.float64), dim=1)
+    return (examples @ names.T).numpy()
+
+
+def zero_shot_score(features: torch.Tensor, labels: Sequence[int], class_embeddings: torch.Tensor) -> dict[str, Any]:
+    """Accuracy of the class-name classifier on these examples, with its n and 95 % interval ("0 examples -> x %").
+
+    It learns nothing from the examples, so scoring it on all of them is honest.
+    """
+    targets = np.asarray(labels, dtype=np.int64)
+    correct = int((zero_shot_logits(features, class_embeddings).argmax(axis=1) == targets).sum())
+    return {
+        "accuracy": correct / max(len(targets), 1),
+        "accuracy_interval95": list(stats.wilson_interval(correct, len(targets))),
+        "n": int(len(targets)),
+        "small_sample": len(targets) < stats.SMALL_SAMPLE,
+    }
+
+
+def class_name_prior(features: torch.Tensor, labels: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+    """The zero-shot classifier as weights on the raw features (`logits ~ features @ prior.T`), scaled to its data.
+
+    Cosine similarity is linear in the features once divided by their typical length; its sharpness (1 / the
+    temperature that fits these labels best) is the one number learned from the examples.
+    """
+    features = features.to(torch.float64)
+    temperature = stats.fit_temperature(zero_shot_logits(features, class_embeddings), labels.numpy())
+    names = F.normalize(class_embeddings.to(torch.float64), dim=1)
+    return names / features.norm(dim=1).mean().clamp(min=1e-9) / temperature
 
 
 def _standardiser(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,17 +194,21 @@ def fit_logistic(
     class_weight: torch.Tensor | None = None,
     start: LinearHead | None = None,
     on_iteration: Callable[[int, float], None] | None = None,
+    prior: torch.Tensor | None = None,
 ) -> LinearHead:
-    """Multinomial logistic regression, full batch, L-BFGS: mean cross-entropy + l2/2 * ||weight||^2.
+    """Multinomial logistic regression, full batch, L-BFGS: mean cross-entropy + l2/2 * ||weight - anchor||^2.
 
     The features are standardised with their own mean and scale (kept in the head). `start` warm-starts the
     solver (the neighbouring L2 strength's solution), which makes a whole grid cost little more than one fit.
+    The anchor is zero, or with `prior` (weights on the raw features, see `class_name_prior`) that classifier
+    written in standardised coordinates.
     """
     features = features.to(torch.float64)
     mean, scale = _standardiser(features)
     standardised = (features - mean) / scale
     dimension = standardised.shape[1]
     weight = torch.zeros(num_classes, dimension, dtype=torch.float64)
+    anchor = prior.to(torch.float64) * scale if prior is not None else torch.zeros_like(weight)
     bias = torch.zeros(num_classes, dtype=torch.float64)
     if start is not None:
         weight.copy_(start.weight)
@@ -181,7 +225,7 @@ def fit_logistic(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = F.cross_entropy(standardised @ weight.T + bias, labels, weight=weights)
-        loss = loss + 0.5 * l2 * (weight * weight).sum()
+        loss = loss + 0.5 * l2 * ((weight - anchor) ** 2).sum()
         loss.backward()
         losses.append(float(loss.detach()))
         if on_iteration is not None:
@@ -189,17 +233,18 @@ def fit_logistic(
         return loss
 
     optimizer.step(closure)
-    return LinearHead(weight.detach(), bias.detach(), mean, scale, l2, losses)
+    return LinearHead(weight.detach(), bias.detach(), mean, scale, l2, losses, toward_names=prior is not None)
 
 
 @dataclass
 class GridPoint:
-    """The inner cross-validation score of one L2 strength."""
+    """The inner cross-validation score of one L2 strength, shrinking towards zero or towards the class names."""
 
     l2: float
     log_loss: float
     accuracy: float
     train_loss: float
+    toward_names: bool = False
 
 
 @dataclass
@@ -232,44 +277,59 @@ def select_and_fit(
     grid: Sequence[float] = L2_GRID,
     on_iteration: Callable[[int, float], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    class_embeddings: torch.Tensor | None = None,
 ) -> HeadFit:
     """Choose the L2 strength by `folds`-fold cross-validation (lowest log-loss), then fit on all examples.
 
-    With too few examples per class for the inner folds, the strength is not chosen but taken as a moderate 0.1.
+    With `class_embeddings` (a sentence encoder's embedding of each class name) every strength is also tried
+    shrinking towards the class-name classifier, and cross-validation picks between the two as well. With too few
+    examples per class for the inner folds, the strength is not chosen but taken as a moderate 0.1 (towards zero).
     """
     labels_np = labels.numpy()
     smallest = int(np.bincount(labels_np, minlength=num_classes)[np.unique(labels_np)].min())
     inner = min(folds, smallest)
     weight = _class_weight(labels, num_classes) if balanced else None
+    anchors = [False] + ([True] if class_embeddings is not None else [])
     points: list[GridPoint] = []
-    oof_by_l2: dict[float, np.ndarray] = {}
+    oof_by_choice: dict[tuple[bool, float], np.ndarray] = {}
     if inner >= 2:
         fold_of = stratified_folds(labels_np, inner, seed)
-        previous: list[LinearHead | None] = [None] * inner
-        for l2 in grid:
-            oof = np.zeros((len(labels_np), num_classes))
-            train_losses = []
-            for fold in range(inner):
-                if stop_requested is not None and stop_requested():
-                    raise InterruptedError
-                train, held = fold_of != fold, fold_of == fold
-                head = fit_logistic(features[train], labels[train], num_classes, l2, weight, previous[fold])
-                previous[fold] = head
-                oof[held] = head.logits(features[held].to(torch.float64)).numpy()
-                train_losses.append(head.losses[-1] if head.losses else math.nan)
-            oof_by_l2[l2] = oof
-            log_probabilities = torch.log_softmax(torch.as_tensor(oof), dim=1).numpy()
-            points.append(GridPoint(
-                l2=float(l2),
-                log_loss=float(-log_probabilities[np.arange(len(labels_np)), labels_np].mean()),
-                accuracy=float((oof.argmax(axis=1) == labels_np).mean()),
-                train_loss=float(np.mean(train_losses)),
-            ))
-        chosen = min(points, key=lambda point: (point.log_loss, -point.l2)).l2
+        for toward_names in anchors:
+            previous: list[LinearHead | None] = [None] * inner
+            priors = [
+                class_name_prior(features[fold_of != fold], labels[fold_of != fold], class_embeddings)
+                if toward_names else None
+                for fold in range(inner)
+            ]
+            for l2 in grid:
+                oof = np.zeros((len(labels_np), num_classes))
+                train_losses = []
+                for fold in range(inner):
+                    if stop_requested is not None and stop_requested():
+                        raise InterruptedError
+                    train, held = fold_of != fold, fold_of == fold
+                    head = fit_logistic(
+                        features[train], labels[train], num_classes, l2, weight, previous[fold], prior=priors[fold]
+                    )
+                    previous[fold] = head
+                    oof[held] = head.logits(features[held].to(torch.float64)).numpy()
+                    train_losses.append(head.losses[-1] if head.losses else math.nan)
+                oof_by_choice[(toward_names, float(l2))] = oof
+                log_probabilities = torch.log_softmax(torch.as_tensor(oof), dim=1).numpy()
+                points.append(GridPoint(
+                    l2=float(l2),
+                    log_loss=float(-log_probabilities[np.arange(len(labels_np)), labels_np].mean()),
+                    accuracy=float((oof.argmax(axis=1) == labels_np).mean()),
+                    train_loss=float(np.mean(train_losses)),
+                    toward_names=toward_names,
+                ))
+        best = min(points, key=lambda point: (point.log_loss, point.toward_names, -point.l2))
+        chosen, toward_names = best.l2, best.toward_names
     else:
-        chosen = 0.1
-    head = fit_logistic(features, labels, num_classes, chosen, weight, on_iteration=on_iteration)
-    oof_logits = oof_by_l2.get(chosen)
+        chosen, toward_names = 0.1, False
+    prior = class_name_prior(features, labels, class_embeddings) if toward_names else None
+    head = fit_logistic(features, labels, num_classes, chosen, weight, on_iteration=on_iteration, prior=prior)
+    oof_logits = oof_by_choice.get((toward_names, chosen))
     if oof_logits is None:
         oof_logits = head.logits(features.to(torch.float64)).numpy()
     return HeadFit(head, points, oof_logits)
@@ -305,6 +365,7 @@ def cross_validate_head(
     progress: Callable[[int, int], None] | None = None,
     on_iteration: Callable[[int, float], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    class_embeddings: torch.Tensor | None = None,
 ) -> CrossValidation:
     """Nested cross-validation of the head recipe, then the final refit on every example.
 
@@ -321,7 +382,7 @@ def cross_validate_head(
         train, held = fold_of != fold, fold_of == fold
         fitted = select_and_fit(
             features[train], labels[train], num_classes, seed=seed + fold + 1, balanced=balanced,
-            stop_requested=stop_requested,
+            stop_requested=stop_requested, class_embeddings=class_embeddings,
         )
         oof_logits[held] = fitted.head.logits(features[held].to(torch.float64)).numpy()
         fold_l2.append(fitted.head.l2)
@@ -329,7 +390,7 @@ def cross_validate_head(
         progress(folds, folds + 1)
     final = select_and_fit(
         features, labels, num_classes, seed=seed, balanced=balanced, on_iteration=on_iteration,
-        stop_requested=stop_requested,
+        stop_requested=stop_requested, class_embeddings=class_embeddings,
     )
     calibrated = np.zeros_like(oof_logits)
     for fold in range(folds):
@@ -388,9 +449,12 @@ __all__ = [
     "LinearHead",
     "Protocol",
     "choose_protocol",
+    "class_name_prior",
     "cross_validate_head",
     "estimate",
     "fit_logistic",
     "select_and_fit",
     "stratified_folds",
+    "zero_shot_logits",
+    "zero_shot_score",
 ]

@@ -1018,26 +1018,31 @@ class _Trainer:
             })
 
         balanced = self.config.class_weights
+        names = self.class_name_embeddings()
         if self.protocol.name == "cross-validation":
             result = smalldata.cross_validate_head(
                 features, labels, self.dataset.num_classes, self.protocol.folds, seed=self.config.seed,
                 balanced=balanced, progress=progress, on_iteration=iteration, stop_requested=self.stop_requested,
+                class_embeddings=names,
             )
             fitted, temperature = result.final, result.temperature
         else:
             fitted = smalldata.select_and_fit(
                 features, labels, self.dataset.num_classes, seed=self.config.seed, balanced=balanced,
-                on_iteration=iteration, stop_requested=self.stop_requested,
+                on_iteration=iteration, stop_requested=self.stop_requested, class_embeddings=names,
             )
             temperature = stats.fit_temperature(fitted.oof_logits, labels.numpy())
         fitted.head.to_linear(self.model.head[-1], temperature)
-        chosen = next((i for i, point in enumerate(fitted.grid, 1) if point.l2 == fitted.head.l2), None)
+        chosen = next((
+            i for i, point in enumerate(fitted.grid, 1)
+            if point.l2 == fitted.head.l2 and point.toward_names == fitted.head.toward_names
+        ), None)
         self.best_epoch = chosen
         for index, point in enumerate(fitted.grid, 1):
             record = {
                 "epoch": index, "train_loss": point.train_loss, "train_accuracy": None, "val_loss": point.log_loss,
-                "val_accuracy": point.accuracy, "lr": 0.0, "l2": point.l2, "seconds": 0.0, "best_epoch": chosen,
-                "is_best": index == chosen, "total_epochs": len(fitted.grid),
+                "val_accuracy": point.accuracy, "lr": 0.0, "l2": point.l2, "toward_names": point.toward_names,
+                "seconds": 0.0, "best_epoch": chosen, "is_best": index == chosen, "total_epochs": len(fitted.grid),
             }
             self.history.append(record)
             self.store.log_epoch(self.run_id, index, record)
@@ -1050,8 +1055,27 @@ class _Trainer:
             )
         else:
             self.estimate_on_test_split(cache)
-        log.info("Logistic head: L2 %.4g, temperature %.2f, %s accuracy %.3f", fitted.head.l2, temperature,
-                 self.protocol.name, self.test_accuracy or 0.0)
+        if names is not None and self.estimate is not None:
+            # The class-name classifier scored on the same examples as the estimate: "0 examples -> x %".
+            scored_features, scored_labels = features, labels
+            if self.protocol.name != "cross-validation":
+                test = cache["test"]
+                scored_features, scored_labels = test.batch(torch.arange(len(test))).float().cpu(), test.labels
+            self.estimate["zero_shot"] = smalldata.zero_shot_score(scored_features, scored_labels.numpy(), names)
+            self.estimate["head_prior"] = "class names" if fitted.head.toward_names else "zero"
+        log.info("Logistic head: L2 %.4g towards %s, temperature %.2f, %s accuracy %.3f", fitted.head.l2,
+                 "the class names" if fitted.head.toward_names else "zero", temperature, self.protocol.name,
+                 self.test_accuracy or 0.0)
+
+    def class_name_embeddings(self) -> torch.Tensor | None:
+        """A sentence encoder's features of each class name (underscores and dashes read as spaces), else None."""
+        if not self.backbone.spec.sentence_encoder:
+            return None
+        names = [" ".join(str(name).replace("_", " ").replace("-", " ").split()) for name in self.dataset.classes]
+        self.model.eval()
+        with torch.inference_mode(), self.autocast():
+            batch = _to_device(self.eval_preprocessor.batch(names), self.device, self.channels_last)
+            return self.model.backbone(batch).float().cpu()
 
     def restore_best(self) -> None:
         if self.best_state is not None:
@@ -1396,6 +1420,11 @@ def main_train(args: argparse.Namespace) -> int:
             if estimate["small_sample"] else "", 100 * estimate["calibration_error"],
             100 * estimate["calibration_error_before"], out,
         )
+        if "zero_shot" in estimate:
+            zero_shot = estimate["zero_shot"]
+            log.info("0 examples (the class names alone) -> %s; your %d examples -> %s",
+                     format_interval(zero_shot["accuracy"], zero_shot["accuracy_interval95"]),
+                     len(dataset.table), format_interval(estimate["accuracy"], estimate["accuracy_interval95"]))
     else:
         log.info(
             "Done: best epoch %s, val accuracy %s, test accuracy %s -> %s",

@@ -125,3 +125,50 @@ def test_fit_keeps_the_test_split_when_asked(colour_dataset: Dataset, tmp_path: 
     assert result.estimate["protocol"] == "test split"
     assert result.estimate["n"] == len(colour_dataset.split("test")[0])
     assert not result.estimate["refit_on_all"]
+
+
+def _named_classes(per_class: int, seed: int, names_agree: bool = True) -> tuple[torch.Tensor, ...]:
+    """Features scattered around each class's name embedding (as a sentence encoder's would be), plus noise."""
+    rng = np.random.default_rng(seed)
+    names = torch.tensor(rng.normal(size=(4, 32)))
+    labels = torch.arange(4).repeat_interleave(per_class)
+    features = names[labels] + torch.tensor(rng.normal(scale=2.5, size=(len(labels), 32)))
+    return features, labels, names if names_agree else names[torch.tensor([1, 2, 3, 0])]
+
+
+def test_zero_shot_logits_classify_by_the_nearest_class_name() -> None:
+    names = torch.eye(3)
+    features = torch.tensor([[2.0, 0.1, 0.0], [0.0, 0.0, 5.0], [0.1, 3.0, 0.2]])
+    assert smalldata.zero_shot_logits(features, names).argmax(1).tolist() == [0, 2, 1]
+    score = smalldata.zero_shot_score(features, [0, 2, 0], names)
+    assert score["n"] == 3 and score["accuracy"] == pytest.approx(2 / 3) and score["small_sample"]
+    assert score["accuracy_interval95"][0] < 2 / 3 < score["accuracy_interval95"][1]
+
+
+def test_a_strong_pull_towards_the_class_names_gives_the_zero_shot_classifier() -> None:
+    features, labels, names = _named_classes(3, seed=0)
+    prior = smalldata.class_name_prior(features, labels, names)
+    head = smalldata.fit_logistic(features, labels, 4, l2=1e4, prior=prior)
+    test_features, _, _ = _named_classes(50, seed=1)
+    zero_shot = smalldata.zero_shot_logits(test_features, names).argmax(1)
+    agree = head.logits(test_features).argmax(1).numpy() == zero_shot  # cosine is linear up to the features' length
+    assert agree.mean() > 0.8 and head.toward_names  # chance agreement would be about 0.25
+    plain = smalldata.fit_logistic(features, labels, 4, l2=1e4)
+    assert not plain.toward_names and plain.weight.abs().max() < head.weight.abs().max() / 10
+
+
+def test_class_names_help_with_few_labels_and_cross_validation_declines_misleading_names() -> None:
+    """Three examples per class: the names' prior beats the plain head on new data; wrong names are not chosen."""
+    features, labels, names = _named_classes(3, seed=2)
+    new_features, new_labels, _ = _named_classes(200, seed=3)
+
+    def accuracy(fitted: smalldata.HeadFit) -> float:
+        return float((fitted.head.logits(new_features).argmax(1) == new_labels).double().mean())
+
+    plain = smalldata.select_and_fit(features, labels, 4)
+    named = smalldata.select_and_fit(features, labels, 4, class_embeddings=names)
+    assert named.head.toward_names and {point.toward_names for point in named.grid} == {False, True}
+    assert accuracy(named) > accuracy(plain) + 0.05
+    misleading = smalldata.select_and_fit(features, labels, 4, class_embeddings=_named_classes(3, 2, False)[2])
+    assert not misleading.head.toward_names
+    assert accuracy(misleading) == pytest.approx(accuracy(plain))
