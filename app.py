@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 import streamlit as st
 
 from core.paths import workspace_dir
+from core.session import StudioState, restore
 from core.store import RunStore
 from pages._ui import PAGES, draw_progress, get_state
 
@@ -21,9 +24,29 @@ def _close_abandoned_runs(workspace: str) -> list[str]:
     return RunStore().mark_abandoned()
 
 
+#: The URL query parameter that names this browser, so its jobs and runs are found again after a refresh.
+BROWSER_PARAM = "browser"
+_BROWSER_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _claim_browser(state: StudioState, fresh: bool) -> None:
+    """Give the session its browser id, keep it in the URL (a reload keeps the query string) and, in a fresh
+    session, restore what this browser had. An id in the URL that is not one we hand out is replaced, not used."""
+    if state.owner is None:
+        asked = st.query_params.get(BROWSER_PARAM, "")
+        owner = asked if _BROWSER_ID.match(asked) else uuid.uuid4().hex
+        if fresh and restore(state, owner):
+            state.scratch["train_reattached"] = state.job.job_id
+        state.owner = owner
+    if st.query_params.get(BROWSER_PARAM) != state.owner:
+        st.query_params[BROWSER_PARAM] = state.owner  # page switches drop the query string; put it back
+
+
 _close_abandoned_runs(str(workspace_dir()))
 
+fresh_session = "studio" not in st.session_state
 state = get_state()
+_claim_browser(state, fresh_session)
 navigation = st.navigation([st.Page(path, title=title, icon=icon) for path, title, icon in PAGES])
 
 # Drawn before the page (so a page that stops early still shows it) and again after it, in the same slot, so

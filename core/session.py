@@ -2,14 +2,27 @@
 
 `app.py` keeps one `StudioState` per browser session; pages read and write it. It is plain data so that
 tests can pre-seed it and `core` stays free of Streamlit.
+
+A refresh or a reopened tab is a new session with empty state. `restore` fills it again from what the same
+browser (its `owner` id) left behind: its latest training job, with the data and choices it trained on, and every
+run it recorded on that data. Nothing of another owner is ever restored.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from core import jobs
 from core.dataset import Dataset
+from core.store import RunStore
+
+log = logging.getLogger(__name__)
+
+#: The file a run folder holds once it has a model to test (`core.training` writes it).
+MODEL_FILE = "model.safetensors"
 
 
 @dataclass
@@ -23,7 +36,8 @@ class StudioState:
         frozen_groups: how many layer groups stay frozen (step 3); None until chosen.
         job: the training job of this session, running or finished (step 4).
         run_dir: the folder of the trained run that step 5 tests and exports.
-        runs: run folders trained in this session, newest last.
+        runs: run folders with a model trained by this browser, newest last.
+        owner: an opaque id of this browser (it survives a refresh); jobs and runs are recorded under it.
         scratch: per-page values that must survive page switches.
     """
 
@@ -34,6 +48,7 @@ class StudioState:
     job: Any = None
     run_dir: str | None = None
     runs: list[str] = field(default_factory=list)
+    owner: str | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
 
     def set_dataset(self, dataset: Dataset, report: dict[str, Any] | None) -> None:
@@ -54,3 +69,47 @@ class StudioState:
             "Freezing": self.frozen_groups is not None,
             "Train": self.run_dir is not None,
         }
+
+
+def restore(state: StudioState, owner: str) -> bool:
+    """Give a fresh session back what this browser had: its latest job, that job's data and choices, its runs.
+
+    Only jobs and runs recorded under `owner` are looked at, so a new visitor starts empty rather than inside
+    someone else's work. Runs listed are those on the job's data set (the only ones this session can test);
+    `scratch["train_run_dirs"]` gets all of them (failed ones too, for the Train page's table), `runs` those
+    with a model, and the newest of these becomes the model for step 5. Returns True when a job was found.
+    """
+    state.owner = owner
+    job = jobs.latest(owner=owner)
+    if job is None:
+        return False
+    state.job = job
+    state.dataset = job.dataset
+    state.backbone_name = str(getattr(job.config, "backbone", "")) or None
+    state.frozen_groups = getattr(job.config, "frozen_groups", None)
+    try:
+        store = RunStore()
+        try:
+            records = store.list_runs(owner=owner, dataset_fingerprint=job.dataset.fingerprint)
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - a refresh without its history is better than no page at all
+        log.warning("Could not read this browser's runs from the run store", exc_info=True)
+        records = []
+    started = [str(record["run_dir"]) for record in reversed(records) if record.get("run_dir")]
+    if job.run_dir not in started:
+        started.append(job.run_dir)
+    state.scratch["train_run_dirs"] = started
+    testable = {str(record["run_dir"]) for record in records if _has_model(record)}
+    state.runs = [run_dir for run_dir in started if run_dir in testable and (run_dir != job.run_dir or job.is_finished)]
+    state.run_dir = state.runs[-1] if state.runs else None
+    return True
+
+
+def _has_model(record: dict[str, Any]) -> bool:
+    """Whether a recorded run left a model to test: it ended well, or was stopped after an epoch was kept."""
+    if record.get("status") not in ("completed", "stopped") or not record.get("run_dir"):
+        return False
+    if record["status"] == "stopped" and (record.get("summary") or {}).get("best_epoch") is None:
+        return False  # stopped inside its first epoch: the head is untrained
+    return (Path(record["run_dir"]) / MODEL_FILE).exists()

@@ -2,7 +2,8 @@
 
 Training runs in a `core.jobs.TrainingJob` (a worker thread); this page only starts, stops and polls it. The live
 panel is a fragment that reruns every second on its own, so the rest of the page stays still and usable.
-A refreshed or reopened page (a new browser session) finds a running job again through the job registry.
+A refreshed or reopened page (a new browser session) gets this browser's own latest job and runs back
+(`core.session.restore`, called by `app.py`); another browser's jobs are never shown.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import dataclasses
 import json
 import logging
 import shlex
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from core import freezing, jobs, preprocess  # noqa: F401 - imported here so the
 from core.evaluation import read_run_info
 from core.session import StudioState
 from core.training import TrainConfig, suggested_settings
-from pages._ui import get_state, require
+from pages._ui import require
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +34,6 @@ STATUS_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "stopped
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def _session_id(state: StudioState) -> str:
-    """An id for this browser session, so the job registry can tell whose job is whose."""
-    return state.scratch.setdefault("session_id", uuid.uuid4().hex)
-
-
-def _reattach(state: StudioState) -> None:
-    """A new session (a refresh, a reopened tab) picks up the latest job, and the data and choices it trained on.
-
-    Only a session with no data yet reattaches: a session that has its own data set keeps to its own jobs, so two
-    people on the same machine each train their own model (one after the other, through the queue).
-    """
-    if state.job is not None or state.dataset is not None:
-        return
-    job = jobs.latest()
-    if job is None:
-        return
-    state.job = job
-    state.scratch["train_reattached"] = job.job_id
-    state.dataset = job.dataset
-    state.backbone_name = str(getattr(job.config, "backbone", "")) or None
-    state.frozen_groups = getattr(job.config, "frozen_groups", None)
-
-
 def _group_count(backbone_name: str) -> int | None:
     """How many layer groups the backbone has, from its catalogue entry (no loading); None when unknown."""
     try:
@@ -432,8 +409,6 @@ def _draw_runs(state: StudioState) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- page
-state = get_state()
-_reattach(state)
 st.title("4 · Train")
 state = require("Data", "Backbone", "Freezing")
 dataset = state.dataset
@@ -443,8 +418,8 @@ st.caption(
     f"**{state.backbone_name}** · **{state.frozen_groups}** layer group(s) frozen"
 )
 if state.scratch.pop("train_reattached", None):
-    st.info("Reattached to the latest training job on this server (the page was reloaded or opened anew).",
-            icon="🔗")
+    st.info("Reattached to the latest training job of this browser (the page was reloaded or opened anew); "
+            "your earlier runs on this data are listed below.", icon="🔗")
 
 job: jobs.TrainingJob | None = state.job
 if job is not None and not job.is_running and job.dataset.fingerprint != dataset.fingerprint:
@@ -540,10 +515,11 @@ if submitted and not active:
         st.error(f"Cannot train with these settings: {exc}")
     else:
         job = jobs.TrainingJob(dataset, config, label=f"{state.backbone_name}, {state.frozen_groups} frozen",
-                               owner=_session_id(state))
+                               owner=state.owner)
         job.start()
         state.job = job
         state.scratch.setdefault("train_run_dirs", []).append(job.run_dir)
+        state.scratch["train_click"] = (job.job_id, job.queued_at)
         active = True
 
 if job is not None:
@@ -558,6 +534,13 @@ if job is not None:
                     + "; ".join(changed) + ("." if active else ". Press Train for a run with the settings above."))
     else:
         st.markdown(f"**Run `{job.job_id}`**")
+    clicked = state.scratch.get("train_click")
+    if clicked and clicked[0] == job.job_id:  # what the Train click did, said once per run and kept in view
+        if clicked[1] is None:
+            st.caption(f"▶️ Started: your click began run `{job.job_id}` at once.")
+        else:
+            st.caption(f"⏳ Queued at place {clicked[1]}: your click queued run `{job.job_id}`; it starts by itself "
+                       "when the runs ahead of it end.")
     if active:
         _live_panel(job.job_id)
     else:

@@ -57,7 +57,8 @@ run_dir = st.selectbox(
     runs,
     index=runs.index(state.run_dir),
     format_func=_run_label,
-    help="Runs trained in this session, newest first. The one chosen here is also the one exported below.",
+    help="Your runs on this data (kept across a refresh), newest first. The one chosen here is also the one "
+    "exported below.",
 )
 state.run_dir = run_dir
 

@@ -95,9 +95,10 @@ def go_to(page: Page, title: str) -> None:
 
 
 def _url_pattern(title: str) -> re.Pattern[str]:
-    """The URL `st.Page` gives a step: "2 · Backbone" -> ".../backbone"; the first (default) page is also "/"."""
+    """The URL `st.Page` gives a step: "2 · Backbone" -> ".../backbone"; the first (default) page is also "/".
+    The query string (the browser's id, `?browser=...`) may follow."""
     path = re.escape(title.split("·", 1)[-1].strip().lower().replace(" ", "_"))
-    return re.compile(rf"/({path}/?)?$" if title.startswith("1 ") else rf"/{path}/?$")
+    return re.compile(rf"/({path}/?)?(\?[^#]*)?$" if title.startswith("1 ") else rf"/{path}/?(\?[^#]*)?$")
 
 
 def main(page: Page) -> Locator:
