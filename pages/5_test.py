@@ -17,6 +17,7 @@ import streamlit as st
 
 from core import data, evaluation
 from core.paths import workspace_subdir
+from core.stats import format_interval
 from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,14 @@ if result.metrics["small_sample"]:
 # ---------------------------------------------------------------------------------------------------- baselines
 
 st.subheader("Does transfer learning help?")
+if "zero_shot" in result.metrics:  # a sentence encoder: the class names alone already make a classifier
+    zero_shot = result.metrics["zero_shot"]
+    st.markdown(
+        f"**0 examples** (the class names alone, embedded by {run_info.get('backbone', 'the backbone')}) → "
+        f"{format_interval(zero_shot['accuracy'], zero_shot['accuracy_interval95'])}; **trained on your labelled "
+        f"examples** → {format_interval(result.accuracy, result.metrics['accuracy_interval95'])} (both scored on the "
+        f"same {zero_shot['n']} examples)."
+    )
 baselines = evaluation.load_baselines(run_info)
 level, sentence = evaluation.transfer_verdict(result.accuracy, baselines)
 {"success": st.success, "warning": st.warning}.get(level, st.info)(sentence)

@@ -172,3 +172,30 @@ def test_class_names_help_with_few_labels_and_cross_validation_declines_misleadi
     misleading = smalldata.select_and_fit(features, labels, 4, class_embeddings=_named_classes(3, 2, False)[2])
     assert not misleading.head.toward_names
     assert accuracy(misleading) == pytest.approx(accuracy(plain))
+
+
+@pytest.mark.integration
+def test_a_sentence_encoder_run_scores_the_class_names_alone_and_the_test_page_shows_both(tmp_path: Path) -> None:
+    """The sample support messages with MiniLM: '0 examples -> x %' is recorded beside the trained estimate."""
+    from streamlit.testing.v1 import AppTest
+
+    from core.data import load_sample
+    from core.session import StudioState
+
+    texts, _ = load_sample("texts")
+    result = fit(texts, TrainConfig(backbone="all_minilm_l6_v2", frozen_groups=99), tmp_path / "run")
+    zero_shot = result.estimate["zero_shot"]
+    assert zero_shot["n"] == result.estimate["n"] == len(texts.table)
+    assert 1 / texts.num_classes < zero_shot["accuracy"] < result.estimate["accuracy"]  # names help; labels more
+    low, high = zero_shot["accuracy_interval95"]
+    assert low < zero_shot["accuracy"] < high
+    assert {record["toward_names"] for record in result.history} == {False, True}  # both priors were tried
+
+    state = StudioState(dataset=texts, backbone_name="all_minilm_l6_v2", frozen_groups=99, run_dir=result.run_dir)
+    state.runs.append(result.run_dir)
+    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "5_test.py"), default_timeout=120)
+    app.session_state["studio"] = state
+    app.run()
+    assert not app.exception, app.exception
+    line = next(block.value for block in app.markdown if block.value.startswith("**0 examples**"))
+    assert f"{zero_shot['accuracy']:.1%}" in line and f"{result.estimate['accuracy']:.1%}" in line
