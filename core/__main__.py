@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--folds", type=int, default=5, help="the most cross-validation folds")
     train.add_argument("--head", choices=["auto", "logistic", "gradient"], default="auto",
                        help="with every group frozen: logistic regression by L-BFGS (auto) or the gradient loop")
+    train.add_argument("--multi-block", action=argparse.BooleanOptionalAction, default=True,
+                       help="with every group frozen, also pool the last blocks' outputs where the backbone declares "
+                       "them (EfficientNet-Lite; default on)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--out", required=True, help="folder for metrics.json and the best model")

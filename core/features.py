@@ -251,7 +251,11 @@ def compute_states(
     context = autocast or nullcontext
     for index, (batch, batch_labels) in enumerate(loader):
         with torch.inference_mode(), context():
-            out = backbone.forward_groups(_to_device(batch, device, channels_last), 0, boundary)
+            inputs = _to_device(batch, device, channels_last)
+            # The whole backbone is `forward` (which adds multi-block taps where set); a prefix is `forward_groups`.
+            out = backbone(inputs) if boundary >= len(backbone.group_names) else backbone.forward_groups(
+                inputs, 0, boundary
+            )
         if isinstance(out, dict):
             parts.append({k: _store_dtype(v, keep_float32) for k, v in out.items()})
         else:

@@ -91,6 +91,8 @@ class TrainConfig:
         folds: the most folds of the cross-validation.
         head: "auto" (logistic regression by L-BFGS on cached features when every group is frozen, else the
             gradient loop), "logistic" or "gradient".
+        multi_block: with every group frozen, also pool the outputs of the backbone's declared `feature_taps`
+            (its last blocks) into the features the head sees; no effect on backbones that declare none.
     """
 
     backbone: str
@@ -114,6 +116,7 @@ class TrainConfig:
     protocol: str = "auto"
     folds: int = 5
     head: str = "auto"
+    multi_block: bool = True
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on when a value is out of range."""
@@ -540,6 +543,7 @@ class _Trainer:
             )
         self.num_groups = len(self.backbone.group_names)
         self.frozen = min(config.frozen_groups, self.num_groups)
+        self.backbone.set_feature_taps(feature_taps(self.backbone.spec, config, self.frozen, self.num_groups))
         self.model = Classifier(self.backbone, dataset.num_classes)
         freeze_first(self.model, self.frozen)
         self.model.to(self.device)
@@ -674,6 +678,7 @@ class _Trainer:
             "classes": list(self.dataset.classes),
             "frozen_groups": self.frozen,
             "num_groups": self.num_groups,
+            "feature_taps": list(self.backbone.tap_groups),
             "config": self.config.to_dict(),
             "dataset_name": self.dataset.name,
             "dataset_fingerprint": self.fingerprint,
@@ -1149,9 +1154,10 @@ def cached_states(
     warm-up of `prepare_features`, a second session) waits for it and reuses its result instead of doing it again.
     Returns (states, reused), or (None, False) when `stop_requested()` turned true.
     """
+    taps = backbone.tap_groups if boundary >= len(backbone.group_names) else ()
     key = feature_cache.cache_key(
         fingerprint,
-        f"{backbone.spec.source}:{backbone.spec.name}",
+        f"{backbone.spec.source}:{backbone.spec.name}" + (f"+taps{','.join(map(str, taps))}" if taps else ""),
         feature_cache.weights_digest(backbone.groups()[:boundary]),
         boundary,
         str(getattr(preprocessor, "cache_key", "")),
@@ -1191,6 +1197,11 @@ def cached_states(
         return result, False
 
 
+def feature_taps(spec: Any, config: TrainConfig, frozen: int, num_groups: int) -> tuple[int, ...]:
+    """The groups pooled into the features (multi-block): the spec's taps, with every group frozen and when asked."""
+    return tuple(spec.feature_taps) if config.multi_block and frozen >= num_groups else ()
+
+
 def prepare_features(
     dataset: Dataset, backbone_name: str, device: str = "auto", stop_event: threading.Event | None = None
 ) -> bool:
@@ -1206,6 +1217,9 @@ def prepare_features(
     backbone = load_backbone(backbone_name, pretrained=True)
     if backbone.spec.modality != dataset.modality:
         return False
+    num_groups = len(backbone.group_names)
+    default = TrainConfig(backbone_name, frozen_groups=num_groups)  # what the Train page runs for feature extraction
+    backbone.set_feature_taps(feature_taps(backbone.spec, default, num_groups, num_groups))
     torch_device = pick_device(device)
     precision = resolve_precision("auto", torch_device)
     channels_last = uses_channels_last(dataset.modality, torch_device)
@@ -1334,6 +1348,7 @@ def load_trained(
         from core.backbones import load_backbone
 
         backbone = load_backbone(info["backbone"], pretrained=False)
+    backbone.set_feature_taps(info.get("feature_taps") or ())  # runs from before multi-block features have none
     model = Classifier(backbone, len(info["classes"]))
     missing, unexpected = model.load_state_dict(load_file(model_path), strict=False)
     if missing or unexpected:
@@ -1390,7 +1405,7 @@ def main_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         backbone=backbone_name, frozen_groups=frozen, seed=args.seed, device=args.device,
         protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5,
-        head=getattr(args, "head", None) or "auto", **chosen,
+        head=getattr(args, "head", None) or "auto", multi_block=getattr(args, "multi_block", True), **chosen,
     )
     out = Path(args.out)
     try:

@@ -366,3 +366,27 @@ def test_hub_entry_loads_from_the_hugging_face_cache(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=empty,
                              cwd=str(Path(__file__).resolve().parent.parent))
     assert "SOURCE missing" in missing.stdout  # offline and not cached: listed honestly as missing
+
+
+def test_feature_taps_put_the_pooled_block_outputs_before_the_final_features() -> None:
+    from tests.tiny import TinyCNN
+
+    backbone = TinyCNN().eval()
+    images = torch.randn(4, 3, 32, 32)
+    final = backbone(images)
+    backbone.set_feature_taps([0, 1])
+    assert backbone.num_features == 8 + 16 + 16 and backbone.tap_groups == (0, 1)
+    with torch.no_grad():
+        features = backbone(images)
+        stem = backbone.stem(images)
+        expected = torch.cat([stem.mean(dim=(2, 3)), backbone.stage(stem).mean(dim=(2, 3)), final], dim=1)
+    torch.testing.assert_close(features, expected)
+    backbone.set_feature_taps([])  # back to the last layer alone
+    assert backbone.num_features == 16 and backbone(images).shape == (4, 16)
+    with pytest.raises(ValueError, match="groups 0..1"):
+        backbone.set_feature_taps([2])
+
+
+def test_efficientnet_lite_declares_its_last_stages_as_taps_and_text_encoders_none() -> None:
+    assert get_spec("efficientnet_lite0").feature_taps == (5, 6, 7)
+    assert get_spec("all_minilm_l6_v2").feature_taps == () and get_spec("all_minilm_l6_v2").sentence_encoder

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -321,3 +322,34 @@ def test_a_warm_up_starts_once_per_data_and_backbone(colour_dataset, monkeypatch
     assert calls == ["efficientnet_lite0"]
     monkeypatch.setenv("TRANSFER_STUDIO_WARM_UP", "0")
     assert not jobs.warm_up_features(colour_dataset, "all_minilm_l6_v2")
+
+
+def test_feature_extraction_pools_the_declared_taps_and_the_run_reloads_with_them(
+    colour_dataset: Dataset, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from tests.tiny import TINY_SPEC, TinyCNN
+
+    def tapped() -> TinyCNN:
+        backbone = TinyCNN()
+        backbone.spec = dataclasses.replace(TINY_SPEC, feature_taps=(1,))
+        return backbone
+
+    config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", folds=3)
+    result = fit(colour_dataset, config, tmp_path / "run", backbone=tapped())
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["feature_taps"] == [1]
+    model, preprocessor, _ = load_trained(tmp_path / "run", backbone=tapped())
+    assert model.head[-1].in_features == 16 + 16  # the stage's pooled output, then the final features
+    items, labels = colour_dataset.split("test")
+    with torch.no_grad():
+        predicted = model(preprocessor.batch(items)).argmax(1)
+    assert (predicted.numpy() == np.asarray(labels)).mean() >= 0.5 and result.status == "completed"
+
+    unfrozen = fit(colour_dataset, dataclasses.replace(config, frozen_groups=2, epochs=1), tmp_path / "partial",
+                   backbone=tapped())
+    assert json.loads((tmp_path / "partial" / "run.json").read_text())["feature_taps"] == []  # fine-tuning: none
+    assert unfrozen.status == "completed"
+    off = fit(colour_dataset, dataclasses.replace(config, multi_block=False), tmp_path / "off", backbone=tapped())
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["feature_taps"] == [] and off.status == "completed"
