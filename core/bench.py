@@ -411,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy-out", help="also write the accuracy table to this file")
     parser.add_argument("--accuracy-sizes", type=int, nargs="+", help="examples per class (default 8 20 64)")
     parser.add_argument("--accuracy-draws", type=int, help="random draws per size (default 3)")
+    parser.add_argument("--accuracy-sets", nargs="+", choices=("digits", "lfw", "tweets"),
+                        help="which real data sets (default: all three)")
     args = parser.parse_args(argv)
     if args.accuracy:
         from core import bench_accuracy
@@ -418,7 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         sizes = tuple(args.accuracy_sizes or ((8,) if args.quick else bench_accuracy.SIZES))
         draws = args.accuracy_draws or (1 if args.quick else bench_accuracy.DRAWS)
-        sys.stdout.write(bench_accuracy.run(sizes, draws, out=args.accuracy_out) + "\n")
+        names = tuple(args.accuracy_sets or bench_accuracy.SETS)
+        started = time.perf_counter()
+        text, rows = bench_accuracy.run(sizes, draws, names, out=args.accuracy_out)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+        sys.stdout.write(text + f"\n\nBenchmark took {(time.perf_counter() - started) / 60:.1f} min.\n")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("core.training", "core.freezing", "core.features", "core.data", "core.backbones"):
