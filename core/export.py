@@ -1249,6 +1249,10 @@ def export_run(
         raise ExportError(
             f"No test examples to check the export on: {folder} records none. Give the data set with --data."
         )
+    if evaluation is None:  # the run's own estimate (out of fold under cross-validation), with its confusions
+        from core.evaluation import recorded_estimate
+
+        evaluation = recorded_estimate(folder)
     return export_bundle(
         model,
         preprocessor,

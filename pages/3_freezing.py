@@ -11,6 +11,7 @@ import streamlit as st
 from core.backbones import BackboneUnavailable, Classifier, WeightsMismatch, get_spec, load_backbone
 from core.freezing import estimate_cost, freeze_first, recommend
 from core.preprocess import make_preprocessor
+from core.training import TrainConfig, feature_taps
 from pages._ui import require
 
 MEASURE_BATCH_SIZE = 16
@@ -70,8 +71,11 @@ ends[1].markdown(f"<div style='text-align: right'><small>{total_groups} frozen: 
                  "head trains ▶</small></div>", unsafe_allow_html=True)  # fmt: skip
 state.frozen_groups = frozen_groups
 
-# Freezing a shallow copy's flags would touch the shared backbone: summarise on a private copy.
-model = Classifier(copy.deepcopy(backbone), dataset.num_classes)
+# Freezing a shallow copy's flags would touch the shared backbone: summarise on a private copy, with the
+# multi-block features that training adds when every group is frozen (they widen the new head).
+private = copy.deepcopy(backbone)
+private.set_feature_taps(feature_taps(spec, TrainConfig(spec.name, frozen_groups), frozen_groups, total_groups))
+model = Classifier(private, dataset.num_classes)
 summary = freeze_first(model, frozen_groups)
 
 left, right = st.columns(2)
