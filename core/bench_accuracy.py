@@ -8,7 +8,7 @@ Train page and the CLI run), and scores the delivered model on up to `HELD_OUT` 
 Arms, all on the same draw and the same held-out examples:
 - app defaults: the delivered model; its reported estimate, interval and whether the interval held the truth.
 - probe: the plain twenty-line linear probe, scikit-learn `LogisticRegressionCV` (C by 5-fold CV) on standardised
-  frozen features of the same pretrained backbone, all labels.
+  frozen features of the same pretrained backbone (its last layer, as a tutorial would take them), all labels.
 - no transfer: TF-IDF + logistic regression for texts; the raw pixels (32x32 grey) + logistic regression for images.
 - zero-shot (sentence encoders): the class names alone, embedded by the same encoder (0 labelled examples).
 
@@ -178,7 +178,7 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
     from core.dataset import Dataset
     from core.evaluation import load_model
     from core.preprocess import make_preprocessor
-    from core.training import TrainConfig, fit
+    from core.training import TrainConfig, feature_taps, fit
 
     name = default_backbone(data["modality"])
     backbone = load_backbone(name).eval()
@@ -186,13 +186,15 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
     labels = np.array(data["labels"])
     items = np.array(data["items"], dtype=object)
     started = time.perf_counter()
-    features = _features(backbone, preprocessor, items.tolist())
+    final = backbone.num_features  # the last layer's features: what the plain probe sees
+    groups = len(backbone.group_names)
+    backbone.set_feature_taps(feature_taps(backbone.spec, TrainConfig(name, groups), groups, groups))
+    features = _features(backbone, preprocessor, items.tolist())  # what the delivered head sees (taps first)
     log.info("%s: features of %d examples in %.0f s", data["name"], len(items), time.perf_counter() - started)
     pixels = _pixels(items.tolist()) if data["modality"] == "image" else None
     names = None
     if backbone.spec.sentence_encoder:
-        classes = sorted(set(labels))
-        names = torch.as_tensor(_features(backbone, preprocessor, classes))
+        names = torch.as_tensor(_features(backbone, preprocessor, sorted(set(labels))))
     rows = []
     for per_class in sizes:
         for seed in range(draws):
@@ -224,7 +226,8 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
             rows.append({**base, "arm": "app defaults", "accuracy": held_out_accuracy, "seconds": seconds,
                          "reported": estimate.get("accuracy"), "low": low, "high": high,
                          "inside": bool(low <= held_out_accuracy <= high)})
-            probe = _logistic(features[train], train_y, features[test], test_y, scale=True)
+            last = features[:, -final:]
+            probe = _logistic(last[train], train_y, last[test], test_y, scale=True)
             rows.append({**base, "arm": "probe", "accuracy": probe})
             if pixels is not None:
                 rows.append({**base, "arm": "pixels (no transfer)", "accuracy": _logistic(
