@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from core.dataset import Dataset
+from core.eta import TimeLeft
 from core.paths import workspace_subdir
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class JobSnapshot:
         steps: per-step metrics in order (each a dict with at least `step` and `train_loss` when training).
         epochs: per-epoch metrics in order (`epoch`, `train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`).
         progress: fraction of the whole run done, 0..1.
-        eta_seconds: estimated seconds left, None until it can be estimated.
+        eta_seconds: estimated seconds left (`core.eta.TimeLeft`: measured epochs with their validation,
+            smoothed); while the feature cache pass runs, the seconds left of that pass; None until known.
         elapsed_seconds: seconds since the job started training (0 while queued).
         cache_mode: "features", "activations" or "none" once the engine has said; None before.
         cache_note: the engine's sentence about caching (why it is off, or what is reused).
@@ -264,7 +266,7 @@ class TrainingJob:
         self._epochs: list[dict[str, Any]] = []
         self._info: dict[str, Any] = {}
         self._progress = 0.0
-        self._train_started: float | None = None
+        self._time_left = TimeLeft(epochs=_whole(getattr(config, "epochs", None)))
         self._best_epoch: int | None = None
 
     # ----------------------------------------------------------------------------------------------- control
@@ -412,6 +414,11 @@ class TrainingJob:
             self._info.update({k: v for k, v in info.items() if _is_plain(v)})
             if self._phase == "starting":
                 self._phase = "features" if info.get("cache_mode") in {"features", "activations"} else "training"
+            self._time_left.begin(
+                _whole(info.get("epochs")) or self._time_left.epochs, num_train=_whole(info.get("num_train")) or 0,
+                num_val=_whole(info.get("num_val")) or 0, gradient=info.get("head", "gradient") != "logistic",
+                now=time.monotonic(),
+            )
 
     def _record_step(self, metrics: dict[str, Any]) -> None:
         now = time.time()
@@ -420,8 +427,6 @@ class TrainingJob:
                 self._phase = "features"
             else:
                 self._phase = "training"
-                if self._train_started is None:
-                    self._train_started = now
                 entry = {k: v for k, v in metrics.items() if _is_plain(v)}
                 entry.setdefault("step", len(self._steps) + 1)
                 if "train_loss" not in entry and "loss" in entry:
@@ -431,6 +436,10 @@ class TrainingJob:
                 if len(self._steps) > MAX_STEP_POINTS:
                     self._steps = self._steps[::2]
             self._update_progress(metrics)
+            if _is_cache_phase(metrics):
+                self._time_left.cache(float(self._info.get("cache_progress") or 0.0), time.monotonic())
+            else:
+                self._time_left.step(self._progress, time.monotonic())
 
     def _record_epoch(self, metrics: dict[str, Any]) -> None:
         with self._lock:
@@ -442,12 +451,11 @@ class TrainingJob:
             else:
                 self._best_epoch = _best_epoch(self._epochs)
             self._phase = "training"
-            if self._train_started is None:
-                self._train_started = time.time()
             epochs = _number(getattr(self.config, "epochs", None))
             if epochs:
                 self._progress = max(self._progress, min(1.0, float(entry["epoch"]) / epochs))
             self._update_progress(metrics)
+            self._time_left.epoch_end(time.monotonic(), epochs_done=_whole(entry.get("epoch")))
 
     def _record_end(self, result: Any) -> None:
         summary = _as_dict(result)
@@ -470,10 +478,14 @@ class TrainingJob:
             self._info["cache_progress"] = min(1.0, progress)
 
     def _eta(self) -> float | None:
-        if self._status != RUNNING or self._train_started is None or self._progress <= 0.0:
+        if self._status != RUNNING:
             return None
-        spent = time.time() - self._train_started
-        return max(0.0, spent * (1.0 - self._progress) / self._progress)
+        return self._time_left.seconds_left(time.monotonic())
+
+
+def _whole(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
 
 
 def _is_plain(value: Any) -> bool:

@@ -122,6 +122,7 @@ def cli_command(state: StudioState, config: Any, run_dir: str) -> tuple[str, lis
 
 
 def _format_eta(seconds: float | None) -> str:
+    """The job's smoothed estimate (`core.eta.TimeLeft`: measured epochs with their validation) in words."""
     if seconds is None:
         return "estimating time left…"
     seconds = int(round(seconds))
@@ -261,6 +262,8 @@ def _draw_progress(snapshot: jobs.JobSnapshot) -> None:
         )
         if share:
             text += f" {share:.0%}"
+        if snapshot.phase == "features" and snapshot.eta_seconds is not None:
+            text += f" · {_format_eta(snapshot.eta_seconds)} for this pass"
         st.progress(float(share or 0.0), text=text)
         return
     text = f"{snapshot.progress:.0%} done · {_format_eta(snapshot.eta_seconds)}"

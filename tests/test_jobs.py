@@ -282,3 +282,14 @@ def test_the_owner_is_recorded_with_the_run(colour_dataset, tmp_path):
     runs = RunStore().list_runs(owner="alice")
     assert [run["run_dir"] for run in runs] == [job.run_dir]
     assert RunStore().list_runs(owner="bob") == []
+
+
+def test_the_time_left_comes_from_the_measured_run_and_is_none_once_it_ends(colour_dataset, tmp_path):
+    """The snapshot's estimate is `core.eta.TimeLeft` fed by the engine's events (see tests/test_eta.py)."""
+    fake = _FakeFit(steps_per_epoch=10, delay=0.05)
+    job = TrainingJob(colour_dataset, _Config(epochs=4), run_dir=tmp_path / "run", fit_fn=fake).start()
+    assert _wait(lambda: len(job.snapshot().epochs) >= 1 and job.snapshot().eta_seconds is not None, timeout=20)
+    left = job.snapshot().eta_seconds
+    assert 0.0 < left < 20.0  # 3 epochs of about 0.5 s each are left; generous for a busy machine
+    assert job.join(30)
+    assert job.snapshot().eta_seconds is None
