@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core import freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
+from core import compare, freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
 from core.evaluation import read_run_info
 from core.session import StudioState
 from core.training import TrainConfig, suggested_settings
@@ -69,6 +69,32 @@ def _defaults(state: StudioState) -> dict[str, Any]:
         "warmup_fraction": float(_ENGINE_DEFAULTS["warmup_fraction"]),
         "grad_clip": float(_ENGINE_DEFAULTS["grad_clip"] or 0.0),
     }
+
+
+#: The settings whose suggested value depends on the freezing choice, in the words the form uses.
+_FREEZING_DEPENDENT = (("epochs", "epochs", "{:d}"), ("lr", "learning rate", "{:g}"),
+                       ("label_smoothing", "label smoothing", "{:g}"), ("batch_size", "batch size", "{:d}"))
+
+
+def _defaults_note(state: StudioState) -> str | None:
+    """One plain line on which suggested settings follow the freezing choice, and what they would be otherwise."""
+    groups = _group_count(state.backbone_name) if state.backbone_name else None
+    if groups is None:
+        return None
+    frozen_all = suggested_settings(state.dataset, groups, groups)
+    fine_tune = suggested_settings(state.dataset, groups, 0)
+    keys = [item for item in _FREEZING_DEPENDENT if frozen_all[item[0]] != fine_tune[item[0]]]
+    if not keys:
+        return None
+
+    def listed(values: dict[str, Any]) -> str:
+        return ", ".join(f"{name} {fmt.format(values[key])}" for key, name, fmt in keys)
+
+    if state.frozen_groups >= groups:
+        return (f"Defaults for feature extraction (every group frozen): {listed(frozen_all)}; "
+                f"fine-tuning would suggest {listed(fine_tune)}.")  # fmt: skip
+    return (f"Defaults for fine-tuning ({state.frozen_groups} of {groups} groups frozen): {listed(fine_tune)}; "
+            f"with every group frozen they would be {listed(frozen_all)}.")  # fmt: skip
 
 
 def _make_config(values: dict[str, Any]) -> Any:
@@ -167,15 +193,16 @@ def epoch_chart(epochs: list[dict[str, Any]], best_epoch: int | None, title: str
 
 
 def overlay_chart(runs: list[dict[str, Any]]) -> go.Figure:
-    """Validation loss and accuracy of up to two runs on one chart."""
+    """Validation loss and accuracy of up to two runs on one chart, each named by its `label` (else its id)."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("Validation loss", "Validation accuracy"))
     for run, colour in zip(runs[:2], ("#1f77b4", "#d62728"), strict=False):
         history = run["history"]
         x = [m.get("epoch") for m in history]
         for col, key in ((1, "val_loss"), (2, "val_accuracy")):
             figure.add_trace(
-                go.Scatter(x=x, y=[m.get(key) for m in history], mode="lines+markers", name=run["run_id"],
-                           line={"color": colour}, legendgroup=run["run_id"], showlegend=col == 1),
+                go.Scatter(x=x, y=[m.get(key) for m in history], mode="lines+markers",
+                           name=run.get("label") or run["run_id"], line={"color": colour},
+                           legendgroup=run["run_id"], showlegend=col == 1),
                 row=1, col=col,
             )
     figure.update_xaxes(title_text="epoch")
@@ -204,6 +231,7 @@ def _run_records(run_dirs: list[str]) -> list[dict[str, Any]]:
                     "val_accuracy": summary.get("val_accuracy"),
                     "history": store.history(run["run_id"]),
                     "run_dir": run_dir,
+                    "estimate": (read_run_info(run_dir).get("metrics") or {}).get("estimate"),
                 }
     except Exception as exc:  # noqa: BLE001 - the list is a convenience; training must not depend on it
         log.warning("Could not read the run store: %s", exc)
@@ -230,6 +258,7 @@ def _record_from_folder(run_dir: str) -> dict[str, Any] | None:
         "val_accuracy": metrics.get("val_accuracy"),
         "history": metrics.get("history") or [],
         "run_dir": run_dir,
+        "estimate": metrics.get("estimate"),
     }
 
 
@@ -367,43 +396,75 @@ def _draw_estimate(snapshot: Any, estimate: dict[str, Any]) -> None:
         st.success(sentence, icon="✅")
 
 
+def _estimate_words(estimate: dict[str, Any] | None) -> tuple[float | None, str, str]:
+    """A run's recorded estimate as (accuracy in %, its 95 % interval, how and on how many examples)."""
+    if not estimate or estimate.get("accuracy") is None:
+        return None, "", ""
+    low, high = estimate.get("accuracy_interval95") or (None, None)
+    interval = f"{100 * low:.1f}–{100 * high:.1f} %" if low is not None and high is not None else ""
+    how = (f"{estimate.get('folds')}-fold cross-validation" if estimate.get("protocol") == "cross-validation"
+           else "test split")  # fmt: skip
+    return round(100 * float(estimate["accuracy"]), 1), interval, f"{how}, n = {estimate.get('n')}"
+
+
 def _draw_runs(state: StudioState) -> None:
-    """Every run this session started (failed and stopped ones too), compared; the chosen model goes to step 5."""
+    """Every run this session started (failed and stopped ones too), named by what sets it apart and compared by
+    its recorded accuracy with its interval; the chosen model goes to step 5."""
     started = state.scratch.get("train_run_dirs", [])
     records = _run_records(list(dict.fromkeys([*state.runs, *started])))
     if not records:
         return
     st.subheader("Runs in this session")
+    labels = compare.differing_labels([r["config"] for r in records], [r["run_id"] for r in records])
+    for record, run_label in zip(records, labels, strict=True):
+        record["label"] = run_label
     rows = []
     for record in records:
         config = record["config"]
-        accuracy = _best_val_accuracy(record)
+        accuracy, interval, how = _estimate_words(record.get("estimate"))
+        best = _best_val_accuracy(record)
         rows.append({
-            "run": record["run_id"],
+            "settings": record["label"],
+            "accuracy": accuracy,
+            "95 % interval": interval,
+            "estimated by": how,
             "status": f"{STATUS_ICONS.get(record['status'], '')} {record['status']}",
+            "model for step 5": "◀" if str(record["run_dir"]) == str(state.run_dir) else "",
             "backbone": config.get("backbone"),
             "frozen groups": config.get("frozen_groups"),
+            "head": config.get("head"),
             "epochs": config.get("epochs"),
             "batch size": config.get("batch_size"),
             "learning rate": config.get("lr"),
             "augmentation": config.get("augmentation"),
             "best epoch": record["best_epoch"],
-            "best val. accuracy": None if accuracy is None else round(100 * accuracy, 1),
-            "model for step 5": "◀" if str(record["run_dir"]) == str(state.run_dir) else "",
+            "best val. accuracy": None if best is None else round(100 * best, 1),
+            "run": record["run_id"],
         })
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={"best val. accuracy": st.column_config.NumberColumn(format="%.1f %%")})
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        # what names a run and how well it did stay in view when the table scrolls sideways
+        "settings": st.column_config.TextColumn(pinned=True, help="What sets this run apart from the others"),
+        "accuracy": st.column_config.NumberColumn(
+            format="%.1f %%", pinned=True, help="Cross-validated or test accuracy, as the run recorded it"),
+        "best val. accuracy": st.column_config.NumberColumn(format="%.1f %%"),
+    })  # fmt: skip
     ids = [r["run_id"] for r in records]
+    by_id = {r["run_id"]: r for r in records}
     chosen = st.multiselect("Compare two runs", ids, default=ids[:2], max_selections=2,
+                            format_func=lambda run_id: f"{by_id[run_id]['label']} · {run_id}",
                             key=f"train-compare-{len(ids)}",  # a new run resets the choice to the newest two
-                            help="Overlay the validation curves of any two runs of this session.")
+                            help="Their accuracy side by side, and their validation curves overlaid.")
     if chosen:
-        st.plotly_chart(overlay_chart([r for r in records if r["run_id"] in chosen]), width="stretch",
-                        key="train-overlay")
+        for column, run_id in zip(st.columns(len(chosen)), chosen, strict=True):
+            accuracy, interval, how = _estimate_words(by_id[run_id].get("estimate"))
+            column.metric(by_id[run_id]["label"], "—" if accuracy is None else f"{accuracy:.1f} %",
+                          help=f"Run {run_id}")
+            column.caption(f"95 % interval {interval} · {how}" if accuracy is not None
+                           else "No accuracy recorded (the run did not finish).")  # fmt: skip
+        st.plotly_chart(overlay_chart([by_id[run_id] for run_id in chosen]), width="stretch", key="train-overlay")
     models = [r for r in records if str(r["run_dir"]) in state.runs]
     if len(models) > 1:
-        by_id = {r["run_id"]: r for r in models}
-        model_ids = list(by_id)
+        model_ids = [r["run_id"] for r in models]
         current = next((r["run_id"] for r in models if str(r["run_dir"]) == str(state.run_dir)), model_ids[0])
         pick = st.selectbox("Model to test in step 5", model_ids, index=model_ids.index(current),
                             key=f"train-pick-{len(model_ids)}",  # a new model starts out as the chosen one
@@ -432,61 +493,79 @@ defaults = _defaults(state)
 others_active = [j for j in jobs.all_jobs() if j.is_running and j is not job]
 
 HEADS = {"logistic": "Logistic regression to its optimum (recommended)", "gradient": "Gradient descent, epoch by epoch"}
+head = "gradient"
+if defaults["feature_extraction"]:  # outside the form, so the settings below follow the choice at once
+    head = st.radio(
+        "How the new head learns", list(HEADS), format_func=HEADS.get, horizontal=True, key="train_head",
+        help="Every layer group is frozen, so the head is a convex problem: logistic regression on the "
+        "standardised features, solved by L-BFGS with its L2 strength chosen by cross-validation, reaches the "
+        "optimum in seconds. Gradient descent trains it epoch by epoch with the settings you choose.",
+    )
+logistic = head == "logistic"
+
 with st.form("train-settings"):
-    head = "gradient"
-    if defaults["feature_extraction"]:
-        head = st.radio(
-            "How the new head learns", list(HEADS), format_func=HEADS.get, horizontal=True, key="train_head",
-            help="Every layer group is frozen, so the head is a convex problem: logistic regression on the "
-            "standardised features, solved by L-BFGS with its L2 strength chosen by cross-validation, reaches the "
-            "optimum in seconds. Gradient descent uses the epochs and learning rate below.",
+    if logistic:
+        st.markdown("**Settings** — the logistic head is solved to its optimum: no epochs, batch size or learning "
+                    "rate apply, and its L2 strength is chosen by cross-validation.")  # fmt: skip
+        class_weights = st.checkbox(
+            "Class weights", defaults["class_weights"],
+            help=f"Weigh rare classes more (largest/smallest class here: {defaults['imbalance']:.1f}×).",
         )
-        if head == "logistic":
-            st.caption("Epochs, batch size, learning rate, smoothing and patience below apply to gradient descent "
-                       "only; the chart shows the cross-validated loss of each L2 strength tried.")  # fmt: skip
-    st.markdown("**Hyperparameters** — the defaults suit this data and freezing; change them only with a reason.")
-    c1, c2, c3 = st.columns(3)
+        advanced = st.expander("Advanced")
+        gradient_only = st.expander("Gradient-descent settings (not used by the logistic head)")
+        front = gradient_only
+    else:
+        st.markdown("**Hyperparameters** — the defaults suit this data and freezing; change them only with a reason.")
+        note = _defaults_note(state)
+        if note:
+            st.caption(note)
+        front = st.container()
+        advanced = gradient_only = st.expander("Advanced")
+    c1, c2, c3 = front.columns(3)
     epochs = c1.number_input("Epochs", 1, 500, defaults["epochs"],
                              help="Passes over the training data; early stopping may end sooner.")
-    batch_size = c2.number_input("Batch size", 1, 1024, defaults["batch_size"],
-                                 help="Examples per step; lower it if memory runs out.")
-    lr = c3.number_input("Learning rate", 1e-6, 1.0, defaults["lr"], format="%.5f",
+    lr = c2.number_input("Learning rate", 1e-6, 1.0, defaults["lr"], format="%.5f",
                          help="Step size of the new head (AdamW, warm-up then cosine decay).")
-    c1, c2, c3 = st.columns(3)
-    weight_decay = c1.number_input("Weight decay", 0.0, 1.0, defaults["weight_decay"], format="%.4f",
-                                   help="Pulls weights towards zero to fight over-fitting.")
-    label_smoothing = c2.number_input("Label smoothing", 0.0, 0.5, defaults["label_smoothing"], step=0.05,
-                                      help="Softens targets so the model is less over-confident.")
-    backbone_lr_factor = c3.number_input(
-        "Backbone LR factor", 0.0, 1.0, defaults["backbone_lr_factor"], format="%.3f",
-        help="Unfrozen backbone layers learn at this fraction of the head's rate, so pretraining is not forgotten.",
-    )
-    c1, c2, c3 = st.columns(3)
+    batch_size = c3.number_input("Batch size", 1, 1024, defaults["batch_size"],
+                                 help="Examples per step; lower it if memory runs out.")
+    c1, c2, _ = front.columns(3)
     augmentation = c1.selectbox(
         "Augmentation", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults["augmentation"]),
         disabled=dataset.modality == "text",
         help="Random flips/crops/colour for images; 'none' lets frozen layers be cached (much faster).",
     )
-    patience = c2.number_input("Early-stopping patience", 0, 100, defaults["patience"],
+    if not logistic:
+        class_weights = c2.checkbox(
+            "Class weights", defaults["class_weights"],
+            help=f"Weigh rare classes more in the loss (largest/smallest class here: {defaults['imbalance']:.1f}×).",
+        )
+    c1, c2, c3 = gradient_only.columns(3)
+    patience = c1.number_input("Early-stopping patience", 0, 100, defaults["patience"],
                                help="Stop after this many epochs without a better validation loss (0: never).")
-    seed = c3.number_input("Seed", 0, 2**31 - 1, defaults["seed"], help="Same seed, same data, same result.")
-    c1, c2, c3 = st.columns(3)
-    device_choices = _devices()
-    device = c1.selectbox("Device", device_choices, help="'auto' uses a CUDA GPU, then Apple MPS, then the CPU.")
-    class_weights = c2.checkbox(
-        "Class weights", defaults["class_weights"],
-        help=f"Weigh rare classes more in the loss (largest/smallest class here: {defaults['imbalance']:.1f}×).",
+    weight_decay = c2.number_input("Weight decay", 0.0, 1.0, defaults["weight_decay"], format="%.4f",
+                                   help="Pulls weights towards zero to fight over-fitting.")
+    label_smoothing = c3.number_input("Label smoothing", 0.0, 0.5, defaults["label_smoothing"], step=0.05,
+                                      help="Softens targets so the model is less over-confident.")
+    c1, c2, c3 = gradient_only.columns(3)
+    backbone_lr_factor = c1.number_input(
+        "Backbone LR factor", 0.0, 1.0, defaults["backbone_lr_factor"], format="%.3f",
+        disabled=defaults["feature_extraction"],
+        help="Unfrozen backbone layers learn at this fraction of the head's rate, so pretraining is not forgotten "
+        "(no effect when every group is frozen).",
     )
-    with st.expander("Advanced"):
-        warmup_fraction = st.number_input("Warm-up fraction", 0.0, 0.5, defaults["warmup_fraction"], step=0.05,
-                                          help="Share of steps over which the rate rises from zero.")
-        grad_clip = st.number_input("Gradient clipping", 0.0, 100.0, defaults["grad_clip"],
-                                    help="Largest gradient norm per step (0: no clipping); steadies fine-tuning.")
+    warmup_fraction = c2.number_input("Warm-up fraction", 0.0, 0.5, defaults["warmup_fraction"], step=0.05,
+                                      help="Share of steps over which the rate rises from zero.")
+    grad_clip = c3.number_input("Gradient clipping", 0.0, 100.0, defaults["grad_clip"],
+                                help="Largest gradient norm per step (0: no clipping); steadies fine-tuning.")
+    c1, c2, _ = advanced.columns(3)
+    seed = c1.number_input("Seed", 0, 2**31 - 1, defaults["seed"], help="Same seed, same data, same result.")
+    device = c2.selectbox("Device", _devices(), help="'auto' uses a CUDA GPU, then Apple MPS, then the CPU.")
     label = "Train in the queue" if others_active and not active else "🚀 Train"
     submitted = st.form_submit_button(label, type="primary", disabled=active, key="train-submit")
 
 if defaults["feature_extraction"]:
-    st.caption("Every layer group is frozen: features are computed once and cached, so epochs take seconds.")
+    st.caption("Every layer group is frozen: features are computed once and cached, so "
+               + ("the fit takes seconds." if logistic else "epochs take seconds."))
 if others_active and not active:
     st.caption("Another session is training on this machine; a new run waits in the queue (one run at a time).")
 

@@ -6,6 +6,7 @@ polling fragment once, so the test polls with repeated `at.run()` calls (bounded
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,23 @@ def tiny_fit(monkeypatch):
 
     monkeypatch.setattr(jobs, "_default_fit", lambda: fit_tiny)
     return fit_tiny
+
+
+@pytest.fixture
+def three_groups():
+    """The tiny CNN in the catalogue with three layer groups, so the page knows when every group is frozen."""
+    from core import backbones
+    from tests.tiny import TINY_SPEC
+
+    spec = backbones.BackboneSpec(**{**TINY_SPEC.__dict__, "family": "timm_cnn", "num_groups": 3})
+    backbones._REGISTRY[spec.name] = spec
+    yield spec
+    backbones.unregister(spec.name)
+
+
+def _inputs(container) -> list[str]:
+    """Labels of the number inputs, select boxes and checkboxes inside an AppTest container, in page order."""
+    return [w.label for kind in ("number_input", "selectbox", "checkbox") for w in getattr(container, kind)]
 
 
 def _app(dataset, frozen_groups: int = 1) -> AppTest:
@@ -261,3 +279,93 @@ def test_a_finished_run_with_other_settings_is_labelled_as_the_previous_run(colo
     labels = [block.value for block in at.markdown if job.job_id in block.value]
     assert labels == [f"**Previous run `{job.job_id}`**, with other settings than above: frozen groups 1 (now 0). "
                       "Press Train for a run with the settings above."]  # fmt: skip
+
+
+def test_a_few_settings_up_front_the_rest_under_advanced_and_one_line_on_the_freezing_defaults(
+    colour_dataset, three_groups
+):
+    at = _app(colour_dataset, frozen_groups=1)
+    at.run()
+    assert not at.exception, at.exception
+    assert [e.label for e in at.expander] == ["Advanced", "The same run from the command line"][: len(at.expander)]
+    advanced = _inputs(at.expander[0])
+    up_front = [label for label in _inputs(at) if label not in advanced]
+    assert up_front == ["Epochs", "Learning rate", "Batch size", "Augmentation", "Class weights"]
+    assert {"Label smoothing", "Backbone LR factor", "Early-stopping patience", "Weight decay", "Seed",
+            "Device"} <= set(advanced)  # fmt: skip
+    assert not at.radio  # some groups adapt: gradient descent is the only way to train
+    assert ("Defaults for fine-tuning (1 of 3 groups frozen): epochs 8, learning rate 0.001, label smoothing 0.1; "
+            "with every group frozen they would be epochs 25, learning rate 0.01, label smoothing 0."
+            in [c.value for c in at.caption])  # fmt: skip
+    assert next(w for w in at.number_input if w.label == "Epochs").value == 8
+
+
+def test_with_every_group_frozen_the_page_says_which_settings_the_chosen_head_uses(colour_dataset, three_groups):
+    at = _app(colour_dataset, frozen_groups=3)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.radio(key="train_head").value == "logistic"
+    assert any("no epochs, batch size or learning rate apply" in m.value for m in at.markdown)
+    labels = [e.label for e in at.expander]
+    assert labels[:2] == ["Advanced", "Gradient-descent settings (not used by the logistic head)"]
+    assert _inputs(at.expander[0]) == ["Seed", "Device"]
+    assert "Epochs" in _inputs(at.expander[1]) and "Learning rate" in _inputs(at.expander[1])
+    assert [label for label in _inputs(at) if label not in _inputs(at.expander[0]) + _inputs(at.expander[1])] == [
+        "Class weights"
+    ]
+
+    at.radio(key="train_head").set_value("gradient").run()  # the settings follow the choice at once
+    assert not at.exception, at.exception
+    assert [e.label for e in at.expander][:1] == ["Advanced"]
+    assert "Gradient-descent settings (not used by the logistic head)" not in [e.label for e in at.expander]
+    up_front = [label for label in _inputs(at) if label not in _inputs(at.expander[0])]
+    assert up_front == ["Epochs", "Learning rate", "Batch size", "Augmentation", "Class weights"]
+    assert next(w for w in at.number_input if w.label == "Learning rate").value == pytest.approx(1e-2)
+    assert any(c.value.startswith("Defaults for feature extraction (every group frozen): epochs 25, learning rate "
+                                  "0.01, label smoothing 0; fine-tuning would suggest epochs 8") for c in at.caption)
+
+
+def _recorded_run(folder: Path, run_id: str, config: dict, estimate: dict) -> str:
+    """A finished run's folder as the engine leaves it: run.json with its settings, history and estimate."""
+    run_dir = folder / run_id
+    run_dir.mkdir(parents=True)
+    history = [{"epoch": 1, "val_loss": 0.5, "val_accuracy": 0.8}]
+    (run_dir / "run.json").write_text(json.dumps({
+        "run_id": run_id, "status": "completed", "config": config,
+        "metrics": {"best_epoch": 1, "history": history, "estimate": estimate},
+    }))  # fmt: skip
+    return str(run_dir)
+
+
+def test_runs_are_named_by_what_differs_and_compared_by_their_recorded_accuracy(colour_dataset, tmp_path):
+    settings = {"backbone": "tiny_cnn", "epochs": 25, "batch_size": 32, "seed": 0}
+    older = _recorded_run(
+        tmp_path, "20250101-120000-tiny_cnn-aaaaaa", {**settings, "frozen_groups": 3, "head": "logistic", "lr": 0.01},
+        {"accuracy": 0.875, "accuracy_interval95": [0.8, 0.93], "n": 240, "protocol": "cross-validation", "folds": 5},
+    )
+    newer = _recorded_run(
+        tmp_path, "20250101-121000-tiny_cnn-bbbbbb", {**settings, "frozen_groups": 1, "head": "gradient", "lr": 0.001},
+        {"accuracy": 0.6, "accuracy_interval95": [0.45, 0.74], "n": 40, "protocol": "test split", "folds": None},
+    )
+    at = _app(colour_dataset)
+    _state(at).runs = [older, newer]
+    _state(at).run_dir = newer
+    at.run()
+    assert not at.exception, at.exception
+
+    table = at.dataframe[0].value
+    assert list(table["settings"]) == ["1 frozen, gradient descent, lr 0.001", "3 frozen, logistic head, lr 0.01"]
+    assert list(table["accuracy"]) == [60.0, 87.5]
+    assert list(table["95 % interval"]) == ["45.0–74.0 %", "80.0–93.0 %"]
+    assert list(table["estimated by"]) == ["test split, n = 40", "5-fold cross-validation, n = 240"]
+    assert list(table["run"]) == ["20250101-121000-tiny_cnn-bbbbbb", "20250101-120000-tiny_cnn-aaaaaa"]
+    columns = json.loads(at.dataframe[0].proto.columns)  # the key columns stay in view when scrolling sideways
+    assert columns["settings"]["pinned"] is True and columns["accuracy"]["pinned"] is True
+
+    compared = at.multiselect[0]
+    assert compared.options == ["1 frozen, gradient descent, lr 0.001 · 20250101-121000-tiny_cnn-bbbbbb",
+                                "3 frozen, logistic head, lr 0.01 · 20250101-120000-tiny_cnn-aaaaaa"]  # fmt: skip
+    side_by_side = {m.label: m.value for m in at.metric}
+    assert side_by_side == {"1 frozen, gradient descent, lr 0.001": "60.0 %",
+                            "3 frozen, logistic head, lr 0.01": "87.5 %"}  # fmt: skip
+    assert "95 % interval 80.0–93.0 % · 5-fold cross-validation, n = 240" in [c.value for c in at.caption]

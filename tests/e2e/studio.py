@@ -159,8 +159,16 @@ def upload(page: Page, path: Path, index: int = 0) -> None:
 
 
 def fill_number(page: Page, label: str, value: float) -> None:
-    """Type a value into an `st.number_input` (inside a form: nothing reruns until the form is submitted)."""
-    field = main(page).get_by_role("spinbutton", name=label, exact=True)
+    """Type a value into an `st.number_input` (inside a form: nothing reruns until the form is submitted).
+
+    A field inside a collapsed `st.expander` (the Train page keeps most settings under "Advanced") is reached as a
+    person would: by opening that expander first.
+    """
+    field = main(page).get_by_role("spinbutton", name=label, exact=True, include_hidden=True)
+    if not field.is_visible():
+        hidden = page.get_by_role("spinbutton", name=label, exact=True, include_hidden=True)
+        main(page).locator("details", has=hidden).locator("summary").first.click()
+        expect(field).to_be_visible()
     field.fill(str(value))
     field.press("Tab")
 

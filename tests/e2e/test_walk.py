@@ -18,6 +18,7 @@ from tests.e2e.files import sample_digit
 from tests.e2e.studio import (
     TRAINING_TIMEOUT_MS,
     chart_points,
+    choose_radio,
     click_button,
     fill_number,
     go_to,
@@ -69,9 +70,13 @@ def set_feature_extraction(page: Page) -> None:
 def start_training(
     page: Page, epochs: int, batch_size: int | None = None, patience: int | None = None, gradient: bool = False
 ) -> None:
-    """Step 4: set a few hyperparameters and press Train; returns once the live panel shows progress."""
+    """Step 4: set a few hyperparameters and press Train; returns once the live panel shows progress.
+
+    `fill_number` opens the expander a setting lives in ("Advanced", or the gradient-descent settings that the
+    logistic head does not use).
+    """
     if gradient:  # feature extraction defaults to the logistic head (seconds); epochs need the gradient loop
-        main(page).get_by_text("Gradient descent, epoch by epoch").click()
+        choose_radio(page, "Gradient descent, epoch by epoch")  # outside the form now: it reruns the page
     fill_number(page, "Epochs", epochs)
     if batch_size is not None:
         fill_number(page, "Batch size", batch_size)
