@@ -894,7 +894,8 @@ class _Trainer:
         info.update(protocol=self.protocol.name, protocol_reason=self.protocol.reason, folds=self.protocol.folds,
                     head="logistic" if self.logistic else "gradient")
         if self.logistic:
-            info.update(epochs=len(smalldata.L2_GRID), start_epoch=1, steps_per_epoch=0, total_steps=0)
+            grid = smalldata.l2_grid(self.backbone.spec.sentence_encoder)
+            info.update(epochs=len(grid), start_epoch=1, steps_per_epoch=0, total_steps=0)
         self.events.emit("on_train_begin", info)
         cache = self.build_cache()
         if self.logistic:
@@ -1008,11 +1009,12 @@ class _Trainer:
         features = torch.cat([cache[name].batch(torch.arange(len(cache[name]))).float().cpu() for name in fit_names])
         labels = torch.cat([cache[name].labels for name in fit_names]).long().cpu()
         items = [item for name in fit_names for item in self.dataset.split(name)[0]]
+        grid_size = len(smalldata.l2_grid(self.backbone.spec.sentence_encoder))
 
         def iteration(index: int, loss: float) -> None:
             self.global_step = index
             self.events.emit("on_step_end", {
-                "phase": "train", "step": index, "global_step": index, "epoch": len(smalldata.L2_GRID),
+                "phase": "train", "step": index, "global_step": index, "epoch": grid_size,
                 "loss": loss, "train_loss": loss, "lr": 0.0, "progress": 0.95,
             })
 
@@ -1038,10 +1040,7 @@ class _Trainer:
             )
             temperature = stats.fit_temperature(fitted.oof_logits, labels.numpy())
         fitted.head.to_linear(self.model.head[-1], temperature)
-        chosen = next((
-            i for i, point in enumerate(fitted.grid, 1)
-            if point.l2 == fitted.head.l2 and point.toward_names == fitted.head.toward_names
-        ), None)
+        chosen = next((i for i, point in enumerate(fitted.grid, 1) if point.l2 == fitted.head.l2), None)
         self.best_epoch = chosen
         for index, point in enumerate(fitted.grid, 1):
             record = {

@@ -157,8 +157,8 @@ def test_a_strong_pull_towards_the_class_names_gives_the_zero_shot_classifier() 
     assert not plain.toward_names and plain.weight.abs().max() < head.weight.abs().max() / 10
 
 
-def test_class_names_help_with_few_labels_and_cross_validation_declines_misleading_names() -> None:
-    """Three examples per class: the names' prior beats the plain head on new data; wrong names are not chosen."""
+def test_class_names_help_with_few_labels_and_misleading_names_cost_little() -> None:
+    """Three examples per class: the names' prior beats the plain head on new data; wrong names barely hurt."""
     features, labels, names = _named_classes(3, seed=2)
     new_features, new_labels, _ = _named_classes(200, seed=3)
 
@@ -167,11 +167,12 @@ def test_class_names_help_with_few_labels_and_cross_validation_declines_misleadi
 
     plain = smalldata.select_and_fit(features, labels, 4)
     named = smalldata.select_and_fit(features, labels, 4, class_embeddings=names)
-    assert named.head.toward_names and {point.toward_names for point in named.grid} == {False, True}
+    assert named.head.toward_names and [point.l2 for point in named.grid] == list(smalldata.NAMES_L2_GRID)
+    assert not plain.head.toward_names and [point.l2 for point in plain.grid] == list(smalldata.L2_GRID)
     assert accuracy(named) > accuracy(plain) + 0.05
+    # Names that point at the wrong classes: their fitted sharpness is near zero, so the prior is nearly the plain one.
     misleading = smalldata.select_and_fit(features, labels, 4, class_embeddings=_named_classes(3, 2, False)[2])
-    assert not misleading.head.toward_names
-    assert accuracy(misleading) == pytest.approx(accuracy(plain))
+    assert accuracy(misleading) > accuracy(plain) - 0.05
 
 
 @pytest.mark.integration
@@ -189,7 +190,8 @@ def test_a_sentence_encoder_run_scores_the_class_names_alone_and_the_test_page_s
     assert 1 / texts.num_classes < zero_shot["accuracy"] < result.estimate["accuracy"]  # names help; labels more
     low, high = zero_shot["accuracy_interval95"]
     assert low < zero_shot["accuracy"] < high
-    assert {record["toward_names"] for record in result.history} == {False, True}  # both priors were tried
+    assert {record["toward_names"] for record in result.history} == {True}  # the head shrinks towards the names
+    assert [record["l2"] for record in result.history] == list(smalldata.NAMES_L2_GRID)
 
     state = StudioState(dataset=texts, backbone_name="all_minilm_l6_v2", frozen_groups=99, run_dir=result.run_dir)
     state.runs.append(result.run_dir)
