@@ -448,11 +448,7 @@ try:
             key="test_predict_files", help="A zip keeps its folders: each row of the predictions names the file by "
             "its path inside the zip, such as `cats/0000.png`.",
         )
-        files = list(uploads or [])
-        if st.toggle("Use the camera", key="test_use_camera"):
-            photo = st.camera_input("Take a photo", key="test_camera")
-            if photo is not None:
-                files.append(photo)
+        files = list(uploads or [])  # photos from the camera are classified in the live preview below
         if files:
             inputs, names = _saved_uploads(files)
             evaluation.check_image_files(inputs, names)
@@ -496,6 +492,68 @@ if inputs:
         file_name=f"predictions-{run_info.get('run_id', 'model')}.csv",
         mime="text/csv",
     )
+
+
+# ---------------------------------------------------------------------------------------------------- live preview
+
+
+def _live_bars(answer: pd.Series) -> go.Figure:
+    """The top classes of one example as horizontal bars, the most likely on top: one row of `top_k_table`."""
+    ranks = range(1, sum(column.startswith("class_") for column in answer.index) + 1)
+    names = [str(answer[f"class_{rank}"]) for rank in ranks]
+    shares = [float(answer[f"probability_{rank}"]) for rank in ranks]
+    figure = go.Figure(
+        go.Bar(x=shares, y=names, orientation="h", text=[f"{share:.0%}" for share in shares], textposition="auto",
+               hovertemplate="%{y}: %{x:.1%}<extra></extra>")  # fmt: skip
+    )
+    figure.update_layout(
+        xaxis={"title": "Probability", "tickformat": ".0%", "range": [0, 1]},
+        yaxis={"autorange": "reversed"},
+        height=80 + 40 * len(names),
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+    )
+    return figure
+
+
+st.subheader("Live preview")
+live_inputs: list[str] = []
+live_names: list[str] = []
+try:
+    if dataset.modality == "image":
+        st.caption(
+            "Classifies **each photo you take**, as soon as you take it: point the camera at something and press "
+            "*Take photo*, then clear it and take the next. (A browser page sends photos, not a video stream.)"
+        )
+        if st.toggle("Turn on the camera", key="test_live_camera_on"):
+            photo = st.camera_input("Point the camera and take a photo", key="test_live_camera")
+            if photo is not None:
+                live_inputs, live_names = _saved_uploads([photo])
+                evaluation.check_image_files(live_inputs, live_names)
+    else:
+        typed = st.text_input(
+            "Type something to classify", key="test_live_text", placeholder="A sentence like the ones you trained on"
+        )
+        st.caption("The bars **update when you press Enter** (or click outside the box).")
+        if typed.strip():
+            live_inputs = live_names = [typed.strip()]
+except evaluation.PredictionInputError as error:
+    st.error(f"The camera's photo could not be read, take it again. {error}")
+    live_inputs = []
+
+if live_inputs:
+    try:
+        live_probabilities = evaluation.predict_proba(model, preprocessor, live_inputs)
+    except OSError as error:  # an image that passed the check but cannot be decoded in full (a truncated photo)
+        st.error(f"The photo could not be read ({error}): take it again.")
+    else:
+        answer = evaluation.top_k_table(live_names, live_probabilities, classes, top_k=top_k, threshold=threshold)
+        live = answer.iloc[0]
+        st.markdown(
+            f"**{live['prediction']}** ({live['confidence']:.0%})"
+            + (f", below the {threshold:.0%} confidence threshold" if live["prediction"] == evaluation.NOT_SURE
+               else "")  # fmt: skip
+        )
+        st.plotly_chart(_live_bars(live), key="test_live_chart")
 
 
 # ---------------------------------------------------------------------------------------------------- export

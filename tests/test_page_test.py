@@ -237,9 +237,8 @@ class _KeywordModel(torch.nn.Module):
         return batch * 5.0
 
 
-def test_text_model_gallery_and_pasted_predictions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    rows = [("goal goal team", "sport", "test"), ("bake bread", "food", "test"), ("chip goal", "tech", "test"),
-            ("goal", "sport", "train"), ("bake", "food", "train"), ("chip", "tech", "train")]  # fmt: skip
+def _text_model_page(rows: list[tuple[str, str, str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AppTest:
+    """The Test page with a text data set of (text, label, split) rows and the keyword model as its trained run."""
     texts = Dataset("topics", "text", pd.DataFrame(rows, columns=["item", "label", "split"]), ["sport", "food", "tech"])
     info = {
         "run_id": "text-run",
@@ -251,6 +250,13 @@ def test_text_model_gallery_and_pasted_predictions(monkeypatch: pytest.MonkeyPat
     state = StudioState(dataset=texts, backbone_name="all_minilm_l6_v2", frozen_groups=0, run_dir=str(tmp_path))
     app = AppTest.from_file(PAGE, default_timeout=60)
     app.session_state["studio"] = state
+    return app
+
+
+def test_text_model_gallery_and_pasted_predictions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    rows = [("goal goal team", "sport", "test"), ("bake bread", "food", "test"), ("chip goal", "tech", "test"),
+            ("goal", "sport", "train"), ("bake", "food", "train"), ("chip", "tech", "train")]  # fmt: skip
+    app = _text_model_page(rows, monkeypatch, tmp_path)
     app.run()
     assert not app.exception, app.exception
     assert _metric(app, "Test accuracy") == f"{2 / 3:.1%}"
@@ -288,3 +294,48 @@ def test_cross_validated_run_shows_its_protocol_n_and_intervals(
     assert _metric(app, "Examples scored") == str(len(colour_dataset.table))
     low, high = result.estimate["accuracy_interval95"]
     assert any(f"95 % interval {low:.1%}–{high:.1%}" in caption.value for caption in app.caption)
+
+
+def _live_bars(app: AppTest) -> dict[str, float]:
+    """Class -> probability of the live preview's bar chart, in the order drawn (most likely first)."""
+    [chart] = [chart for chart in app.get("plotly_chart") if chart.proto.id and "test_live_chart" in chart.proto.id]
+    [bars] = json.loads(chart.proto.spec)["data"]
+    assert bars["type"] == "bar" and bars["orientation"] == "h"
+    return dict(zip(bars["y"], bars["x"], strict=True))
+
+
+def test_live_preview_classifies_what_is_typed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    rows = [("goal", "sport", "test"), ("bake", "food", "test"), ("chip", "tech", "test"),
+            ("goal", "sport", "train"), ("bake", "food", "train"), ("chip", "tech", "train")]  # fmt: skip
+    app = _text_model_page(rows, monkeypatch, tmp_path)
+    app.run()
+    assert not app.exception, app.exception
+    assert any("update when you press Enter" in caption.value for caption in app.caption)
+
+    app.text_input(key="test_live_text").set_value("chip chip goal").run()
+    assert not app.exception, app.exception
+    bars = _live_bars(app)
+    expected = evaluation.predict_proba(_KeywordModel(), _KeywordPreprocessor(), ["chip chip goal"], device="cpu")[0]
+    assert list(bars) == ["tech", "sport", "food"]  # top_k defaults to 3: every class, most likely first
+    assert bars["tech"] == pytest.approx(float(expected[2]), abs=1e-6)
+    assert any(block.value.startswith("**tech** (") for block in app.markdown)
+
+    app.text_input(key="test_live_text").set_value("bake").run()
+    assert next(iter(_live_bars(app))) == "food"
+
+
+def test_live_preview_classifies_each_camera_photo_and_reports_an_unreadable_one(seeded) -> None:
+    app, _ = seeded
+    app.run()
+    assert not app.camera_input, "the camera stays off until the user turns it on"
+    app.toggle(key="test_live_camera_on").set_value(True).run()
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), (0, 0, 230), dtype=np.uint8)).save(buffer, format="JPEG")
+    app.camera_input(key="test_live_camera").set_value(("photo.jpg", buffer.getvalue(), "image/jpeg")).run()
+    assert not app.exception, app.exception
+    assert next(iter(_live_bars(app))) == "blue"
+
+    app.camera_input(key="test_live_camera").set_value(("photo.jpg", b"not a jpeg", "image/jpeg")).run()
+    assert not app.exception, app.exception
+    assert any("could not be read" in error.value for error in app.error)
+    assert not [chart for chart in app.get("plotly_chart") if "test_live_chart" in chart.proto.id]
