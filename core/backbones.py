@@ -140,12 +140,17 @@ class Backbone(nn.Module, abc.ABC):
         last = len(self.group_names)
         if not self.tap_groups:
             return self.forward_groups(batch, 0, last)
-        taps, state, start = [], batch, 0
-        for index in self.tap_groups:
+        taps, state = self._pooled_taps(batch, self.tap_groups)
+        return torch.cat([*taps, self.forward_groups(state, self.tap_groups[-1] + 1, last)], dim=1)
+
+    def _pooled_taps(self, batch: Any, taps: Sequence[int]) -> tuple[list[torch.Tensor], Any]:
+        """The mean-pooled outputs of the `taps` groups (ascending), and the state after the last of them."""
+        pooled, state, start = [], batch, 0
+        for index in taps:
             state = self.forward_groups(state, start, index + 1)
-            taps.append(state.mean(dim=(2, 3)))
+            pooled.append(state.mean(dim=(2, 3)))
             start = index + 1
-        return torch.cat([*taps, self.forward_groups(state, start, last)], dim=1)
+        return pooled, state
 
     def set_feature_taps(self, groups: Sequence[int]) -> None:
         """Multi-block features: `forward` also returns the mean-pooled outputs of these groups, before the final ones.
@@ -165,12 +170,8 @@ class Backbone(nn.Module, abc.ABC):
             was_training = self.training
             self.eval()
             with torch.no_grad():
-                state: Any = torch.zeros(1, *self.spec.input_size, device=parameter.device, dtype=parameter.dtype)
-                start = 0
-                for index in taps:
-                    state = self.forward_groups(state, start, index + 1)
-                    widths += int(state.shape[1])
-                    start = index + 1
+                blank = torch.zeros(1, *self.spec.input_size, device=parameter.device, dtype=parameter.dtype)
+                widths = sum(int(pooled.shape[1]) for pooled in self._pooled_taps(blank, taps)[0])
             self.train(was_training)
         self.tap_groups, self._tap_features, self.num_features = taps, widths, final + widths
 

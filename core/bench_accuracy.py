@@ -194,7 +194,7 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
     pixels = _pixels(items.tolist()) if data["modality"] == "image" else None
     names = None
     if backbone.spec.sentence_encoder:
-        names = torch.as_tensor(_features(backbone, preprocessor, sorted(set(labels))))
+        names = torch.as_tensor(_features(backbone, preprocessor, smalldata.class_name_texts(sorted(set(labels)))))
     rows = []
     for per_class in sizes:
         for seed in range(draws):

@@ -152,6 +152,11 @@ class LinearHead:
             linear.bias.copy_(bias.to(linear.bias.dtype))
 
 
+def class_name_texts(classes: Sequence[str]) -> list[str]:
+    """What a sentence encoder embeds for each class name: underscores and dashes read as spaces."""
+    return [" ".join(str(name).replace("_", " ").replace("-", " ").split()) for name in classes]
+
+
 def zero_shot_logits(features: torch.Tensor, class_embeddings: torch.Tensor) -> np.ndarray:
     """Cosine similarity of every example's features to every class name's embedding: a classifier from names alone."""
     examples = F.normalize(features.to(torch.float64), dim=1)
@@ -460,6 +465,7 @@ __all__ = [
     "Protocol",
     "choose_protocol",
     "class_name_prior",
+    "class_name_texts",
     "cross_validate_head",
     "estimate",
     "fit_logistic",

@@ -1075,10 +1075,10 @@ class _Trainer:
         """A sentence encoder's features of each class name (underscores and dashes read as spaces), else None."""
         if not self.backbone.spec.sentence_encoder:
             return None
-        names = [" ".join(str(name).replace("_", " ").replace("-", " ").split()) for name in self.dataset.classes]
         self.model.eval()
         with torch.inference_mode(), self.autocast():
-            batch = _to_device(self.eval_preprocessor.batch(names), self.device, self.channels_last)
+            texts = smalldata.class_name_texts(self.dataset.classes)
+            batch = _to_device(self.eval_preprocessor.batch(texts), self.device, self.channels_last)
             return self.model.backbone(batch).float().cpu()
 
     def restore_best(self) -> None:
