@@ -1,0 +1,265 @@
+"""Projects that travel: save, then open in a fresh workspace for another browser, and get the same data, settings,
+runs, metrics and predictions; and a wrong, damaged or hostile file is refused with a message, leaving nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import pickle
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import project
+from core.dataset import Dataset
+from core.evaluation import predict_proba
+from core.paths import workspace_subdir
+from core.project import ProjectError, open_project, save_project
+from core.session import StudioState
+from core.store import RunStore
+from core.training import TrainConfig, fit, load_trained
+from tests.tiny import TinyCNN, make_colour_dataset
+
+
+def _train(dataset: Dataset, owner: str, seed: int = 0) -> str:
+    """One short run of the tiny CNN, recorded under `owner` as a browser's run is."""
+    config = TrainConfig(backbone="tiny_cnn", frozen_groups=1, epochs=2, batch_size=8, pretrained=False,
+                         precision="fp32", seed=seed, head="gradient", protocol="test split")
+    run_dir = workspace_subdir("runs") / f"run-{owner}-{seed}"
+    result = fit(dataset, config, run_dir, backbone=TinyCNN())
+    assert result.status == "completed"
+    store = RunStore()
+    store.set_owner(run_dir, owner)
+    store.close()
+    return str(run_dir)
+
+
+def _saved(tmp_path: Path, dataset: Dataset, run_dirs: list[str], **options) -> Path:
+    path = tmp_path / "colours.tsproject.zip"
+    save_project(path, dataset, {"ok": True, "errors": [], "warnings": [], "info": {"name": dataset.name}},
+                 backbone_name="tiny_cnn", frozen_groups=1, protocol="test split", run_dirs=run_dirs,
+                 chosen_run=run_dirs[0] if run_dirs else None, **options)
+    return path
+
+
+def _fresh_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "elsewhere") -> Path:
+    """Another machine: an empty workspace folder."""
+    home = tmp_path / name
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(home))
+    return home
+
+
+def _predictions(run_dir: str, items: list[str]) -> np.ndarray:
+    model, preprocessor, _ = load_trained(run_dir, backbone=TinyCNN())
+    return predict_proba(model, preprocessor, items, device="cpu")
+
+
+def _record(run_dir: str) -> dict:
+    store = RunStore()
+    try:
+        record = next(r for r in store.list_runs() if r["run_dir"] == run_dir)
+        return {**record, "history": store.history(record["run_id"]), "steps": store.steps(record["run_id"])}
+    finally:
+        store.close()
+
+
+def test_a_saved_project_reopens_elsewhere_with_the_same_runs_metrics_and_predictions(tmp_path, monkeypatch):
+    dataset = make_colour_dataset(tmp_path / "colours")
+    run_dirs = [_train(dataset, "alice", seed) for seed in (0, 1)]
+    assert project.project_runs(dataset, "alice") == run_dirs
+    before = [_record(run_dir) for run_dir in run_dirs]
+    infos = [json.loads(Path(d, "run.json").read_text()) for d in run_dirs]
+    test_items = dataset.split("test")[0]
+    predicted = [_predictions(run_dir, test_items) for run_dir in run_dirs]
+    path = _saved(tmp_path, dataset, run_dirs)
+
+    home = _fresh_workspace(tmp_path, monkeypatch)
+    opened = open_project(path, owner="bob", name=path.name)
+
+    reopened = opened.dataset
+    assert Path(reopened.root).is_relative_to(home)  # the images now live in this workspace
+    assert reopened.classes == dataset.classes and reopened.modality == "image" and reopened.name == dataset.name
+    assert reopened.table.columns.tolist() == dataset.table.columns.tolist()
+    for column in ("label", "split"):
+        assert reopened.table[column].tolist() == dataset.table[column].tolist()
+    contents = [Path(item).read_bytes() for item in dataset.table["item"]]
+    assert [Path(item).read_bytes() for item in reopened.table["item"]] == contents
+    assert (opened.backbone_name, opened.frozen_groups, opened.protocol) == ("tiny_cnn", 1, "test split")
+    assert opened.train_config["seed"] == 0 and opened.train_config["epochs"] == 2
+    assert [Path(d).name for d in opened.run_dirs] == [Path(d).name for d in run_dirs]  # no collision: ids kept
+    assert opened.testable == opened.run_dirs and opened.chosen_run == opened.run_dirs[0]
+    assert all(Path(d).is_relative_to(home) for d in opened.run_dirs)
+
+    assert project.project_runs(reopened, "bob") == opened.run_dirs  # the runs are bob's, on this data set
+    assert project.project_runs(reopened, "alice") == []
+    new_test_items = reopened.split("test")[0]
+    for old_dir, new_dir, old, info, old_predictions in zip(run_dirs, opened.run_dirs, before, infos, predicted,
+                                                            strict=True):
+        new = _record(new_dir)
+        assert new["status"] == old["status"] == "completed" and new["owner"] == "bob"
+        assert new["dataset_fingerprint"] == reopened.fingerprint
+        assert new["config"] == old["config"] and new["history"] == old["history"] and new["steps"] == old["steps"]
+        assert {k: v for k, v in new["summary"].items() if k != "imported_from"} == old["summary"]
+        new_info = json.loads(Path(new_dir, "run.json").read_text())
+        assert new_info["metrics"] == info["metrics"]
+        np.testing.assert_array_equal(_predictions(new_dir, new_test_items), old_predictions)
+        examples = json.loads(Path(new_dir, "examples.json").read_text())
+        assert all(Path(item).is_relative_to(home) and Path(item).is_file() for item in examples["items"])
+        assert not Path(new_dir, "checkpoint").exists()  # checkpoints stay home; the model travels
+        assert Path(old_dir, "checkpoint").exists()
+
+
+def test_opening_takes_over_the_session_with_the_chosen_model(tmp_path, monkeypatch):
+    dataset = make_colour_dataset(tmp_path / "colours")
+    run_dir = _train(dataset, "alice")
+    path = _saved(tmp_path, dataset, [run_dir])
+    _fresh_workspace(tmp_path, monkeypatch)
+    opened = open_project(path, owner="bob")
+    state = StudioState(owner="bob")
+    project.apply_to_state(state, opened)
+    assert state.dataset is opened.dataset and state.backbone_name == "tiny_cnn" and state.frozen_groups == 1
+    assert state.runs == opened.testable and state.run_dir == opened.chosen_run
+    assert state.scratch["train_run_dirs"] == opened.run_dirs and state.scratch["protocol"] == "test split"
+
+
+def test_opening_where_the_run_ids_exist_gives_new_ids_and_again_reuses_them(tmp_path):
+    dataset = make_colour_dataset(tmp_path / "colours")
+    run_dir = _train(dataset, "alice")
+    path = _saved(tmp_path, dataset, [run_dir])
+    first = open_project(path, owner="bob")  # the same workspace: alice's run id is taken
+    assert first.run_dirs[0] != run_dir and "is" in first.notes[0] and Path(run_dir).name in first.notes[0]
+    assert Path(run_dir, "model.safetensors").is_file()  # alice's run is untouched
+    again = open_project(path, owner="bob")
+    assert again.run_dirs == first.run_dirs and again.dataset.fingerprint == first.dataset.fingerprint
+    store = RunStore()
+    assert len(store.list_runs(owner="bob")) == 1 and len(store.list_runs(owner="alice")) == 1
+    store.close()
+
+
+def test_texts_travel_in_the_manifest_with_the_same_fingerprint(tmp_path, monkeypatch):
+    table = pd.DataFrame({"item": ["refund please, \"now\"", "parcel lost\nagain", "thanks!", "love it"] * 3,
+                          "label": ["billing", "delivery", "praise", "praise"] * 3,
+                          "split": ["train"] * 8 + ["val"] * 2 + ["test"] * 2})
+    dataset = Dataset(name="Support", modality="text", table=table)
+    path = _saved(tmp_path, dataset, [])
+    _fresh_workspace(tmp_path, monkeypatch)
+    opened = open_project(path, owner="bob")
+    assert opened.dataset.fingerprint == dataset.fingerprint and opened.run_dirs == [] and opened.chosen_run is None
+
+
+def test_a_large_data_set_travels_as_its_manifest_and_opens_where_its_files_are(tmp_path, monkeypatch):
+    dataset = make_colour_dataset(workspace_subdir("datasets") / "colours")
+    monkeypatch.setenv("TRANSFER_STUDIO_PROJECT_DATA_MB", "0.001")  # everything is "large"
+    path = _saved(tmp_path, dataset, [])
+    with zipfile.ZipFile(path) as archive:
+        assert not [n for n in archive.namelist() if n.startswith("data/files/")]
+    opened = open_project(path, owner="bob")  # same machine: the files are where the manifest says
+    assert opened.dataset.table["item"].tolist() == [str(Path(i).resolve()) for i in dataset.table["item"]]
+
+    _fresh_workspace(tmp_path, monkeypatch)  # elsewhere, the listed files are not in this server's data folders
+    with pytest.raises(ProjectError, match="carries only the list of its images"):
+        open_project(path, owner="bob")
+
+
+# ----------------------------------------------------------------------------------------------- refused files
+
+
+def _project_bytes(tmp_path: Path, add: dict[str, bytes] | None = None, drop: tuple[str, ...] = ()) -> bytes:
+    """A real saved project (one run), rewritten with entries added, replaced or dropped."""
+    dataset = make_colour_dataset(tmp_path / "colours", per_class=5)
+    path = _saved(tmp_path, dataset, [_train(dataset, "alice")])
+    return _rewritten(path.read_bytes(), add, drop)
+
+
+def _rewritten(payload: bytes, add: dict[str, bytes] | None = None, drop: tuple[str, ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(payload)) as source, zipfile.ZipFile(buffer, "w") as target:
+        for info in source.infolist():
+            if info.filename not in drop and info.filename not in (add or {}):
+                target.writestr(info, source.read(info))
+        for name, content in (add or {}).items():
+            target.writestr(name, content)
+    return buffer.getvalue()
+
+
+def _refused(payload: bytes, match: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening in a fresh workspace fails with the message, and leaves no data set, run or record behind."""
+    home = _fresh_workspace(tmp_path, monkeypatch, f"refusing-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(ProjectError, match=match):
+        open_project(payload, owner="bob", name="suspicious.zip")
+    assert not list((home / "runs").iterdir()) if (home / "runs").exists() else True
+    assert not list((home / "datasets").glob("project-*")) if (home / "datasets").exists() else True
+    assert not [p for p in (home / "projects").iterdir()] if (home / "projects").exists() else True
+    store = RunStore()
+    assert store.list_runs() == []
+    store.close()
+
+
+def test_a_file_that_is_not_a_zip_is_refused(tmp_path, monkeypatch):
+    _refused(b'{"format": "transfer-studio-project"}', "not a Transfer Studio project: it is a text file", tmp_path,
+             monkeypatch)
+    _refused(b"\x89PNG\r\n\x1a\n" + bytes(200), "not a zip", tmp_path, monkeypatch)
+
+
+def test_a_zip_of_images_is_told_apart_from_a_project(tmp_path, monkeypatch):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("cats/1.png", b"x")
+    _refused(buffer.getvalue(), "no project.json.*Upload a zip of images", tmp_path, monkeypatch)
+
+
+def test_entries_that_climb_out_of_the_folder_are_refused(tmp_path, monkeypatch):
+    payload = _project_bytes(tmp_path, add={"../../escaped.json": b"{}"})
+    _refused(payload, "points outside the archive's folder", tmp_path, monkeypatch)
+    assert not (tmp_path / "escaped.json").exists()
+
+
+def test_a_pickle_anywhere_is_refused(tmp_path, monkeypatch):
+    payload = _project_bytes(tmp_path, add={"runs/evil/model.pkl": pickle.dumps({"weights": 1})})
+    _refused(payload, "pickle or code file", tmp_path, monkeypatch)
+
+
+def test_a_pickle_named_safetensors_is_refused(tmp_path, monkeypatch):
+    payload = _project_bytes(tmp_path)
+    name = next(n for n in zipfile.ZipFile(io.BytesIO(payload)).namelist() if n.endswith(".safetensors"))
+    _refused(_rewritten(payload, add={name: pickle.dumps({"weights": 1})}), "is not a safetensors file", tmp_path,
+             monkeypatch)
+
+
+def test_a_run_folder_that_project_json_does_not_list_is_refused(tmp_path, monkeypatch):
+    payload = _project_bytes(tmp_path, add={"runs/smuggled/run.json": b"{}"})
+    _refused(payload, "`runs/smuggled` is not listed", tmp_path, monkeypatch)
+
+
+def test_an_entry_the_format_does_not_name_is_refused(tmp_path, monkeypatch):
+    payload = _project_bytes(tmp_path, add={"notes/readme.txt": b"hello"})
+    _refused(payload, "`notes/readme.txt` is not part of a Transfer Studio project", tmp_path, monkeypatch)
+
+
+def test_an_oversize_entry_is_refused_before_it_is_written(tmp_path, monkeypatch):
+    small = tuple(dataclasses.replace(kind, max_bytes=100) if kind.name.startswith("data/files") else kind
+                  for kind in project.CONTRACT)
+    monkeypatch.setattr(project, "CONTRACT", small)
+    _refused(_project_bytes(tmp_path), r"data/files/\d+\.png` would unpack to .* MB, more than", tmp_path, monkeypatch)
+
+
+def test_a_project_file_over_the_size_limit_is_refused(tmp_path, monkeypatch):
+    payload = _project_bytes(tmp_path)
+    monkeypatch.setenv("TRANSFER_STUDIO_MAX_PROJECT_MB", str(len(payload) / 2 / 1024**2))
+    _refused(payload, "more than the .* MB limit for project files", tmp_path, monkeypatch)
+
+
+def test_damaged_or_foreign_parts_are_refused(tmp_path, monkeypatch):
+    _refused(_project_bytes(tmp_path, add={"project.json": b"{not json"}), "project.json` is not valid JSON",
+             tmp_path, monkeypatch)
+    newer = json.dumps({"format": "transfer-studio-project", "format_version": 99}).encode()
+    _refused(_project_bytes(tmp_path, add={"project.json": newer}), "newer Transfer Studio", tmp_path, monkeypatch)
+    _refused(_project_bytes(tmp_path, drop=("data/manifest.json",)), "lacks `data/manifest.json`", tmp_path,
+             monkeypatch)
+    truncated = _project_bytes(tmp_path)
+    _refused(truncated[: len(truncated) // 2], "not a zip|damaged", tmp_path, monkeypatch)
