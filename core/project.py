@@ -668,14 +668,16 @@ def _check_safetensors(path: Path, member: str, name: str) -> None:
 
 
 def apply_to_state(state: StudioState, opened: OpenedProject) -> None:
-    """The session takes the project over: its data set and report, backbone, freezing, protocol, runs (the Train
-    page's table and the Test page's picker) and chosen model. A job this session runs is left alone."""
+    """The session takes the project over: its data set and report, backbone, freezing, protocol and chosen model.
+    The project's runs join the session's own in the Train page's table and the Test page's picker (none is
+    dropped); a job this session runs is left alone."""
     state.set_dataset(opened.dataset, opened.report)
     state.backbone_name = opened.backbone_name
     state.frozen_groups = opened.frozen_groups
-    state.runs = list(opened.testable)
+    state.runs = list(dict.fromkeys([*state.runs, *opened.testable]))
     state.run_dir = opened.chosen_run
-    state.scratch["train_run_dirs"] = list(opened.run_dirs)
+    started = state.scratch.get("train_run_dirs", [])
+    state.scratch["train_run_dirs"] = list(dict.fromkeys([*started, *opened.run_dirs]))
     state.scratch["protocol"] = opened.protocol
     state.scratch["project_train_config"] = dict(opened.train_config)
 

@@ -1,11 +1,13 @@
-"""Step 1 · Data: pick a source, load and check it, see the split, the classes and every problem found.
+"""Step 1 · Data: pick a source, load and check it, see the split, the classes and every problem found; save the
+whole project to one file, or open one.
 
-All the work is in `core.data`; this page draws widgets, calls it, and keeps a good data set loaded when a new
-attempt fails (a data set with errors never replaces a good one).
+All the work is in `core.data` and `core.project`; this page draws widgets, calls them, and keeps a good data set
+loaded when a new attempt fails (a data set with errors never replaces a good one).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import data, smalldata
+from core import data, project, smalldata
 from core.dataset import SPLITS, Dataset
 from core.paths import data_root
 from pages._ui import get_state
@@ -26,6 +28,7 @@ SAMPLE_TEXTS = "Sample texts"
 UPLOAD_ZIP = "Upload a zip of images"
 UPLOAD_TABLE = "Upload a CSV/TSV of texts"
 SERVER = "Folder on the server"
+OPEN_PROJECT = "Open a saved project"
 SPLIT_COLOURS = {"train": "#2563eb", "val": "#f59e0b", "test": "#10b981"}
 THUMBNAILS_PER_CLASS = 8
 CLASSES_SHOWN = 30
@@ -42,7 +45,7 @@ st.caption(
 
 def _attempt(what: str, load: Callable[[], tuple[Dataset, dict[str, Any]]]) -> None:
     """Run a loader; keep the result only when its report has no errors, and remember what to tell the user."""
-    for key in ("data_error", "data_failed_report", "data_pending"):
+    for key in ("data_error", "data_failed_report", "data_pending", "project_pending"):
         scratch.pop(key, None)
     try:
         with st.spinner(f"Loading and checking {what}…"):
@@ -62,6 +65,29 @@ def _attempt(what: str, load: Callable[[], tuple[Dataset, dict[str, Any]]]) -> N
         scratch.pop("data_notice", None)
     else:
         _replace_dataset(dataset, report)
+
+
+def _open_project(upload: Any) -> None:
+    """Bring a saved project's data and runs into the workspace; it becomes the session's like any loaded data set
+    (asked first when it would set work aside), with its settings, runs and chosen model."""
+    for key in ("data_error", "data_failed_report", "data_pending", "project_pending"):
+        scratch.pop(key, None)
+    try:
+        with st.spinner(f"Checking and opening `{upload.name}`…"):
+            opened = project.open_project(upload.getvalue(), owner=state.owner, name=upload.name)
+    except project.ProjectError as exc:
+        scratch["data_error"] = str(exc)
+        return
+    except Exception as exc:  # a bug must not lose the loaded data set or show a traceback
+        logger.exception("unexpected failure opening %s", upload.name)
+        scratch["data_error"] = f"Something went wrong while opening `{upload.name}` ({type(exc).__name__}: {exc})."
+        return
+    scratch["project_pending"] = opened
+    if _work_set_aside(opened.dataset):
+        scratch["data_pending"] = (opened.dataset, opened.report)  # asked below: replace, or keep what is loaded
+        scratch.pop("data_notice", None)
+    else:
+        _replace_dataset(opened.dataset, opened.report)
 
 
 def _work_set_aside(dataset: Dataset) -> list[str]:
@@ -84,11 +110,31 @@ def _work_set_aside(dataset: Dataset) -> list[str]:
 
 def _replace_dataset(dataset: Dataset, report: dict[str, Any]) -> None:
     """Make `dataset` the loaded one. Runs already trained stay in `state.runs`, so the Test page still lists them."""
+    opened = scratch.pop("project_pending", None)
+    if opened is not None and opened.dataset is dataset:
+        _take_over_project(opened)
+        return
     if state.dataset is not None and dataset.fingerprint == state.dataset.fingerprint:
         state.dataset, state.data_report = dataset, report  # the same examples: the trained model still fits them
     else:
         state.set_dataset(dataset, report)
     scratch["data_notice"] = f"Loaded **{dataset.name}**: {len(dataset.table)} examples, {dataset.num_classes} classes."
+
+
+def _take_over_project(opened: project.OpenedProject) -> None:
+    """The session gets the project's data, settings, runs and chosen model; the widgets that hold a copy of a
+    setting (the protocol here, the freezing slider) start again from the project's."""
+    project.apply_to_state(state, opened)
+    st.session_state["data_protocol"] = opened.protocol
+    for key in [key for key in st.session_state if str(key).startswith("freezing_frozen_")]:
+        del st.session_state[key]
+    runs = data.plural(len(opened.run_dirs), "run")
+    models = data.plural(len(opened.testable), "model")
+    scratch["data_notice"] = (
+        f"Opened the project **{opened.dataset.name}**: {len(opened.dataset.table)} examples, "
+        f"{opened.dataset.num_classes} classes, backbone **{opened.backbone_name or 'not chosen'}**, {runs} "
+        f"({models} to test on step 5). " + " ".join(opened.notes)
+    )
 
 
 def _confirm_replace() -> None:
@@ -99,6 +145,7 @@ def _confirm_replace() -> None:
 
 def _keep_loaded() -> None:
     scratch.pop("data_pending", None)
+    scratch.pop("project_pending", None)
     scratch["data_notice"] = f"Kept **{state.dataset.name}**; nothing was replaced."
 
 
@@ -147,6 +194,7 @@ sources = [SAMPLE_IMAGES, SAMPLE_TEXTS, UPLOAD_ZIP, UPLOAD_TABLE]
 server_root = data_root()
 if server_root is not None:
     sources.append(SERVER)
+sources.append(OPEN_PROJECT)
 source = st.radio("Where is your data?", sources, horizontal=True, key="data_source")
 
 with st.expander("Split: train / validation / test", expanded=False):
@@ -206,6 +254,14 @@ elif source == UPLOAD_TABLE:
                         fractions=fractions,
                     ),
                 )
+elif source == OPEN_PROJECT:
+    st.markdown(
+        f"A `{project.PROJECT_SUFFIX}` file that **Save project** wrote, here or on another machine: its data, "
+        "settings, runs and chosen model come back, offline. Nothing you have is removed; its runs join yours."
+    )
+    upload = st.file_uploader("Project file", type=["zip"], key="data_project_upload")
+    if upload is not None and st.button("Open project", type="primary", key="open_project"):
+        _open_project(upload)
 elif source == SERVER and server_root is not None:
     entries = data.list_server_entries()
     if not entries:
@@ -355,5 +411,32 @@ else:
         hide_index=True,
         width="stretch",
     )
+
+# ------------------------------------------------------------------------------------------------ the project
+
+st.markdown("#### Project")
+project_runs = project.project_runs(dataset, state.owner, [*state.runs, *state.scratch.get("train_run_dirs", [])])
+carried = "its texts" if dataset.modality == "text" else "its images, or only their list when they are large"
+st.caption(
+    f"One file with this data set ({carried}), the backbone, freezing and accuracy settings, and "
+    f"{data.plural(len(project_runs), 'run')} on it with their metrics and models. Open it here or on another "
+    f"machine with **{OPEN_PROJECT}** above."
+)
+
+
+def _project_file(runs: list[str] = project_runs, protocol: str = protocol_choice) -> bytes:
+    """Written when the button is clicked (not on every rerun): the zip that `project.open_project` reads."""
+    buffer = io.BytesIO()
+    project.save_project(
+        buffer, dataset, state.data_report, backbone_name=state.backbone_name, frozen_groups=state.frozen_groups,
+        protocol=protocol, run_dirs=runs, chosen_run=state.run_dir,
+    )
+    return buffer.getvalue()
+
+
+st.download_button(
+    "Save project", data=_project_file, file_name=project.project_file_name(dataset), mime="application/zip",
+    key="data_save_project", on_click="ignore", icon="💾",
+)
 
 st.page_link("pages/2_backbone.py", label="Next: choose a backbone", icon="🧠")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from core import project
 from core.dataset import Dataset
@@ -120,11 +121,12 @@ def test_opening_takes_over_the_session_with_the_chosen_model(tmp_path, monkeypa
     path = _saved(tmp_path, dataset, [run_dir])
     _fresh_workspace(tmp_path, monkeypatch)
     opened = open_project(path, owner="bob")
-    state = StudioState(owner="bob")
+    state = StudioState(owner="bob", runs=["/earlier/run"], scratch={"train_run_dirs": ["/earlier/run"]})
     project.apply_to_state(state, opened)
     assert state.dataset is opened.dataset and state.backbone_name == "tiny_cnn" and state.frozen_groups == 1
-    assert state.runs == opened.testable and state.run_dir == opened.chosen_run
-    assert state.scratch["train_run_dirs"] == opened.run_dirs and state.scratch["protocol"] == "test split"
+    assert state.runs == ["/earlier/run", *opened.testable] and state.run_dir == opened.chosen_run
+    assert state.scratch["train_run_dirs"] == ["/earlier/run", *opened.run_dirs]  # nothing of the session is lost
+    assert state.scratch["protocol"] == "test split" and state.scratch["project_train_config"]["epochs"] == 2
 
 
 def test_opening_where_the_run_ids_exist_gives_new_ids_and_again_reuses_them(tmp_path):
@@ -263,3 +265,68 @@ def test_damaged_or_foreign_parts_are_refused(tmp_path, monkeypatch):
              monkeypatch)
     truncated = _project_bytes(tmp_path)
     _refused(truncated[: len(truncated) // 2], "not a zip|damaged", tmp_path, monkeypatch)
+
+
+# ------------------------------------------------------------------------------------------------ the Data page
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def _data_page(state: StudioState) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.session_state["studio"] = state
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _open_on_page(at: AppTest, name: str, payload: bytes) -> None:
+    at.radio(key="data_source").set_value("Open a saved project").run()
+    at.file_uploader(key="data_project_upload").set_value((name, payload, "application/zip")).run()
+    at.button(key="open_project").click().run()
+    assert not at.exception
+
+
+def _texts(elements) -> str:
+    return "\n".join(str(element.value) for element in elements)
+
+
+def test_the_data_page_opens_a_project_in_a_fresh_browser(tmp_path, monkeypatch):
+    dataset = make_colour_dataset(tmp_path / "colours")
+    payload = _saved(tmp_path, dataset, [_train(dataset, "alice")]).read_bytes()
+    _fresh_workspace(tmp_path, monkeypatch)
+    at = _data_page(StudioState(owner="bob"))
+    _open_on_page(at, "colours.tsproject.zip", payload)
+    state = at.session_state["studio"]
+    assert state.dataset.name == "colours" and state.backbone_name == "tiny_cnn" and state.frozen_groups == 1
+    assert len(state.runs) == 1 and state.run_dir == state.runs[0] and Path(state.run_dir).is_dir()
+    assert "Opened the project **colours**" in _texts(at.success) and "1 run (1 model" in _texts(at.success)
+    assert at.selectbox(key="data_protocol").value == "test split"
+    assert "1 run on it" in _texts(at.caption)  # what Save project would carry now
+
+
+def test_a_wrong_file_is_an_error_and_the_loaded_data_stays(tmp_path):
+    at = _data_page(StudioState(owner="bob"))
+    at.button(key="load_sample_images").click().run()
+    _open_on_page(at, "holiday.zip", b"\xff\xd8\xff\xe0 a photo, not a project")
+    assert "not a Transfer Studio project" in _texts(at.error)
+    assert at.session_state["studio"].dataset.name == "Sample: handwritten digits"
+
+
+def test_opening_over_trained_work_asks_first(tmp_path):
+    dataset = make_colour_dataset(tmp_path / "colours")
+    run_dir = _train(dataset, "bob")
+    payload = _saved(tmp_path, dataset, [run_dir]).read_bytes()
+    other = make_colour_dataset(tmp_path / "other", per_class=6, seed=1)
+    at = _data_page(StudioState(owner="bob", dataset=other, run_dir="/trained/model", runs=["/trained/model"]))
+    _open_on_page(at, "colours.tsproject.zip", payload)
+    assert "sets aside work done on" in _texts(at.warning)
+    at.button(key="data_keep_loaded").click().run()
+    state = at.session_state["studio"]
+    assert state.dataset is other and state.run_dir == "/trained/model"
+
+    at.button(key="open_project").click().run()
+    at.button(key="data_confirm_replace").click().run()
+    state = at.session_state["studio"]
+    assert state.dataset.name == "colours" and state.run_dir != "/trained/model"
+    assert state.runs[0] == "/trained/model" and len(state.runs) == 2  # the earlier model is still there to test
