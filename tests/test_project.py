@@ -330,3 +330,17 @@ def test_opening_over_trained_work_asks_first(tmp_path):
     state = at.session_state["studio"]
     assert state.dataset.name == "colours" and state.run_dir != "/trained/model"
     assert state.runs[0] == "/trained/model" and len(state.runs) == 2  # the earlier model is still there to test
+
+
+def test_the_command_line_opens_a_project(tmp_path, monkeypatch, capsys):
+    from core.__main__ import main
+
+    dataset = make_colour_dataset(tmp_path / "colours")
+    path = _saved(tmp_path, dataset, [_train(dataset, "alice")])
+    _fresh_workspace(tmp_path, monkeypatch)
+    assert main(["project", "open", str(path), "--owner", "bob"]) == 0
+    out = capsys.readouterr().out
+    assert "Opened colours: 36 examples, 3 classes; 1 run(s)." in out and "Chosen model:" in out
+    assert project.project_runs(open_project(path, owner="bob").dataset, "bob")  # the runs are bob's
+    assert main(["project", "open", str(tmp_path / "colours" / "red" / "red_000.png")]) == 2
+    assert "not a zip" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,20 +71,14 @@ def studio_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e-workspace")
 
 
-@pytest.fixture(scope="session")
-def app_url(studio_home: Path) -> Iterator[str]:
-    """Start `streamlit run app.py` on a free port, wait until healthy, yield its URL, always stop it."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def studio_server(home: Path, log_path: Path, **env: str) -> Iterator[str]:
+    """Run `streamlit run app.py` with workspace `home` on a free port; yield its URL once healthy; always stop it."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ)
-    env.update(
-        TRANSFER_STUDIO_HOME=str(studio_home),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-        TRANSFER_STUDIO_WARM_UP="1",  # the app as users get it: features warm up once a backbone is chosen
-    )
+    environment = dict(os.environ)
+    environment.update(TRANSFER_STUDIO_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                       PYTHONUNBUFFERED="1", **env)
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
         "--server.port", str(port),
@@ -92,9 +87,9 @@ def app_url(studio_home: Path) -> Iterator[str]:
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
     ]
-    log_path = ARTIFACTS / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(url, process, log_path)
             yield url
@@ -105,6 +100,13 @@ def app_url(studio_home: Path) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def app_url(studio_home: Path) -> Iterator[str]:
+    """The app as users get it (features warm up once a backbone is chosen), for the whole e2e run."""
+    with studio_server(studio_home, ARTIFACTS / "server.log", TRANSFER_STUDIO_WARM_UP="1") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
