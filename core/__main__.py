@@ -1,6 +1,7 @@
 """Command line: `python -m core <command> ...`, the same engine as the web app, without the UI.
 
-Commands: check-data, backbones, train, predict, export. Each returns a process exit status (non-zero on error).
+Commands: check-data, backbones, train, predict, export, project. Each returns a process exit status (non-zero
+on error).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ COMMANDS = {
     "train": ("core.training", "main_train"),
     "predict": ("core.evaluation", "main_predict"),
     "export": ("core.export", "main_export"),
+    "project": ("core.project", "main_project"),
 }
 
 
@@ -73,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", required=True, help="a run folder")
     export.add_argument("--out", required=True, help="bundle folder to write")
     export.add_argument("--data", help="data set to run the parity check on (default: the run's own test split)")
+
+    project = sub.add_parser("project", help="open a saved project (.tsproject.zip) into this workspace, offline")
+    project.add_argument("action", choices=["open"], help="open: check the file, then bring in its data and runs")
+    project.add_argument("file", help="the project file that 'Save project' on the Data page downloaded")
+    project.add_argument("--owner", help="the browser id (the app's ?browser=...) whose runs these become")
     return parser
 
 
