@@ -24,6 +24,7 @@ import re
 import shutil
 import struct
 import sys
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable
@@ -667,10 +668,11 @@ def _check_safetensors(path: Path, member: str, name: str) -> None:
                            "safetensors only). Save the project again from Transfer Studio.")
 
 
-def apply_to_state(state: StudioState, opened: OpenedProject) -> None:
+def apply_to_state(state: StudioState, opened: OpenedProject, remember: bool = True) -> None:
     """The session takes the project over: its data set and report, backbone, freezing, protocol and chosen model.
     The project's runs join the session's own in the Train page's table and the Test page's picker (none is
-    dropped); a job this session runs is left alone."""
+    dropped); a job this session runs is left alone. With `remember`, this browser's latest opened project is
+    remembered, so that a refresh brings it back (`last_opened`)."""
     state.set_dataset(opened.dataset, opened.report)
     state.backbone_name = opened.backbone_name
     state.frozen_groups = opened.frozen_groups
@@ -680,6 +682,62 @@ def apply_to_state(state: StudioState, opened: OpenedProject) -> None:
     state.scratch["train_run_dirs"] = list(dict.fromkeys([*started, *opened.run_dirs]))
     state.scratch["protocol"] = opened.protocol
     state.scratch["project_train_config"] = dict(opened.train_config)
+    if remember and state.owner is not None:
+        _remember_opened(state.owner, opened)
+
+
+def _opened_path(owner: str) -> Path | None:
+    """Where the latest project a browser opened is remembered; None for an id that is not a plain name."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", owner):
+        return None
+    return workspace_subdir("projects") / "opened" / f"{owner}.json"
+
+
+def _remember_opened(owner: str, opened: OpenedProject) -> None:
+    path = _opened_path(owner)
+    if path is None:
+        return
+    dataset = opened.dataset
+    record = {
+        "opened_at": time.time(),
+        "dataset": {"name": dataset.name, "modality": dataset.modality, "classes": list(dataset.classes),
+                    "root": dataset.root, "split_given": dataset.split_given,
+                    "table": dataset.table.astype(str).to_dict(orient="list")},
+        "report": opened.report, "backbone_name": opened.backbone_name, "frozen_groups": opened.frozen_groups,
+        "protocol": opened.protocol, "train_config": opened.train_config, "run_dirs": opened.run_dirs,
+        "testable": opened.testable, "chosen_run": opened.chosen_run,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, default=str), encoding="utf-8")
+    temporary.replace(path)
+
+
+def last_opened(owner: str) -> tuple[float, OpenedProject] | None:
+    """The latest project this browser opened, and when (seconds since the epoch); None when there is none or its
+    images are gone. Only this workspace's own record is read (`apply_to_state` wrote it)."""
+    path = _opened_path(owner)
+    record = _read_json_file(path) if path is not None else {}
+    if not record:
+        return None
+    try:
+        described = record["dataset"]
+        dataset = Dataset(name=described["name"], modality=described["modality"],
+                          table=pd.DataFrame(described["table"]), classes=list(described["classes"]),
+                          root=described["root"], split_given=bool(described["split_given"]))
+        if dataset.modality == "image" and not all(Path(item).is_file() for item in dataset.table["item"]):
+            return None
+        exists = [run_dir for run_dir in record["run_dirs"] if (Path(run_dir) / "run.json").is_file()]
+        opened = OpenedProject(
+            dataset=dataset, report=record["report"], backbone_name=record["backbone_name"],
+            frozen_groups=record["frozen_groups"], protocol=record["protocol"], train_config=record["train_config"],
+            run_dirs=exists, testable=[run_dir for run_dir in record["testable"] if run_dir in exists],
+            chosen_run=record["chosen_run"] if record["chosen_run"] in exists else None,
+        )
+        return float(record["opened_at"]), opened
+    except (KeyError, TypeError, ValueError) as error:
+        log.warning("Could not read the project %s opened last (%s)", owner, error)
+        return None
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

@@ -5,7 +5,8 @@ tests can pre-seed it and `core` stays free of Streamlit.
 
 A refresh or a reopened tab is a new session with empty state. `restore` fills it again from what the same
 browser (its `owner` id) left behind: its latest training job, with the data and choices it trained on, and every
-run it recorded on that data. Nothing of another owner is ever restored.
+run it recorded on that data; or, when it opened a saved project since, that project. Nothing of another owner is
+ever restored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import jobs
+from core import jobs, project
 from core.dataset import Dataset
 from core.store import RunStore
 
@@ -77,33 +78,48 @@ def restore(state: StudioState, owner: str) -> bool:
     Only jobs and runs recorded under `owner` are looked at, so a new visitor starts empty rather than inside
     someone else's work. Runs listed are those on the job's data set (the only ones this session can test);
     `scratch["train_run_dirs"]` gets all of them (failed ones too, for the Train page's table), `runs` those
-    with a model, and the newest of these becomes the model for step 5. Returns True when a job was found.
+    with a model, and the newest of these becomes the model for step 5. A project opened after the latest job
+    started comes back instead (`core.project.last_opened`), with its runs and those trained on it since.
+    Returns True when a job was found.
     """
     state.owner = owner
     job = jobs.latest(owner=owner)
+    opened = project.last_opened(owner)
+    if opened is not None and (job is None or opened[0] > getattr(job, "created_at", 0.0)):
+        project.apply_to_state(state, opened[1], remember=False)
+        _list_runs(state, owner, state.dataset.fingerprint, newest=None)
+        state.run_dir = opened[1].chosen_run if opened[1].chosen_run in state.runs else state.run_dir
+        return False
     if job is None:
         return False
     state.job = job
     state.dataset = job.dataset
     state.backbone_name = str(getattr(job.config, "backbone", "")) or None
     state.frozen_groups = getattr(job.config, "frozen_groups", None)
+    _list_runs(state, owner, job.dataset.fingerprint, newest=job)
+    return True
+
+
+def _list_runs(state: StudioState, owner: str, fingerprint: str, newest: Any) -> None:
+    """The session's runs: every run `owner` recorded on the data set, and the job `newest` (when given) last, if
+    it has a model by now; the newest testable one becomes the model for step 5."""
     try:
         store = RunStore()
         try:
-            records = store.list_runs(owner=owner, dataset_fingerprint=job.dataset.fingerprint)
+            records = store.list_runs(owner=owner, dataset_fingerprint=fingerprint)
         finally:
             store.close()
     except Exception:  # noqa: BLE001 - a refresh without its history is better than no page at all
         log.warning("Could not read this browser's runs from the run store", exc_info=True)
         records = []
     started = [str(record["run_dir"]) for record in reversed(records) if record.get("run_dir")]
-    if job.run_dir not in started:
-        started.append(job.run_dir)
+    if newest is not None and newest.run_dir not in started:
+        started.append(newest.run_dir)
     state.scratch["train_run_dirs"] = started
     testable = {str(record["run_dir"]) for record in records if _has_model(record)}
-    state.runs = [run_dir for run_dir in started if run_dir in testable and (run_dir != job.run_dir or job.is_finished)]
+    state.runs = [run_dir for run_dir in started
+                  if run_dir in testable and (newest is None or run_dir != newest.run_dir or newest.is_finished)]
     state.run_dir = state.runs[-1] if state.runs else None
-    return True
 
 
 def _has_model(record: dict[str, Any]) -> bool:

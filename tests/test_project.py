@@ -344,3 +344,23 @@ def test_the_command_line_opens_a_project(tmp_path, monkeypatch, capsys):
     assert project.project_runs(open_project(path, owner="bob").dataset, "bob")  # the runs are bob's
     assert main(["project", "open", str(tmp_path / "colours" / "red" / "red_000.png")]) == 2
     assert "not a zip" in capsys.readouterr().err
+
+
+def test_a_refresh_brings_back_the_project_this_browser_opened_and_no_one_else_gets_it(tmp_path, monkeypatch):
+    from core.session import restore
+
+    dataset = make_colour_dataset(tmp_path / "colours")
+    path = _saved(tmp_path, dataset, [_train(dataset, "alice", seed) for seed in (0, 1)])
+    _fresh_workspace(tmp_path, monkeypatch)
+    opened = open_project(path, owner="bob")
+    project.apply_to_state(StudioState(owner="bob"), opened)
+
+    refreshed = StudioState()
+    assert not restore(refreshed, "bob")  # no training job: a project, not a reattached job
+    assert refreshed.dataset.fingerprint == opened.dataset.fingerprint and refreshed.backbone_name == "tiny_cnn"
+    assert refreshed.runs == opened.testable and refreshed.run_dir == opened.chosen_run != opened.testable[-1]
+    assert refreshed.scratch["train_run_dirs"] == opened.run_dirs and refreshed.scratch["protocol"] == "test split"
+
+    stranger = StudioState()
+    assert not restore(stranger, "carol")
+    assert stranger.dataset is None and stranger.runs == []
