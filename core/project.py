@@ -9,7 +9,8 @@ is checked before anything is written (`core._zipsafe`), and any entry the forma
 The format is declared once, in `CONTRACT`: each file, who writes it and who reads it. Readers read what the
 writer wrote, nothing else. Run folders keep their run id unless this workspace already has that id; imported
 runs get the new data set's fingerprint (image paths differ between machines) and the opening browser as owner.
-Opening the same project twice for the same browser reuses the runs imported the first time.
+Opening the same data and runs again for the same browser (the same file, or a later save with more runs)
+reuses what the first opening brought in.
 """
 
 from __future__ import annotations
@@ -336,7 +337,6 @@ def open_project(
     if len(payload) > max_project_bytes():
         raise ProjectError(f"`{name}` is {len(payload) / _MB:,.0f} MB, more than the {max_project_bytes() / _MB:,.0f} "
                            "MB limit for project files (env TRANSFER_STUDIO_MAX_PROJECT_MB).")
-    digest = hashlib.sha256(payload).hexdigest()[:24]
     staging = workspace_subdir("projects") / f"opening-{uuid.uuid4().hex}"
     try:
         _check_entries(payload, name)
@@ -347,13 +347,13 @@ def open_project(
         manifest = _read_json(staging, "project.json", name)
         _check_format(manifest, name)
         # every check first, so that a refused file leaves nothing behind ...
-        dataset, report, item_of, place_files = _read_dataset(staging, manifest, name, digest)
+        dataset, report, item_of, place_files = _read_dataset(staging, manifest, name)
         opened = _settings(manifest, dataset, report)
         runs = _read_runs(staging, manifest, dataset, name)
         # ... then the data set's files and the runs move in
         place_files()
         for run in runs:
-            run_dir, testable, note = _import_run(staging, run, dataset, item_of, owner, digest)
+            run_dir, testable, note = _import_run(staging, run, dataset, item_of, owner)
             opened.run_dirs.append(run_dir)
             if testable:
                 opened.testable.append(run_dir)
@@ -431,10 +431,11 @@ def _check_format(manifest: Any, name: str) -> None:
 
 
 def _read_dataset(
-    staging: Path, manifest: dict[str, Any], name: str, digest: str
+    staging: Path, manifest: dict[str, Any], name: str
 ) -> tuple[Dataset, dict[str, Any], dict[str, str], Callable[[], None]]:
-    """The data set (its images to live in `workspace/datasets/project-<digest>/`), its report, a map from each
-    example's name in the project to its item here, and the function that moves the images there."""
+    """The data set, its report, a map from each example's name in the project to its item here, and the function
+    that moves the images to `workspace/datasets/project-<hash of the manifest and every image's bytes>/` (so the
+    same data, from whichever project file, lands in one folder and keeps one fingerprint)."""
     described = manifest.get("dataset")
     rows = _read_json(staging, "data/manifest.json", name)
     report = _read_json(staging, "data/report.json", name)
@@ -456,11 +457,14 @@ def _read_dataset(
     root = None
     place_files: Callable[[], None] = lambda: None  # noqa: E731 - texts and manifest-only data have no files
     if key == "file":
-        root = workspace_subdir("datasets") / f"project-{digest}"
         missing = [n for n in names if not (staging / n).is_file()]
         if missing:
             raise ProjectError(f"`{name}` lacks {len(missing)} image(s) its manifest lists, e.g. `{missing[0]}`; "
                                "the file is incomplete.")
+        content = hashlib.sha256((staging / "data" / "manifest.json").read_bytes())
+        for image_digest in _check_images([staging / n for n in names], name):
+            content.update(image_digest.encode())
+        root = workspace_subdir("datasets") / f"project-{content.hexdigest()[:24]}"
         items = [str(root / PurePosixPath(n).name) for n in names]
         place_files = partial(_place_files, staging / "data" / "files", root)
     elif key == "path":
@@ -478,6 +482,20 @@ def _read_dataset(
     report = {"ok": True, "errors": [], "warnings": list(report.get("warnings") or []),
               "info": {**(report.get("info") or {}), "source": f"project {name}"}}
     return dataset, report, dict(zip(names, items, strict=True)), place_files
+
+
+def _check_images(paths: list[Path], name: str) -> list[str]:
+    """Each image decodes fully, within Pillow's decompression-bomb limit, as the RGB PNG or JPEG that a loaded data
+    set holds (the same check an uploaded image gets, `core.data.inspect_image`); returns their SHA-256."""
+    from core.data import inspect_image
+
+    inspected = [(path, inspect_image(path)) for path in paths]
+    bad = [path for path, (_, usable, problem) in inspected if usable != path or problem is not None]
+    if bad:
+        raise ProjectError(f"`{name}` was refused: {len(bad)} of its images are not images, are damaged, are over "
+                           f"the image-size safety limit or are not stored as Transfer Studio saves them (e.g. "
+                           f"`data/files/{bad[0].name}`). Save the project again from Transfer Studio.")
+    return [digest for _, (digest, _, _) in inspected]
 
 
 def _place_files(files: Path, root: Path) -> None:
@@ -572,12 +590,12 @@ def _read_runs(staging: Path, manifest: dict[str, Any], dataset: Dataset, name: 
 
 
 def _import_run(
-    staging: Path, run: _Run, dataset: Dataset, item_of: dict[str, str], owner: str | None, digest: str
+    staging: Path, run: _Run, dataset: Dataset, item_of: dict[str, str], owner: str | None
 ) -> tuple[str, bool, str | None]:
     """Bring one checked run into the workspace and the run store; returns (run folder, has a model, a note)."""
     info = dict(run.info)
     original_id = str(info.get("run_id") or PurePosixPath(run.folder).name)
-    imported_from = f"{digest}:{original_id}"
+    imported_from = f"{dataset.fingerprint}:{original_id}"  # the same run on the same data is brought in once
     store = RunStore()
     try:
         earlier = _earlier_import(store, owner, dataset.fingerprint, imported_from)

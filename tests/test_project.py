@@ -143,6 +143,20 @@ def test_opening_where_the_run_ids_exist_gives_new_ids_and_again_reuses_them(tmp
     store.close()
 
 
+def test_a_later_save_with_more_runs_adds_only_the_new_ones(tmp_path, monkeypatch):
+    dataset = make_colour_dataset(tmp_path / "colours")
+    first_run = _train(dataset, "alice", 0)
+    first = _saved(tmp_path, dataset, [first_run]).rename(tmp_path / "v1.zip")
+    second = _saved(tmp_path, dataset, [first_run, _train(dataset, "alice", 1)])
+    _fresh_workspace(tmp_path, monkeypatch)
+    opened_first, opened_second = open_project(first, owner="bob"), open_project(second, owner="bob")
+    assert opened_second.dataset.root == opened_first.dataset.root  # one folder for the same data
+    assert opened_second.run_dirs[0] == opened_first.run_dirs[0] and len(set(opened_second.run_dirs)) == 2
+    store = RunStore()
+    assert len(store.list_runs(owner="bob")) == 2
+    store.close()
+
+
 def test_texts_travel_in_the_manifest_with_the_same_fingerprint(tmp_path, monkeypatch):
     table = pd.DataFrame({"item": ["refund please, \"now\"", "parcel lost\nagain", "thanks!", "love it"] * 3,
                           "label": ["billing", "delivery", "praise", "praise"] * 3,
@@ -236,6 +250,13 @@ def test_a_pickle_named_safetensors_is_refused(tmp_path, monkeypatch):
 def test_a_run_folder_that_project_json_does_not_list_is_refused(tmp_path, monkeypatch):
     payload = _project_bytes(tmp_path, add={"runs/smuggled/run.json": b"{}"})
     _refused(payload, "`runs/smuggled` is not listed", tmp_path, monkeypatch)
+
+
+def test_an_image_that_is_not_one_is_refused(tmp_path, monkeypatch):
+    payload = _project_bytes(tmp_path)
+    name = next(n for n in zipfile.ZipFile(io.BytesIO(payload)).namelist() if n.startswith("data/files/"))
+    _refused(_rewritten(payload, add={name: b"MZ\x90\x00 an executable, named like a picture"}), "are not images",
+             tmp_path, monkeypatch)
 
 
 def test_an_entry_the_format_does_not_name_is_refused(tmp_path, monkeypatch):
