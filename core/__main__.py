@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     backbones.add_argument("--json", action="store_true")
 
     train = sub.add_parser("train", help="train a classifier exactly as the Train page does")
-    train.add_argument("--data", required=True, help="zip, folder or CSV/TSV, or 'sample-images' / 'sample-texts'")
+    train.add_argument("--data", help="zip, folder or CSV/TSV, or 'sample-images' / 'sample-texts'")
     train.add_argument("--text-column")
     train.add_argument("--label-column")
     train.add_argument("--backbone", help="catalogue name (default: the best offline one for the data)")
@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "them (EfficientNet-Lite; default on)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    train.add_argument("--out", required=True, help="folder for metrics.json and the best model")
+    train.add_argument("--out", help="folder for metrics.json and the best model")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a stopped, failed or interrupted run of the app from its last epoch checkpoint, "
+                       "with the data and settings it recorded (no other option is needed); writes metrics.json there")
 
     predict = sub.add_parser("predict", help="predict classes of new images or texts with a trained model")
     predict.add_argument("--model", required=True, help="a run folder or an exported bundle")
@@ -85,8 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     module_name, function_name = COMMANDS[args.command]
+    if args.command == "train" and args.resume:
+        module_name, function_name = "core.workers", "main_resume"
+    elif args.command == "train" and not (args.data and args.out):
+        parser.error("train needs --data and --out (or --resume RUN_DIR)")
     function = getattr(importlib.import_module(module_name), function_name)
     return int(function(args) or 0)
 

@@ -1,13 +1,17 @@
 """Training jobs that run off the script thread, so the Train page stays responsive and survives a refresh.
 
-A `TrainingJob` owns one worker thread, a stop `threading.Event` and a lock-protected log of the metrics the
-engine (`core.training.fit`) reports through its callback events. Pages never touch the worker: they call
+A `TrainingJob` owns a supervising thread, a stop `threading.Event` and a lock-protected log of the metrics the
+engine (`core.training.fit`) reports through its callback events. The engine itself trains in a worker process of
+its own (`core.workers`): a crash ends that run, not the server, Cancel kills it at once, and its events reach the
+job through the run folder, so a restarted server finds running workers again (`recover`). A fake engine or an
+in-memory backbone (tests) trains on the supervising thread instead. Pages never touch the worker: they call
 `snapshot()` (a copy) from a polling fragment.
 
 Jobs live in a module-level registry (`JOBS`), not in a browser session, so that a refreshed or reopened page (a
 new Streamlit session) finds the job again with `latest()`. Training is heavy, so at most `max_running_jobs()`
-jobs train at once on this machine (default 1, env `TRANSFER_STUDIO_MAX_JOBS`); a later job waits as "queued"
-and starts, in order, when a running one ends.
+jobs train at once on this machine (env `TRANSFER_STUDIO_MAX_JOBS`, default one per GPU or half the cores); a
+later job waits as "queued" and starts when a running one ends, taking turns across owners (`fair_order`), so one
+person queuing five runs does not make everyone else wait for all five.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,8 +35,14 @@ from core.paths import workspace_subdir
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, COMPLETED, STOPPED, FAILED = "queued", "running", "completed", "stopped", "failed"
+#: Cancelled: its worker was killed at once (no model kept); interrupted: its worker was gone after a restart.
+CANCELLED, INTERRUPTED = "cancelled", "interrupted"
 ACTIVE_STATUSES = (QUEUED, RUNNING)
-FINISHED_STATUSES = (COMPLETED, STOPPED, FAILED)
+FINISHED_STATUSES = (COMPLETED, STOPPED, FAILED, CANCELLED, INTERRUPTED)
+#: Runs that can continue from their last epoch checkpoint (`resume`).
+RESUMABLE_STATUSES = (STOPPED, FAILED, CANCELLED, INTERRUPTED)
+#: How often a job looks at its worker's events file and process.
+WORKER_POLL_SECONDS = 0.2
 
 #: The finished jobs kept in memory (their records stay in the run store and run folders regardless).
 KEEP_FINISHED_JOBS = 20
@@ -43,8 +53,15 @@ FitFunction = Callable[..., Any]
 
 
 def max_running_jobs() -> int:
-    """How many jobs may train at the same time on this machine (env `TRANSFER_STUDIO_MAX_JOBS`, default 1)."""
-    value = os.environ.get("TRANSFER_STUDIO_MAX_JOBS", "1")
+    """How many jobs may train at the same time on this machine.
+
+    Env `TRANSFER_STUDIO_MAX_JOBS`, else `core.workers.default_worker_count()` (one per GPU, or half the cores).
+    """
+    from core.workers import default_worker_count
+
+    value = os.environ.get("TRANSFER_STUDIO_MAX_JOBS")
+    if value is None:
+        return default_worker_count()
     try:
         return max(1, int(value))
     except ValueError:
@@ -80,6 +97,9 @@ class JobSnapshot:
         run_dir: the run folder.
         queue_position: 1-based place in the queue while queued, else None.
         info: what the engine said at the start of training (steps per epoch, device, ...).
+        expected_start_seconds: while queued, about how many seconds until it starts, where that can be said: its
+            place is no further back than the runs training now, and their time left is known. Else None.
+        isolation: "process" (a worker process of its own) or "thread" (in the server; fakes in tests).
     """
 
     job_id: str
@@ -97,6 +117,8 @@ class JobSnapshot:
     run_dir: str
     queue_position: int | None
     info: dict[str, Any] = field(default_factory=dict)
+    expected_start_seconds: float | None = None
+    isolation: str = "thread"
 
     @property
     def is_active(self) -> bool:
@@ -129,8 +151,35 @@ def _is_cache_phase(metrics: dict[str, Any]) -> bool:
     return phase in {"features", "feature", "cache", "caching", "activations", "feature_cache"}
 
 
+def fair_order(waiting: Sequence[Any], last_served: Mapping[str | None, int]) -> list[Any]:
+    """The order in which waiting jobs start: owners take turns (round-robin), each owner's own jobs in order.
+
+    The next slot goes to the owner served longest ago (never served comes first; a tie goes to whoever has
+    waited longest), who then goes to the back of the line. So Alice queuing four runs and Bob one after her:
+    Alice's first, Bob's, then Alice's other three; never Bob's after all of Alice's.
+
+    Args:
+        waiting: jobs (anything with an `owner`) in the order they joined the queue.
+        last_served: for each owner, a number that grows with each slot handed out: when that owner last got one.
+    """
+    by_owner: dict[str | None, list[tuple[int, Any]]] = {}
+    for joined, job in enumerate(waiting):
+        by_owner.setdefault(job.owner, []).append((joined, job))
+    turn = {owner: last_served.get(owner, -1) for owner in by_owner}
+    clock = max(last_served.values(), default=0)
+    order = []
+    while by_owner:
+        owner = min(by_owner, key=lambda name: (turn[name], by_owner[name][0][0]))
+        order.append(by_owner[owner].pop(0)[1])
+        if not by_owner[owner]:
+            del by_owner[owner]
+        clock += 1
+        turn[owner] = clock
+    return order
+
+
 class _Slots:
-    """The machine-wide queue: FIFO, at most `max_running_jobs()` jobs training at once.
+    """The machine-wide queue: at most `max_running_jobs()` jobs training at once, owners served in turn.
 
     A job joins with `enqueue` on the caller's thread, so whoever pressed Train learns at once whether the job took
     a free slot or waits, and at which place; its worker then waits its turn with `wait_turn`.
@@ -139,13 +188,20 @@ class _Slots:
     def __init__(self) -> None:
         self.condition = threading.Condition()
         self.waiting: list[TrainingJob] = []
-        self.running: set[str] = set()
+        self.running: dict[str, TrainingJob] = {}
+        self.last_served: dict[str | None, int] = {}
+        self.served = 0
+
+    def _order(self) -> list[TrainingJob]:
+        return fair_order(self.waiting, self.last_served)
 
     def _take_if_first(self, job: TrainingJob) -> bool:
         """Move `job` from the head of the queue to a free slot (the caller holds the condition)."""
-        if self.waiting and self.waiting[0] is job and len(self.running) < max_running_jobs():
-            self.waiting.pop(0)
-            self.running.add(job.job_id)
+        if self.waiting and len(self.running) < max_running_jobs() and self._order()[0] is job:
+            self.waiting.remove(job)
+            self.running[job.job_id] = job
+            self.served += 1
+            self.last_served[job.owner] = self.served
             self.condition.notify_all()
             return True
         return False
@@ -156,7 +212,12 @@ class _Slots:
             self.waiting.append(job)
             if self._take_if_first(job):
                 return None
-            return self.waiting.index(job) + 1
+            return self._order().index(job) + 1
+
+    def adopt(self, job: TrainingJob) -> None:
+        """A job whose worker already trains (found again after a restart) holds a slot without queuing."""
+        with self.condition:
+            self.running[job.job_id] = job
 
     def wait_turn(self, job: TrainingJob) -> bool:
         """Block until `job` holds a slot (True) or was stopped while waiting (False)."""
@@ -175,12 +236,16 @@ class _Slots:
 
     def release(self, job: TrainingJob) -> None:
         with self.condition:
-            self.running.discard(job.job_id)
+            self.running.pop(job.job_id, None)
             self.condition.notify_all()
 
     def position(self, job: TrainingJob) -> int | None:
         with self.condition:
-            return self.waiting.index(job) + 1 if job in self.waiting else None
+            return self._order().index(job) + 1 if job in self.waiting else None
+
+    def running_jobs(self) -> list[TrainingJob]:
+        with self.condition:
+            return list(self.running.values())
 
     def wake(self) -> None:
         with self.condition:
@@ -213,7 +278,7 @@ class _JobCallback:
 
 
 class TrainingJob:
-    """One training run in a background thread: start it, poll `snapshot()`, `stop()` it.
+    """One training run off the script thread: start it, poll `snapshot()`, `stop()` or `cancel()` it.
 
     Args:
         dataset: the split data set to train on.
@@ -227,9 +292,14 @@ class TrainingJob:
         label: a short description for lists ("efficientnet_lite0, 3 frozen, lr 0.001").
         owner: an opaque id of who started it (a browser), so a page can tell its own jobs apart; also recorded
             with the run in the run store, so that person's runs can be listed after the job is forgotten.
+        worker_fit: the engine a worker process runs, as 'module:function' (default `core.training:fit`); tests
+            name a tiny-model engine here to train in a real worker process.
+        resume: continue the run in `run_dir` from its last epoch checkpoint (see `resume`).
 
     Attributes:
         queued_at: after `start()`, None when the job took a free slot at once, else its place in the queue then.
+        isolation: "process" when the engine trains in a worker process (the real engine, which loads its own
+            backbone), "thread" when a fit function or a backbone object that lives only in this process was given.
     """
 
     def __init__(
@@ -241,6 +311,8 @@ class TrainingJob:
         fit_fn: FitFunction | None = None,
         label: str = "",
         owner: str | None = None,
+        worker_fit: str | None = None,
+        resume: bool = False,
     ) -> None:
         backbone_name = str(getattr(config, "backbone", "model"))
         self.job_id = Path(run_dir).name if run_dir is not None else new_run_id(backbone_name)
@@ -256,6 +328,11 @@ class TrainingJob:
         self.result: Any = None
         self._backbone = backbone
         self._fit_fn = fit_fn
+        self._worker_fit = worker_fit
+        self.resume = resume
+        self.isolation = "thread"
+        self._worker: Any = None  # a core.workers.Worker while one trains this job
+        self._cancel = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -277,6 +354,10 @@ class TrainingJob:
         """
         if self._thread is not None:
             raise RuntimeError(f"Job {self.job_id} was already started; create a new TrainingJob to train again.")
+        self.isolation = "process" if self._worker_fit or self._runs_real_engine() else "thread"
+        if self.resume:
+            self._epochs = [dict(m) for m in _checkpoint_history(self.run_dir)]
+            self._best_epoch = _best_epoch(self._epochs)
         _register(self)
         self.queued_at = _SLOTS.enqueue(self)
         if self.queued_at is None:
@@ -287,10 +368,40 @@ class TrainingJob:
         self._thread.start()
         return self
 
+    def _runs_real_engine(self) -> bool:
+        """Whether the engine is `core.training.fit` loading its own backbone: what a worker process can run.
+
+        Decided once, at start: an engine other than the real one (tests replace `_default_fit`) is kept here.
+        """
+        if self._fit_fn is not None or self._backbone is not None:
+            return False
+        from core import training
+
+        engine = _default_fit()
+        if engine is training.fit:
+            return True
+        self._fit_fn = engine
+        return False
+
     def stop(self) -> None:
         """Ask the job to stop: the engine honours it within one batch; a queued job never starts."""
         self._stop.set()
+        if self._worker is not None:
+            from core.workers import request_stop
+
+            request_stop(self.run_dir)
         _SLOTS.wake()
+
+    def cancel(self) -> None:
+        """End the run at once: its worker process and everything it started are killed (no model is kept).
+
+        A job training on a thread (tests' fakes) cannot be killed; it stops within one batch instead.
+        """
+        self._cancel.set()
+        worker = self._worker
+        if worker is not None:
+            worker.kill()
+        self.stop()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the worker to end (tests, the CLI); True when it has."""
@@ -325,6 +436,7 @@ class TrainingJob:
     def snapshot(self) -> JobSnapshot:
         """A copy of everything a page draws; cheap, safe to call from any thread at any rate."""
         position = _SLOTS.position(self)
+        expected_start = _expected_start(position)
         with self._lock:
             now = self.finished_at or time.time()
             elapsed = now - self.started_at if self.started_at else 0.0
@@ -344,6 +456,8 @@ class TrainingJob:
                 run_dir=self.run_dir,
                 queue_position=position,
                 info=dict(self._info),
+                expected_start_seconds=expected_start,
+                isolation=self.isolation,
             )
 
     # ----------------------------------------------------------------------------------------------- worker
@@ -360,29 +474,97 @@ class TrainingJob:
                 if self._status == QUEUED:
                     self._status, self._phase = RUNNING, "starting"
                     self.started_at = time.time()
-            log.info("Job %s starts training %s", self.job_id, self.label)
-            fit = self._fit_fn or _default_fit()
-            result = fit(
-                self.dataset,
-                self.config,
-                self.run_dir,
-                backbone=self._backbone,
-                callbacks=(_JobCallback(self),),
-                stop_event=self._stop,
-            )
-            self._backbone = None  # the trained weights are in the run folder; free the memory
-            self._finish(result)
+            log.info("Job %s starts training %s (%s)", self.job_id, self.label, self.isolation)
+            if self.isolation == "process":
+                self._train_in_worker()
+            else:
+                self._train_here()
         except Exception as exc:  # noqa: BLE001 - any failure of a run must reach the user, not kill the server
             log.exception("Job %s failed", self.job_id)
-            message = str(exc).strip() or type(exc).__name__
-            with self._lock:
-                self._status, self._phase, self._error = FAILED, "done", message
-                self.finished_at = time.time()
-            _close_failed_record(self.run_dir, message)
+            self._fail(str(exc).strip() or type(exc).__name__)
         finally:
             _record_owner(self)
             _SLOTS.release(self)
             _prune()
+
+    def _train_here(self) -> None:
+        """The engine on this thread (fakes and in-memory backbones: tests)."""
+        fit = self._fit_fn or _default_fit()
+        options = {"resume": True} if self.resume else {}
+        result = fit(
+            self.dataset,
+            self.config,
+            self.run_dir,
+            backbone=self._backbone,
+            callbacks=(_JobCallback(self),),
+            stop_event=self._stop,
+            **options,
+        )
+        self._backbone = None  # the trained weights are in the run folder; free the memory
+        self._finish(result)
+
+    def _train_in_worker(self) -> None:
+        """Write `job.json`, start a worker process and follow its events until it ends."""
+        from core import workers
+
+        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.run_dir) / workers.STOP_FILE).unlink(missing_ok=True)
+        (Path(self.run_dir) / workers.EVENTS_FILE).unlink(missing_ok=True)  # a resumed run reports afresh
+        job_file = workers.JobFile(
+            dataset=self.dataset, config=self.config.to_dict(), owner=self.owner, label=self.label,
+            fit=self._worker_fit or workers.DEFAULT_FIT, host=workers.this_host(), started_at=self.started_at,
+        )
+        workers.write_job_file(self.run_dir, job_file)
+        if self._cancel.is_set():
+            raise RuntimeError("Cancelled before the training process started.")
+        worker = workers.Worker.start(self.run_dir, resume=self.resume,
+                                      threads=workers.worker_threads(max_running_jobs()))
+        job_file.worker_pid = worker.pid
+        workers.write_job_file(self.run_dir, job_file)
+        self._worker = worker
+        if self._cancel.is_set():  # pressed while the worker was starting
+            worker.kill()
+        elif self._stop.is_set():
+            workers.request_stop(self.run_dir)
+        self._follow(worker)
+
+    def _follow(self, worker: Any) -> None:
+        """Turn the worker's events into this job's log until the worker ends, then settle how the run ended."""
+        from core import workers
+
+        reader, callback, outcome = workers.EventReader(self.run_dir), _JobCallback(self), None
+        handlers = {"on_train_begin": callback.on_train_begin, "on_step_end": callback.on_step_end,
+                    "on_epoch_end": callback.on_epoch_end, "on_train_end": callback.on_train_end}
+        while True:
+            code = worker.exit_code()
+            for event, data in reader.read_new():
+                if event in handlers:
+                    handlers[event](data)
+                elif event in ("result", "error"):
+                    outcome = (event, data)
+            if code is not None:
+                break
+            time.sleep(WORKER_POLL_SECONDS)
+        self._worker = None
+        if outcome is not None and outcome[0] == "result":
+            self._finish(_fit_result(outcome[1]))
+        elif self._cancel.is_set():
+            self._end_as(CANCELLED, None)
+            _close_record(self.run_dir, CANCELLED, "Cancelled: the training process was ended at once.")
+        elif outcome is not None:
+            self._fail(str(outcome[1].get("message") or "Training failed; see worker.log in the run folder."))
+        else:
+            self._fail(workers.exit_message(code))
+        log.info("Job %s: worker %s ended with %s", self.job_id, worker.pid, code)
+
+    def _fail(self, message: str) -> None:
+        self._end_as(FAILED, message)
+        _close_record(self.run_dir, FAILED, message)
+
+    def _end_as(self, status: str, error: str | None) -> None:
+        with self._lock:
+            self._status, self._phase, self._error = status, "done", error
+            self.finished_at = time.time()
 
     def _finish(self, result: Any) -> None:
         summary = _as_dict(result)
@@ -504,21 +686,53 @@ def _best_epoch(epochs: Sequence[dict[str, Any]]) -> int | None:
     return None
 
 
-def _close_failed_record(run_dir: str, message: str) -> None:
-    """Make sure the run store does not keep a failed run as "running" (the engine normally closes it itself)."""
+def _close_record(run_dir: str, status: str, message: str | None) -> None:
+    """Make sure the run store does not keep an ended run as "running" (the engine closes it itself unless its
+    process was killed)."""
     try:
         from core.store import RunStore
 
         store = RunStore()
         try:
             wanted = str(Path(run_dir).resolve())
-            for run in store.list_runs(limit=50, status=RUNNING):
+            for run in store.list_runs(limit=200, status=RUNNING):
                 if run.get("run_dir") and str(Path(run["run_dir"]).resolve()) == wanted:
-                    store.finish(run["run_id"], FAILED, error=message)
+                    store.finish(run["run_id"], status, error=message)
         finally:
             store.close()
     except Exception:  # noqa: BLE001 - bookkeeping must never hide the original failure
-        log.warning("Could not mark run %s as failed in the run store", run_dir, exc_info=True)
+        log.warning("Could not mark run %s as %s in the run store", run_dir, status, exc_info=True)
+
+
+def _fit_result(data: dict[str, Any]) -> Any:
+    """The worker's `result` event as the engine's `FitResult` (what a thread-run job keeps too)."""
+    from core.training import FitResult
+
+    names = {f.name for f in dataclasses.fields(FitResult)}
+    try:
+        return FitResult(**{k: v for k, v in data.items() if k in names})
+    except TypeError:  # a worker running another engine (tests) may report fewer fields
+        return data
+
+
+def _checkpoint_history(run_dir: str) -> list[dict[str, Any]]:
+    from core.workers import checkpoint_history
+
+    return checkpoint_history(run_dir)
+
+
+def _expected_start(position: int | None) -> float | None:
+    """Seconds until a job at `position` starts, where that can be said honestly: the runs ahead of it are all
+    training now (position <= running jobs) and each has a time left; the position-th soonest end frees its slot."""
+    if position is None:
+        return None
+    running = _SLOTS.running_jobs()
+    if position > len(running) or len(running) < max_running_jobs():
+        return None
+    left = [job.snapshot().eta_seconds for job in running]
+    if any(seconds is None for seconds in left):
+        return None
+    return sorted(left)[position - 1]
 
 
 def _record_owner(job: TrainingJob) -> None:
@@ -545,8 +759,10 @@ def _default_fit() -> FitFunction:
 
 def _register(job: TrainingJob) -> None:
     with _REGISTRY_LOCK:
-        if job.job_id in JOBS:
+        known = JOBS.get(job.job_id)
+        if known is not None and not (job.resume and known.is_finished):
             raise ValueError(f"A job with id {job.job_id} exists already; use a new run folder.")
+        JOBS.pop(job.job_id, None)  # a resumed run takes the place of its ended job
         JOBS[job.job_id] = job
 
 
@@ -598,6 +814,129 @@ def queued_count() -> int:
     """How many jobs are waiting for a free slot."""
     with _SLOTS.condition:
         return len(_SLOTS.waiting)
+
+
+# ------------------------------------------------------------------------------------------ resume and recover
+def can_resume(run_dir: str | Path | None) -> bool:
+    """Whether a run folder can continue from a checkpoint: it has `job.json` and an epoch checkpoint."""
+    from core import workers
+
+    if not run_dir:
+        return False
+    return (Path(run_dir) / workers.JOB_FILE).exists() and workers.checkpoint_epoch(run_dir) is not None
+
+
+def resume(run_dir: str | Path, owner: str | None = None, worker_fit: str | None = None) -> TrainingJob:
+    """Start a job that continues a stopped, failed, cancelled or interrupted run from its last epoch checkpoint.
+
+    It queues like any new run and trains in a worker process, on the data set and settings `job.json` recorded.
+
+    Args:
+        run_dir: the run folder.
+        owner: who asks; a run started by someone else is refused.
+        worker_fit: the engine, as `TrainingJob` takes it (tests); default the one `job.json` names.
+    """
+    from core import workers
+
+    run_dir = str(run_dir)
+    known = get(Path(run_dir).name)
+    if known is not None and known.is_running:
+        raise ValueError(f"Run {Path(run_dir).name} is still training; stop it before resuming it.")
+    if not can_resume(run_dir):
+        raise ValueError(
+            f"Run {Path(run_dir).name} cannot be resumed: it has no epoch checkpoint (it ended before its first "
+            "epoch) or was not started from this app. Train it anew."
+        )
+    job_file = workers.read_job_file(run_dir)
+    if owner is not None and job_file.owner is not None and job_file.owner != owner:
+        raise PermissionError(f"Run {Path(run_dir).name} was started in another browser; only its owner resumes it.")
+    job = TrainingJob(job_file.dataset, job_file.train_config(), run_dir=run_dir, label=job_file.label,
+                      owner=job_file.owner or owner, worker_fit=worker_fit or job_file.fit, resume=True)
+    return job.start()
+
+
+def recover(store: Any = None) -> dict[str, list[str]]:
+    """After a server (re)start: find the runs the store says are running but no job of this server trains.
+
+    A run whose worker process still lives on this machine is adopted (its job follows the worker's events from
+    the start of its events file); one whose worker is gone is marked "interrupted", resumable from its last
+    epoch checkpoint. Runs of other machines and of this very process are left alone.
+
+    Returns:
+        {"adopted": [run ids], "interrupted": [run ids]}.
+    """
+    from core import workers
+    from core.store import RunStore
+
+    own_store = store is None
+    store = store or RunStore()
+    found: dict[str, list[str]] = {"adopted": [], "interrupted": []}
+    try:
+        for run in store.list_runs(status=RUNNING):
+            run_dir = run.get("run_dir")
+            if not run_dir or get(Path(run_dir).name) is not None or run.get("host") != workers.this_host():
+                continue
+            if run.get("pid") == os.getpid():
+                continue  # a thread of this process trains it
+            if workers.pid_alive(run.get("pid")) and _adopt(run_dir, int(run["pid"])):
+                found["adopted"].append(run["run_id"])
+                continue
+            epoch = workers.checkpoint_epoch(run_dir)
+            message = ("Interrupted: its training process was gone when the server started"
+                       + (f"; resume it from epoch {epoch}." if epoch else " before its first epoch ended."))
+            store.finish(run["run_id"], INTERRUPTED, error=message)
+            found["interrupted"].append(run["run_id"])
+            log.warning("Run %s: %s", run["run_id"], message)
+    finally:
+        if own_store:
+            store.close()
+    return found
+
+
+def _adopt(run_dir: str, pid: int) -> bool:
+    """Follow a worker an earlier server started (`recover`); False when its `job.json` does not name it."""
+    from core import workers
+
+    try:
+        job_file = workers.read_job_file(run_dir)
+    except (OSError, ValueError):
+        return False
+    if job_file.worker_pid != pid:
+        return False
+    job = TrainingJob(job_file.dataset, job_file.train_config(), run_dir=run_dir, label=job_file.label,
+                      owner=job_file.owner, worker_fit=job_file.fit)
+    job.isolation, job._status, job._phase = "process", RUNNING, "starting"
+    job.started_at = job_file.started_at or time.time()
+    job._worker = workers.Worker.adopt(pid)
+    _register(job)
+    _SLOTS.adopt(job)
+
+    def follow() -> None:
+        try:
+            job._follow(job._worker)
+        finally:
+            _record_owner(job)
+            _SLOTS.release(job)
+            _prune()
+
+    job._thread = threading.Thread(target=follow, name=f"follow-{job.job_id}", daemon=True)
+    job._thread.start()
+    log.info("Adopted the running worker %d of run %s", pid, job.job_id)
+    return True
+
+
+_RECOVERED = threading.Event()
+
+
+def recover_once() -> None:
+    """`recover()` the first time a page asks in this server process (pages call this; it is cheap after)."""
+    if _RECOVERED.is_set():
+        return
+    _RECOVERED.set()
+    try:
+        recover()
+    except Exception:  # noqa: BLE001 - finding old runs must never stop the page
+        log.warning("Could not look for runs a previous server left running", exc_info=True)
 
 
 # ----------------------------------------------------------------------------------------- feature warm-up

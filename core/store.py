@@ -26,7 +26,8 @@ from core.paths import workspace_dir
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("running", "completed", "stopped", "failed")
+#: "cancelled": its worker was killed on request; "interrupted": its worker was gone after a server restart.
+STATUSES = ("running", "completed", "stopped", "failed", "cancelled", "interrupted")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -254,7 +255,8 @@ class RunStore:
             )
 
     def finish(self, run_id: str, status: str, error: str | None = None, **summary: Any) -> None:
-        """Close a run: `completed`, `stopped` or `failed` (with the error text), plus any summary values."""
+        """Close a run: `completed`, `stopped`, `failed`, `cancelled` or `interrupted` (with the error text), plus any
+        summary values."""
         if status not in STATUSES:
             raise ValueError(f"Run status must be one of {', '.join(STATUSES)}, not {status!r}.")
         if summary:
@@ -346,7 +348,7 @@ class RunStore:
         ).fetchall()
         changed = []
         for row in rows:
-            if row["pid"] is not None and not _pid_alive(int(row["pid"])):
+            if row["pid"] is not None and not pid_alive(int(row["pid"])):
                 self._update(row["run_id"], status="failed", error="The training process ended before the run did.")
                 changed.append(row["run_id"])
         return changed
@@ -357,13 +359,18 @@ def _missing_columns(connection: sqlite3.Connection) -> list[str]:
     return [name for name in _ADDED_COLUMNS if name not in present]
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id runs on this machine (one that ended but was not yet reaped counts as ended)."""
+    if not pid or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a child that ended but was not reaped yet still answers signal 0
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -13,6 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFER_STUDIO_WARM_UP", "0")  # no background feature warm-ups in unit tests
+os.environ.setdefault("TRANSFER_STUDIO_MAX_JOBS", "1")  # one training slot, whatever the cores: tests say when more
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 

@@ -293,3 +293,51 @@ def test_the_time_left_comes_from_the_measured_run_and_is_none_once_it_ends(colo
     assert 0.0 < left < 20.0  # 3 epochs of about 0.5 s each are left; generous for a busy machine
     assert job.join(30)
     assert job.snapshot().eta_seconds is None
+
+
+def test_fair_order_lets_owners_take_turns():
+    from types import SimpleNamespace
+
+    def queued(*owners: str) -> list[SimpleNamespace]:
+        return [SimpleNamespace(owner=owner, name=f"{owner}{i}") for i, owner in enumerate(owners)]
+
+    def names(order: list[SimpleNamespace]) -> list[str]:
+        return [job.name for job in order]
+
+    assert names(jobs.fair_order(queued("a", "a", "a", "b"), last_served={})) == ["a0", "b3", "a1", "a2"]
+    # Alice got the last slot: Bob's and Carol's first runs go before her next one, then they take turns.
+    assert names(jobs.fair_order(queued("a", "a", "b", "b", "c"), last_served={"a": 5})) == ["b2", "c4", "a0",
+                                                                                           "b3", "a1"]
+    assert names(jobs.fair_order(queued("b", "a"), last_served={"a": 1, "b": 2})) == ["a1", "b0"]
+    assert jobs.fair_order([], last_served={"a": 1}) == []
+
+
+def test_one_owner_queuing_many_runs_does_not_starve_another(colour_dataset, tmp_path, monkeypatch):
+    """Alice queues four runs on a one-slot machine, then Bob one: Bob's starts second, not fifth."""
+    monkeypatch.setenv("TRANSFER_STUDIO_MAX_JOBS", "1")
+    gate = threading.Event()
+    alice = [TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / f"alice{i}", fit_fn=_FakeFit(gate=gate),
+                         owner="alice").start() for i in range(4)]
+    bob = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "bob", fit_fn=_FakeFit(gate=gate),
+                      owner="bob").start()
+    assert [job.queued_at for job in alice] == [None, 1, 2, 3]
+    assert bob.queued_at == 1 and bob.snapshot().queue_position == 1
+    assert [job.snapshot().queue_position for job in alice[1:]] == [2, 3, 4]
+    gate.set()
+    assert all(job.join(20) for job in [*alice, bob])
+    order = sorted([*alice, bob], key=lambda job: job.started_at)
+    assert order == [alice[0], bob, *alice[1:]]
+
+
+def test_a_queued_job_expects_its_start_when_the_running_one_says_its_time_left(colour_dataset, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("TRANSFER_STUDIO_MAX_JOBS", "1")
+    first = TrainingJob(colour_dataset, _Config(epochs=4), run_dir=tmp_path / "first",
+                        fit_fn=_FakeFit(steps_per_epoch=10, delay=0.05)).start()
+    second = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "second", fit_fn=_FakeFit()).start()
+    third = TrainingJob(colour_dataset, _Config(), run_dir=tmp_path / "third", fit_fn=_FakeFit()).start()
+    assert _wait(lambda: first.snapshot().eta_seconds is not None, timeout=20)
+    expected = second.snapshot().expected_start_seconds
+    assert expected is not None and 0.0 < expected < 20.0
+    assert third.snapshot().expected_start_seconds is None  # how long the second run takes is not known
+    assert all(job.join(30) for job in (first, second, third))

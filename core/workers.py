@@ -1,0 +1,394 @@
+"""Training in a worker process of its own: a crash, a native error or running out of memory ends one run, not the
+server; Cancel can kill a run at once; a restarted server finds its runs again.
+
+The server (`core.jobs`) and a worker talk only through files in the run folder, so that either side may restart:
+
+| file           | written by                           | read by                                          |
+| -------------- | ------------------------------------ | ------------------------------------------------ |
+| `job.json`     | the server, before the worker starts | the worker; `resume_run` (the Resume button, CLI) |
+| `events.jsonl` | the worker: one engine event a line  | the server's job, which turns it into snapshots   |
+| `stop`         | the server, when Stop is pressed     | the worker, once per batch (graceful stop)        |
+| `worker.log`   | the worker's stdout and stderr       | people                                            |
+
+`job.json` holds what a run needs to start or resume anywhere: the data set (its rows, so a resumed run trains on
+exactly the same examples), the settings, the owner and the worker's pid. Each line of `events.jsonl` is
+`{"event": name, "data": {...}}` with the engine's callback events (`on_train_begin`, `on_step_end`,
+`on_epoch_end`, `on_train_end`) and one last line, `result` (the `FitResult`) or `error` (`message`).
+
+A worker is `python -m core.workers RUN_DIR [--resume]` in a new session (its own process group), started with
+`subprocess` rather than `multiprocessing`: a `multiprocessing` child is joined or terminated when its parent
+exits, and a worker must outlive a server restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.dataset import Dataset
+from core.store import pid_alive
+
+log = logging.getLogger(__name__)
+
+JOB_FILE, EVENTS_FILE, STOP_FILE, LOG_FILE = "job.json", "events.jsonl", "stop", "worker.log"
+#: The engine the worker runs unless a job names another ('module:function'; tests name a tiny-model one).
+DEFAULT_FIT = "core.training:fit"
+#: How the server tells a worker how many CPU threads it may use.
+THREADS_ENV = "TRANSFER_STUDIO_WORKER_THREADS"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_worker_count() -> int:
+    """Runs that may train at once when nobody says: one per CUDA GPU, else half the CPU cores (at most 8).
+
+    Half the cores, because each CPU run uses several threads for its own matrix work; the worker divides the
+    cores between the runs (`worker_threads`).
+    """
+    if "torch" in sys.modules:  # only ask about GPUs where torch is loaded anyway; the answer is cheap then
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+            return torch.cuda.device_count()
+    return max(1, min(8, _cpu_count() // 2))
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def worker_threads(concurrent_runs: int) -> int:
+    """CPU threads one worker uses, so that `concurrent_runs` workers share the cores instead of fighting."""
+    return max(1, _cpu_count() // max(1, concurrent_runs))
+
+
+# ------------------------------------------------------------------------------------------------ job.json
+@dataclass
+class JobFile:
+    """What `job.json` holds: everything a worker needs to start or resume the run."""
+
+    dataset: Dataset
+    config: dict[str, Any]
+    owner: str | None = None
+    label: str = ""
+    fit: str = DEFAULT_FIT
+    worker_pid: int | None = None
+    host: str | None = None
+    started_at: float | None = None
+
+    def train_config(self) -> Any:
+        from core.training import TrainConfig
+
+        return TrainConfig.from_dict(self.config)
+
+
+def write_job_file(run_dir: str | Path, job: JobFile) -> None:
+    """Write (or rewrite) `job.json` atomically: a reader never sees half a file."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = job.dataset
+    body = {
+        "dataset": {
+            "name": dataset.name, "modality": dataset.modality, "classes": list(dataset.classes),
+            "root": dataset.root, "split_given": dataset.split_given,
+            "rows": [[str(item), str(label), str(split)]
+                     for item, label, split in dataset.table[["item", "label", "split"]].itertuples(index=False)],
+        },
+        **{f.name: getattr(job, f.name) for f in dataclasses.fields(job) if f.name != "dataset"},
+    }
+    temporary = run_dir / (JOB_FILE + ".tmp")
+    temporary.write_text(json.dumps(body, default=str))
+    temporary.replace(run_dir / JOB_FILE)
+
+
+def read_job_file(run_dir: str | Path) -> JobFile:
+    """Read `job.json`; a run folder without one was not started by the app (nor by `train --resume`)."""
+    path = Path(run_dir) / JOB_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{run_dir} holds no {JOB_FILE}: only runs started from the Train page (or resumed once) can be resumed "
+            "this way. Train again with the same settings instead."
+        )
+    body = json.loads(path.read_text())
+    data = body.pop("dataset")
+    table = pd.DataFrame(data["rows"], columns=["item", "label", "split"])
+    dataset = Dataset(name=data["name"], modality=data["modality"], table=table, classes=list(data["classes"]),
+                      root=data.get("root"), split_given=bool(data.get("split_given")))
+    known = {f.name for f in dataclasses.fields(JobFile)}
+    return JobFile(dataset=dataset, **{k: v for k, v in body.items() if k in known})
+
+
+def checkpoint_epoch(run_dir: str | Path) -> int | None:
+    """The epoch of the run's last checkpoint (where a resume continues after), or None when it has none."""
+    try:
+        return int(json.loads(_last_checkpoint(run_dir).read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _last_checkpoint(run_dir: str | Path) -> Path:
+    """The engine's record of its last epoch checkpoint (`core.training` writes it; its folder name is the engine's)."""
+    from core.training import CHECKPOINT_DIR
+
+    return Path(run_dir) / CHECKPOINT_DIR / "last.json"
+
+
+def checkpoint_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics up to the last checkpoint: what a resumed run starts from."""
+    try:
+        return list(json.loads(_last_checkpoint(run_dir).read_text()).get("history") or [])
+    except (OSError, ValueError):
+        return []
+
+
+# --------------------------------------------------------------------------------------------- stop and events
+def request_stop(run_dir: str | Path) -> None:
+    """Ask the run's worker to stop after its current batch."""
+    (Path(run_dir) / STOP_FILE).touch()
+
+
+class StopFile:
+    """The worker's stop flag (duck-types the `threading.Event` the engine reads): set when the `stop` file exists,
+    or when the run folder itself is gone (deleted with its workspace: nobody is left to read what the run writes)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / STOP_FILE
+
+    def is_set(self) -> bool:
+        return self.path.exists() or not self.path.parent.is_dir()
+
+    def set(self) -> None:
+        self.path.touch()
+
+
+class EventWriter:
+    """The worker's engine callback: every event a line of `events.jsonl`, flushed, so the server sees it at once."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self._file = open(Path(run_dir) / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
+
+    def write(self, event: str, data: Any) -> None:
+        self._file.write(json.dumps({"event": event, "data": _plain(data)}, default=str) + "\n")
+        self._file.flush()
+
+    def on_train_begin(self, info: Any) -> None:
+        self.write("on_train_begin", info)
+
+    def on_step_end(self, metrics: Any) -> None:
+        self.write("on_step_end", metrics)
+
+    def on_epoch_end(self, metrics: Any) -> None:
+        self.write("on_epoch_end", metrics)
+
+    def on_train_end(self, result: Any) -> None:
+        self.write("on_train_end", result)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class EventReader:
+    """The server's side of `events.jsonl`: each call returns the complete lines written since the last one."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.offset = 0
+
+    def read_new(self) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []  # half a line: the worker is still writing it
+        self.offset += end + 1
+        events = []
+        for line in chunk[: end + 1].splitlines():
+            try:
+                entry = json.loads(line)
+                events.append((str(entry["event"]), dict(entry.get("data") or {})))
+            except (ValueError, KeyError, TypeError):
+                log.warning("Skipping an unreadable line in %s", self.path)
+        return events
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value) if isinstance(value, dict) else {"value": value}
+
+
+# ----------------------------------------------------------------------------------------------- the process
+class Worker:
+    """A running worker process, started here (`start`) or found again after a server restart (`adopt`)."""
+
+    def __init__(self, pid: int, process: subprocess.Popen | None = None) -> None:
+        self.pid = pid
+        self._process = process
+
+    @classmethod
+    def start(cls, run_dir: str | Path, resume: bool = False, threads: int | None = None) -> Worker:
+        """Start `python -m core.workers RUN_DIR` in a new session, so Cancel can kill it and its children at once.
+
+        Args:
+            run_dir: the run folder; its `job.json` must be written.
+            resume: continue from the last epoch checkpoint.
+            threads: CPU threads the worker's torch may use (`worker_threads`); default torch's own choice.
+        """
+        run_dir = Path(run_dir)
+        env = dict(os.environ)
+        if threads:
+            env[THREADS_ENV] = str(threads)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        command = [sys.executable, "-m", "core.workers", str(run_dir)] + (["--resume"] if resume else [])
+        with open(run_dir / LOG_FILE, "ab") as output:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+                command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cwd=str(_REPO_ROOT), start_new_session=True,
+            )
+        return cls(process.pid, process)
+
+    @classmethod
+    def adopt(cls, pid: int) -> Worker:
+        """A worker another (earlier) server started; it is not our child, so only its liveness can be watched."""
+        return cls(pid)
+
+    def exit_code(self) -> int | None:
+        """None while it runs; its exit status once ended (negative: the signal that ended it; -999: unknown)."""
+        if self._process is not None:
+            return self._process.poll()
+        return None if pid_alive(self.pid) else -999
+
+    def kill(self) -> None:
+        """End the worker and every process it started (data loaders, ...) at once: SIGKILL to its process group."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(self.pid, signal.SIGKILL)
+        if self._process is not None:
+            self._process.wait(10)
+
+
+def exit_message(code: int) -> str:
+    """What to tell the user about a worker that ended without reporting a result or an error."""
+    if code == -999:
+        return "the training process ended unexpectedly (it was gone when checked)"
+    if code < 0:
+        return f"the training process ended unexpectedly (signal {-code})"
+    return f"the training process ended unexpectedly (exit status {code})"
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+# -------------------------------------------------------------------------------------------- the worker side
+def _import(target: str) -> Callable[..., Any]:
+    module_name, _, name = target.partition(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def run_worker(run_dir: str | Path, resume: bool = False) -> int:
+    """The worker's body: train the run `job.json` describes, reporting through `events.jsonl`; the exit status."""
+    run_dir = Path(run_dir)
+    job = read_job_file(run_dir)
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    events = EventWriter(run_dir)
+    try:
+        fit = _import(job.fit)
+        options = {"resume": True} if resume else {}
+        result = fit(job.dataset, job.train_config(), run_dir, callbacks=(events,), stop_event=StopFile(run_dir),
+                     **options)
+    except Exception as error:  # noqa: BLE001 - whatever ends the run reaches the user as its message
+        log.exception("Run %s failed", run_dir.name)
+        events.write("error", {"message": str(error).strip() or type(error).__name__})
+        return 1
+    else:
+        events.write("result", result)
+        return 0
+    finally:
+        events.close()
+
+
+def resume_run(run_dir: str | Path, fit: Callable[..., Any] | None = None, callbacks: tuple = ()) -> Any:
+    """Continue a stopped, failed or interrupted run from its last epoch checkpoint, in this process (the CLI).
+
+    Args:
+        run_dir: the run folder, with its `job.json` and its last epoch checkpoint.
+        fit: the engine (default: the one `job.json` names, normally `core.training.fit`).
+        callbacks: engine listeners (progress logging).
+    """
+    job = read_job_file(run_dir)
+    if checkpoint_epoch(run_dir) is None:
+        raise FileNotFoundError(
+            f"Cannot resume {run_dir}: it has no epoch checkpoint (it ended before its first epoch). Train it anew."
+        )
+    (Path(run_dir) / STOP_FILE).unlink(missing_ok=True)
+    engine = fit or _import(job.fit)
+    return engine(job.dataset, job.train_config(), Path(run_dir), callbacks=callbacks, resume=True)
+
+
+def write_metrics(run_dir: str | Path, result: Any) -> Path:
+    """`metrics.json` as `python -m core train` writes it: the result's numbers and, if any, its estimate."""
+    summary = _plain(result)
+    metrics = {key: summary.get(key) for key in (
+        "run_id", "status", "history", "best_epoch", "val_accuracy", "val_loss", "test_accuracy", "cache_mode",
+        "device", "precision")}  # fmt: skip
+    metrics["seconds"] = round(float(summary.get("seconds") or 0.0), 2)
+    metrics.update(summary.get("estimate") or {})
+    path = Path(run_dir) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, default=str))
+    return path
+
+
+def main_resume(args: argparse.Namespace) -> int:
+    """`python -m core train --resume RUN_DIR`: finish a run from its last epoch checkpoint; write metrics.json."""
+    from core.training import _LogProgress
+
+    try:
+        result = resume_run(args.resume, callbacks=(_LogProgress(),))
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        log.error("%s", error)
+        return 2
+    path = write_metrics(args.resume, result)
+    log.info("Resumed run %s: %s, best epoch %s, test accuracy %s -> %s", result.run_id, result.status,
+             result.best_epoch, result.test_accuracy, path)
+    return 0 if result.status == "completed" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.workers", description="Train one run as a worker process.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_worker(args.run_dir, resume=args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
