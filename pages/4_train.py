@@ -1,7 +1,8 @@
 """Step 4 · Train: choose hyperparameters, train in the background with live charts, compare runs.
 
-Training runs in a `core.jobs.TrainingJob` (a worker thread); this page only starts, stops and polls it. The live
-panel is a fragment that reruns every second on its own, so the rest of the page stays still and usable.
+Training runs in a `core.jobs.TrainingJob` (a worker process of its own); this page only starts, stops, cancels,
+resumes and polls it. The live panel is a fragment that reruns every second on its own, so the rest of the page
+stays still and usable.
 A refreshed or reopened page (a new browser session) gets this browser's own latest job and runs back
 (`core.session.restore`, called by `app.py`); another browser's jobs are never shown.
 """
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 AUGMENTATIONS = ("none", "light", "strong")
 _ENGINE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _CLI_SPLIT = "70%/15%/15%, seed 0"  # how `python -m core train` splits data (core.data defaults)
-STATUS_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "stopped": "⏹️", "failed": "❌"}
+STATUS_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "stopped": "⏹️", "failed": "❌", "cancelled": "🛑",
+                "interrupted": "⚡"}
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -277,6 +279,8 @@ def _best_val_accuracy(record: dict[str, Any]) -> float | None:
 def _draw_progress(snapshot: jobs.JobSnapshot) -> None:
     if snapshot.status == "queued":
         place = f" (place {snapshot.queue_position} in the queue)" if snapshot.queue_position else ""
+        if snapshot.expected_start_seconds is not None:
+            place += f", expected to start in {_format_eta(snapshot.expected_start_seconds).removesuffix(' left')}"
         st.info(
             f"⏳ Queued{place}: this machine trains one model at a time, and another session's run is training. "
             "Yours starts by itself when that one ends; you can leave this page open or come back later.",
@@ -329,9 +333,15 @@ def _live_panel(job_id: str) -> None:
     snapshot = job.snapshot()
     _draw_progress(snapshot)
     _draw_cache_note(snapshot)
-    if st.button("⏹️ Stop training", key="train-stop", help="Stops within one batch; the best epoch so far is kept."):
+    stop, cancel, _ = st.columns([1, 1, 3])
+    if stop.button("⏹️ Stop training", key="train-stop", help="Stops within one batch; the best epoch so far is kept."):
         job.stop()
         st.toast("Stopping after the current batch…")
+    if cancel.button("🛑 Cancel", key="train-cancel",
+                     help="Ends the training process at once, mid-batch: no model is kept from this run, but Resume "
+                     "continues it from its last finished epoch."):
+        job.cancel()
+        st.toast("Cancelled.")
     _draw_charts(snapshot, "live")
     if not snapshot.is_active:
         st.rerun()  # the whole page redraws once with the results
@@ -356,6 +366,9 @@ def _draw_finished(state: StudioState, job: jobs.TrainingJob) -> None:
         st.error(f"Training failed: {snapshot.error}", icon="❌")
         st.caption("The run is recorded as failed. Change the settings above (a smaller batch size, another "
                    "device) or the data, and train again.")
+    elif snapshot.status in ("cancelled", "interrupted"):
+        st.warning(f"{snapshot.status.capitalize()}: {snapshot.error or 'the training process was ended at once'}. "
+                   "No model is kept from this run; Resume continues it from its last finished epoch.", icon="🛑")
     elif snapshot.status == "stopped":
         if job.run_dir in state.runs:
             st.warning(f"Stopped. The best epoch so far ({snapshot.best_epoch}) is kept as the model.", icon="⏹️")
@@ -472,10 +485,61 @@ def _draw_runs(state: StudioState) -> None:
         state.run_dir = str(by_id[pick]["run_dir"])
 
 
+def _resumable_runs(state: StudioState) -> list[dict[str, Any]]:
+    """This browser's runs that can continue from a checkpoint: stopped, failed, cancelled or interrupted ones
+    (an interrupted run lost its training process to a server restart), newest first."""
+    from core.store import RunStore
+
+    try:
+        store = RunStore()
+        try:
+            if state.owner:
+                records = store.list_runs(limit=50, owner=state.owner)
+            else:  # no browser id: only the runs this session started
+                mine = {str(Path(d).resolve()) for d in state.scratch.get("train_run_dirs", [])}
+                records = [r for r in store.list_runs(limit=200)
+                           if r.get("run_dir") and str(Path(r["run_dir"]).resolve()) in mine]
+        finally:
+            store.close()
+    except Exception as exc:  # noqa: BLE001 - the list is a convenience; training must not depend on it
+        log.warning("Could not read the run store: %s", exc)
+        return []
+    return [r for r in records if r["status"] in jobs.RESUMABLE_STATUSES and jobs.can_resume(r.get("run_dir"))]
+
+
+def _draw_resume(state: StudioState, active: bool) -> None:
+    """A Resume button for this browser's stopped, failed, cancelled or interrupted runs: each continues from its
+    last finished epoch, on the data and settings it was started with."""
+    runs = _resumable_runs(state)
+    if not runs:
+        return
+    by_id = {r["run_id"]: r for r in runs}
+    left, right = st.columns([3, 1])
+    chosen = left.selectbox(
+        "Resume a run", list(by_id), key="train-resume-pick",
+        format_func=lambda run_id: f"{STATUS_ICONS.get(by_id[run_id]['status'], '')} {run_id} · "
+        f"{by_id[run_id]['status']} · {by_id[run_id].get('backbone')}",
+        help="Continues from the run's last finished epoch with the data and settings it was started with; "
+        "the result is the same as if it had never been interrupted.",
+    )
+    if right.button("▶️ Resume", key="train-resume", disabled=active or chosen is None,
+                    help="Another run of yours is training; wait for it or stop it first." if active else None):
+        try:
+            job = jobs.resume(by_id[chosen]["run_dir"], owner=state.owner)
+        except (ValueError, PermissionError, OSError) as exc:
+            st.error(f"Cannot resume this run: {exc}")
+            return
+        state.job = job
+        state.scratch.setdefault("train_run_dirs", []).append(job.run_dir)
+        state.scratch["train_click"] = (job.job_id, job.queued_at)
+        st.rerun()
+
+
 # ------------------------------------------------------------------------------------------------------- page
 st.title("4 · Train")
 state = require("Data", "Backbone", "Freezing")
 dataset = state.dataset
+jobs.recover_once()  # after a server restart: adopt workers still training, mark the others resumable
 
 st.caption(
     f"Data **{dataset.name}** ({len(dataset.table)} examples, {dataset.num_classes} classes) · backbone "
@@ -567,7 +631,9 @@ if defaults["feature_extraction"]:
     st.caption("Every layer group is frozen: features are computed once and cached, so "
                + ("the fit takes seconds." if logistic else "epochs take seconds."))
 if others_active and not active:
-    st.caption("Another session is training on this machine; a new run waits in the queue (one run at a time).")
+    at_once = jobs.max_running_jobs()
+    st.caption("Another session is training on this machine; a new run waits in the queue "
+               f"({'one run' if at_once == 1 else f'{at_once} runs'} at a time, people taking turns).")
 
 values = {
     "backbone": state.backbone_name,
@@ -633,6 +699,7 @@ if job is not None:
         for note in notes:
             st.caption(note)
 
+_draw_resume(state, active)
 _draw_runs(state)
 
 if state.run_dir and not active:
