@@ -331,6 +331,7 @@ class TrainingJob:
         self._worker_fit = worker_fit
         self.resume = resume
         self.isolation = "thread"
+        self.gpu: str | None = None  # the CUDA device its worker was given, where there are GPUs
         self._worker: Any = None  # a core.workers.Worker while one trains this job
         self._cancel = threading.Event()
         self._stop = threading.Event()
@@ -517,7 +518,8 @@ class TrainingJob:
         workers.write_job_file(self.run_dir, job_file)
         if self._cancel.is_set():
             raise RuntimeError("Cancelled before the training process started.")
-        worker = workers.Worker.start(self.run_dir, resume=self.resume,
+        self.gpu = self._pick_gpu()
+        worker = workers.Worker.start(self.run_dir, resume=self.resume, gpu=self.gpu,
                                       threads=workers.worker_threads(max_running_jobs()))
         job_file.worker_pid = worker.pid
         workers.write_job_file(self.run_dir, job_file)
@@ -527,6 +529,16 @@ class TrainingJob:
         elif self._stop.is_set():
             workers.request_stop(self.run_dir)
         self._follow(worker)
+
+    def _pick_gpu(self) -> str | None:
+        """The GPU the fewest running jobs use (first in order on a tie); None on a machine without CUDA."""
+        from core.workers import gpu_ids
+
+        names = gpu_ids()
+        if not names:
+            return None
+        in_use = [job.gpu for job in _SLOTS.running_jobs() if job is not self]
+        return min(names, key=lambda name: (in_use.count(name), names.index(name)))
 
     def _follow(self, worker: Any) -> None:
         """Turn the worker's events into this job's log until the worker ends, then settle how the run ended."""

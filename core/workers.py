@@ -58,12 +58,25 @@ def default_worker_count() -> int:
     Half the cores, because each CPU run uses several threads for its own matrix work; the worker divides the
     cores between the runs (`worker_threads`).
     """
-    if "torch" in sys.modules:  # only ask about GPUs where torch is loaded anyway; the answer is cheap then
-        import torch
+    return len(gpu_ids()) or max(1, min(8, _cpu_count() // 2))
 
-        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
-            return torch.cuda.device_count()
-    return max(1, min(8, _cpu_count() // 2))
+
+def gpu_ids() -> list[str]:
+    """The CUDA devices this server may hand to workers, as `CUDA_VISIBLE_DEVICES` names them; [] without CUDA.
+
+    Only asked where torch is loaded already (the server imports it for the pages), so the answer is cheap. Each
+    worker is given one of these (`Worker.start(gpu=...)`), so N runs on N GPUs do not all land on the first.
+    Written against the documented CUDA_VISIBLE_DEVICES behaviour; not run on a GPU machine here.
+    """
+    if "torch" not in sys.modules:
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    visible = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return visible[:count] if visible else [str(index) for index in range(count)]
 
 
 def _cpu_count() -> int:
@@ -246,18 +259,22 @@ class Worker:
         self._process = process
 
     @classmethod
-    def start(cls, run_dir: str | Path, resume: bool = False, threads: int | None = None) -> Worker:
+    def start(cls, run_dir: str | Path, resume: bool = False, threads: int | None = None,
+              gpu: str | None = None) -> Worker:
         """Start `python -m core.workers RUN_DIR` in a new session, so Cancel can kill it and its children at once.
 
         Args:
             run_dir: the run folder; its `job.json` must be written.
             resume: continue from the last epoch checkpoint.
             threads: CPU threads the worker's torch may use (`worker_threads`); default torch's own choice.
+            gpu: the one CUDA device the worker sees (a `gpu_ids()` name); default all the server sees.
         """
         run_dir = Path(run_dir)
         env = dict(os.environ)
         if threads:
             env[THREADS_ENV] = str(threads)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         command = [sys.executable, "-m", "core.workers", str(run_dir)] + (["--resume"] if resume else [])
         with open(run_dir / LOG_FILE, "ab") as output:

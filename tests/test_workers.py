@@ -209,3 +209,23 @@ def test_the_cli_resumes_a_run_folder_and_writes_metrics_json(colour_dataset, tm
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and [m["epoch"] for m in metrics["history"]] == [1, 2]
     assert main(["train", "--resume", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_workers_are_spread_over_the_gpus(colour_dataset, tmp_path, monkeypatch):
+    """On a machine with GPUs each worker sees one of them, the least used (CUDA_VISIBLE_DEVICES); untested on a GPU."""
+    monkeypatch.setattr(workers, "gpu_ids", lambda: ["2", "5"])
+    first, second, third = (TrainingJob(colour_dataset, _config(), run_dir=tmp_path / name)
+                            for name in ("first", "second", "third"))
+    first.gpu = first._pick_gpu()
+    jobs._SLOTS.adopt(first)
+    try:
+        second.gpu = second._pick_gpu()
+        jobs._SLOTS.adopt(second)
+        assert (first.gpu, second.gpu) == ("2", "5")
+        jobs._SLOTS.release(first)
+        assert third._pick_gpu() == "2"
+    finally:
+        jobs._SLOTS.release(first)
+        jobs._SLOTS.release(second)
+    monkeypatch.setattr(workers, "gpu_ids", lambda: [])
+    assert third._pick_gpu() is None
