@@ -11,6 +11,8 @@ Arms, all on the same draw and the same held-out examples:
   frozen features of the same pretrained backbone (its last layer, as a tutorial would take them), all labels.
 - no transfer: TF-IDF + logistic regression for texts; the raw pixels (32x32 grey) + logistic regression for images.
 - zero-shot (sentence encoders): the class names alone, embedded by the same encoder (0 labelled examples).
+- app, encoder not tuned (where the defaults tune a sentence encoder on the labels first): the same recipe with the
+  encoder left as pretrained, to show what the tuning adds and what it costs.
 
 The frozen backbone's features of every example are computed once per set. The delivered model of a
 feature-extraction run is that frozen backbone plus a linear head, so its held-out predictions are its head applied
@@ -215,17 +217,32 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
                          backbone=copy.deepcopy(backbone))
             seconds = time.perf_counter() - started
             model, model_preprocessor, _ = load_model(run_dir)
-            with torch.inference_mode():
-                head_probabilities = torch.softmax(model.head(torch.as_tensor(features[test])), dim=1).numpy()
-            if per_class == sizes[0] and seed == 0:
-                _check_parity(model, model_preprocessor, items[test[:8]].tolist(), head_probabilities[:8])
-            held_out_accuracy = float((head_probabilities.argmax(1) == test_y).mean())
             estimate = result.estimate or {}
+            tuned = bool((estimate.get("sentence_tuning") or {}).get("on"))
+            if tuned:  # the delivered encoder is not the frozen one: score through the model itself
+                from core.evaluation import predict_proba
+
+                head_probabilities = predict_proba(model, model_preprocessor, items[test].tolist(), device="cpu")
+            else:
+                with torch.inference_mode():
+                    head_probabilities = torch.softmax(model.head(torch.as_tensor(features[test])), dim=1).numpy()
+                if per_class == sizes[0] and seed == 0:
+                    _check_parity(model, model_preprocessor, items[test[:8]].tolist(), head_probabilities[:8])
+            held_out_accuracy = float((head_probabilities.argmax(1) == test_y).mean())
             low, high = (estimate.get("accuracy_interval95") or (float("nan"), float("nan")))[:2]
             base = {"set": data["name"], "per_class": per_class, "seed": seed, "held_out": len(test)}
             rows.append({**base, "arm": "app defaults", "accuracy": held_out_accuracy, "seconds": seconds,
                          "reported": estimate.get("accuracy"), "low": low, "high": high,
                          "inside": bool(low <= held_out_accuracy <= high)})
+            if tuned:  # what tuning the encoder adds: the same recipe with the encoder left as pretrained
+                untuned_dir = home / f"{data['name']}-{per_class}-{seed}-untuned"
+                untuned = fit(dataset, TrainConfig(backbone=name, frozen_groups=99, seed=seed, sentence_tuning="off"),
+                              untuned_dir, backbone=copy.deepcopy(backbone))
+                untuned_model, _, _ = load_model(untuned_dir)
+                with torch.inference_mode():
+                    untuned_logits = untuned_model.head(torch.as_tensor(features[test]))
+                rows.append({**base, "arm": "app, encoder not tuned", "accuracy": float(
+                    (untuned_logits.argmax(1).numpy() == test_y).mean()), "seconds": untuned.seconds})
             last = features[:, -final:]
             probe = _logistic(last[train], train_y, last[test], test_y, scale=True)
             rows.append({**base, "arm": "probe", "accuracy": probe})

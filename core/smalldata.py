@@ -350,6 +350,11 @@ def select_and_fit(
     return HeadFit(head, points, oof_logits)
 
 
+#: Features learned from the labels: given which examples may be learned from (a boolean mask), every example's
+#: features and the class-name embeddings (or None) from that learning.
+Featurize = Callable[[np.ndarray], tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
 @dataclass
 class CrossValidation:
     """What k-fold cross-validation of the whole recipe (choose L2, fit) tells about new data.
@@ -371,7 +376,7 @@ class CrossValidation:
 
 
 def cross_validate_head(
-    features: torch.Tensor,
+    features: torch.Tensor | None,
     labels: torch.Tensor,
     num_classes: int,
     folds: int,
@@ -381,11 +386,17 @@ def cross_validate_head(
     on_iteration: Callable[[int, float], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
     class_embeddings: torch.Tensor | None = None,
+    featurize: Featurize | None = None,
 ) -> CrossValidation:
     """Nested cross-validation of the head recipe, then the final refit on every example.
 
     Each outer fold chooses its own L2 strength by inner cross-validation on its training part only, so the
     out-of-fold predictions are an honest estimate of the delivered recipe (the choice of L2 included).
+
+    With `featurize`, the features themselves are learned from the labels (an encoder tuned on them): each fold
+    calls `featurize(its training mask)` for every example's features and the class-name embeddings from an
+    encoder tuned on that fold's training part only, and the final call (every example) leaves the delivered
+    encoder behind. `features` and `class_embeddings` are then unused.
     """
     labels_np = labels.numpy()
     fold_of = stratified_folds(labels_np, folds, seed)
@@ -395,6 +406,8 @@ def cross_validate_head(
         if progress is not None:
             progress(fold, folds + 1)
         train, held = fold_of != fold, fold_of == fold
+        if featurize is not None:
+            features, class_embeddings = featurize(train)
         fitted = select_and_fit(
             features[train], labels[train], num_classes, seed=seed + fold + 1, balanced=balanced,
             stop_requested=stop_requested, class_embeddings=class_embeddings,
@@ -403,6 +416,8 @@ def cross_validate_head(
         fold_l2.append(fitted.head.l2)
     if progress is not None:
         progress(folds, folds + 1)
+    if featurize is not None:
+        features, class_embeddings = featurize(np.ones(len(labels_np), dtype=bool))
     final = select_and_fit(
         features, labels, num_classes, seed=seed, balanced=balanced, on_iteration=on_iteration,
         stop_requested=stop_requested, class_embeddings=class_embeddings,

