@@ -1469,11 +1469,16 @@ class _LogProgress:
             "groups frozen", info["num_train"], info["num_val"], info["num_test"], info["cache_mode"],
         )
         log.info(info["cache_note"])
+        if info.get("sentence_tuning_reason"):
+            log.info(info["sentence_tuning_reason"])
 
     def on_step_end(self, metrics: dict[str, Any]) -> None:
         if metrics.get("phase") == "features" and time.monotonic() - self.last > 5:
             self.last = time.monotonic()
             log.info("Caching: %d/%d examples", metrics["done"], metrics["total"])
+        elif metrics.get("phase") == "tuning" and time.monotonic() - self.last > 5:
+            self.last = time.monotonic()
+            log.info("%.0f%%: %s", 100 * metrics["progress"], metrics["note"])
 
 
 def main_train(args: argparse.Namespace) -> int:
@@ -1500,7 +1505,8 @@ def main_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         backbone=backbone_name, frozen_groups=frozen, seed=args.seed, device=args.device,
         protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5,
-        head=getattr(args, "head", None) or "auto", multi_block=getattr(args, "multi_block", True), **chosen,
+        head=getattr(args, "head", None) or "auto", multi_block=getattr(args, "multi_block", True),
+        sentence_tuning=getattr(args, "sentence_tuning", None) or "auto", **chosen,
     )
     out = Path(args.out)
     try:
@@ -1522,6 +1528,8 @@ def main_train(args: argparse.Namespace) -> int:
 
         estimate = result.estimate
         log.info("%s", estimate["protocol_reason"])
+        if (estimate.get("sentence_tuning") or {}).get("reason"):
+            log.info("%s", estimate["sentence_tuning"]["reason"])
         log.info(
             "Done: accuracy %s, macro-F1 %s, n = %d (%s%s), calibration error %.1f%% (%.1f%% before) -> %s",
             format_interval(estimate["accuracy"], estimate["accuracy_interval95"]),
