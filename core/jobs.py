@@ -894,8 +894,9 @@ def recover(store: Any = None) -> dict[str, list[str]]:
                 found["adopted"].append(run["run_id"])
                 continue
             epoch = workers.checkpoint_epoch(run_dir)
-            message = ("Interrupted: its training process was gone when the server started"
-                       + (f"; resume it from epoch {epoch}." if epoch else " before its first epoch ended."))
+            message = "Interrupted: its training process was gone when the server started" + (
+                f"; Resume continues it after epoch {epoch}." if epoch
+                else ", before its first epoch ended, so there is nothing to resume: train it again.")
             store.finish(run["run_id"], INTERRUPTED, error=message)
             found["interrupted"].append(run["run_id"])
             log.warning("Run %s: %s", run["run_id"], message)

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: "cancelled": its worker was killed on request; "interrupted": its worker was gone after a server restart.
 STATUSES = ("running", "completed", "stopped", "failed", "cancelled", "interrupted")
+#: What a run whose process vanished (a killed server or worker) says; its epoch checkpoints make it resumable.
+ABANDONED_MESSAGE = ("The training process ended before the run did (a server restart or a killed worker); Resume "
+                     "continues it from its last finished epoch, if it finished one.")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -349,7 +352,7 @@ class RunStore:
         changed = []
         for row in rows:
             if row["pid"] is not None and not pid_alive(int(row["pid"])):
-                self._update(row["run_id"], status="failed", error="The training process ended before the run did.")
+                self._update(row["run_id"], status="failed", error=ABANDONED_MESSAGE)
                 changed.append(row["run_id"])
         return changed
 

@@ -189,7 +189,7 @@ def test_a_restarted_server_marks_a_run_whose_worker_is_gone_interrupted_and_it_
     found = jobs.recover()
     assert found["adopted"] == [] and len(found["interrupted"]) == 1
     record = RunStore().list_runs()[0]
-    assert record["status"] == "interrupted" and "resume it from epoch 1" in record["error"]
+    assert record["status"] == "interrupted" and "Resume continues it after epoch 1" in record["error"]
     monkeypatch.setenv("TS_TEST_STEP_SECONDS", "0")
     job = jobs.resume(run_dir, owner="alice")
     assert job.join(120) and job.status == jobs.COMPLETED, job.error
