@@ -326,6 +326,25 @@ def _import(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), name)
 
 
+class _RecordOwner:
+    """Writes the run's owner into its store record once the engine has made it, so the owner's Resume list finds
+    the run even when the server that started it is gone."""
+
+    def __init__(self, run_dir: Path, owner: str | None) -> None:
+        self.run_dir, self.owner = run_dir, owner
+
+    def on_train_begin(self, info: Any) -> None:
+        if self.owner is None:
+            return
+        from core.store import RunStore
+
+        store = RunStore()
+        try:
+            store.set_owner(self.run_dir, self.owner)
+        finally:
+            store.close()
+
+
 def run_worker(run_dir: str | Path, resume: bool = False) -> int:
     """The worker's body: train the run `job.json` describes, reporting through `events.jsonl`; the exit status."""
     run_dir = Path(run_dir)
@@ -339,7 +358,8 @@ def run_worker(run_dir: str | Path, resume: bool = False) -> int:
     try:
         fit = _import(job.fit)
         options = {"resume": True} if resume else {}
-        result = fit(job.dataset, job.train_config(), run_dir, callbacks=(events,), stop_event=StopFile(run_dir),
+        callbacks = (_RecordOwner(run_dir, job.owner), events)
+        result = fit(job.dataset, job.train_config(), run_dir, callbacks=callbacks, stop_event=StopFile(run_dir),
                      **options)
     except Exception as error:  # noqa: BLE001 - whatever ends the run reaches the user as its message
         log.exception("Run %s failed", run_dir.name)

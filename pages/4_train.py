@@ -24,7 +24,7 @@ from core import compare, freezing, jobs, preprocess  # noqa: F401 - imported he
 from core.evaluation import read_run_info
 from core.session import StudioState
 from core.training import TrainConfig, suggested_settings
-from pages._ui import require
+from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
 
@@ -529,17 +529,34 @@ def _draw_resume(state: StudioState, active: bool) -> None:
         except (ValueError, PermissionError, OSError) as exc:
             st.error(f"Cannot resume this run: {exc}")
             return
-        state.job = job
-        state.scratch.setdefault("train_run_dirs", []).append(job.run_dir)
+        _attach(state, job)
         state.scratch["train_click"] = (job.job_id, job.queued_at)
         st.rerun()
 
 
+def _attach(state: StudioState, job: jobs.TrainingJob) -> None:
+    """Make `job` this session's run; a session that has no data yet (a fresh one after a server restart) takes
+    the run's data and choices, as a refreshed page does (`core.session.restore`)."""
+    state.job = job
+    state.scratch.setdefault("train_run_dirs", []).append(job.run_dir)
+    if state.dataset is None:
+        state.dataset = job.dataset
+        state.backbone_name = str(getattr(job.config, "backbone", "")) or None
+        state.frozen_groups = getattr(job.config, "frozen_groups", None)
+
+
 # ------------------------------------------------------------------------------------------------------- page
 st.title("4 · Train")
+jobs.recover_once()  # after a server restart: adopt workers still training, mark the others resumable
+state = get_state()
+if state.job is None and state.owner:  # a worker of this browser that a restarted server adopted
+    adopted = jobs.latest(owner=state.owner)
+    if adopted is not None and adopted.is_running:
+        _attach(state, adopted)
+if not all(state.steps_done[step] for step in ("Data", "Backbone", "Freezing")):
+    _draw_resume(state, active=False)  # a fresh session after a restart can go on with a run before new choices
 state = require("Data", "Backbone", "Freezing")
 dataset = state.dataset
-jobs.recover_once()  # after a server restart: adopt workers still training, mark the others resumable
 
 st.caption(
     f"Data **{dataset.name}** ({len(dataset.table)} examples, {dataset.num_classes} classes) · backbone "
