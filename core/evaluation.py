@@ -385,7 +385,7 @@ def recorded_estimate(run_dir: str | Path) -> Evaluation | None:
     result.where = list(recorded["where"])
     estimate = (read_run_info(run_dir).get("metrics") or {}).get("estimate") or {}
     for key in ("protocol", "protocol_reason", "folds", "refit_on_all", "calibration_error_before", "temperature",
-                "zero_shot"):
+                "zero_shot", "sentence_tuning"):
         if key in estimate:
             result.metrics[key] = estimate[key]
     return result

@@ -987,6 +987,11 @@ def _estimate_lines(estimate: dict[str, Any], legacy_accuracy: Any) -> list[str]
         protocol += "; the delivered model is a refit on all labelled examples"
     reason = estimate.get("protocol_reason") or "Scores come from the test split, which training never saw."
     lines = [f"- Protocol: {protocol}.", f"- Why: {reason}"]
+    tuning = estimate.get("sentence_tuning") or {}
+    if tuning.get("on"):
+        cross_validated = estimate.get("protocol") == "cross-validation"
+        folds = " Each cross-validation fold tuned its own copy." if cross_validated else ""
+        lines.append(f"- Encoder: {tuning['reason']}{folds}")
     lines.append(
         f"- {accuracy_label}: **{format_interval(estimate['accuracy'], estimate['accuracy_interval95'])}** "
         f"(Wilson interval), n = {estimate['n']} {scored}"

@@ -605,16 +605,8 @@ class _Trainer:
 
     def plan_tuning(self) -> contrastive.TuningPlan:
         """Whether the sentence encoder is tuned on the labels first (`core.contrastive.plan`), for this run."""
-        cross_validated = self.protocol.name == "cross-validation"
-        fit_labels = list(self.train_labels) + list(self.val_labels)
-        if cross_validated:
-            fit_labels += list(self.test_labels)
-        counts = np.bincount(np.asarray(fit_labels, dtype=np.int64), minlength=self.dataset.num_classes)
-        return contrastive.plan(
-            self.config.sentence_tuning, self.backbone.spec.sentence_encoder, self.logistic,
-            [int(count) for count in counts], self.protocol.folds if cross_validated else 0,
-            on_gpu=self.device.type != "cpu",
-        )
+        return _tuning_plan(self.dataset, self.protocol, self.config.sentence_tuning,
+                            self.backbone.spec.sentence_encoder, self.logistic, self.device)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -1222,6 +1214,30 @@ class _Trainer:
                 cache_note=result.cache_note,
             )
         return result
+
+
+def _tuning_plan(dataset: Dataset, protocol: smalldata.Protocol, setting: str, sentence_encoder: bool,
+                 logistic: bool, device: torch.device) -> contrastive.TuningPlan:
+    cross_validated = protocol.name == "cross-validation"
+    learned_from = dataset.table if cross_validated else dataset.table[dataset.table["split"] != "test"]
+    counts = learned_from["label"].value_counts().reindex(dataset.classes, fill_value=0)
+    return contrastive.plan(setting, sentence_encoder, logistic, [int(count) for count in counts],
+                            protocol.folds if cross_validated else 0, on_gpu=device.type != "cpu")
+
+
+def sentence_tuning_plan(dataset: Dataset, config: TrainConfig) -> contrastive.TuningPlan:
+    """Before a run starts: will it tune its sentence encoder on the labels, why, and at what cost (the Train page).
+
+    The same decision the run makes, for a feature-extraction run with the logistic head.
+    """
+    from core.backbones import get_spec
+
+    protocol = smalldata.choose_protocol(
+        [str(label) for label in dataset.table["label"]], dataset.split_given, config.protocol, config.folds
+    )
+    logistic = config.head in ("auto", "logistic")
+    return _tuning_plan(dataset, protocol, config.sentence_tuning, get_spec(config.backbone).sentence_encoder,
+                        logistic, pick_device(config.device))
 
 
 def _seed_everything(seed: int) -> None:

@@ -21,9 +21,10 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core import compare, freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
+from core.backbones import get_spec
 from core.evaluation import read_run_info
 from core.session import StudioState
-from core.training import TrainConfig, suggested_settings
+from core.training import TrainConfig, sentence_tuning_plan, suggested_settings
 from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ def cli_command(state: StudioState, config: Any, run_dir: str) -> tuple[str, lis
     parts += ["--backbone-lr-factor", f"{config.backbone_lr_factor:g}", "--augmentation", str(config.augmentation)]
     parts += ["--patience", str(config.patience), "--seed", str(config.seed), "--device", str(config.device)]
     parts += ["--head", str(config.head), "--protocol", str(config.protocol)]
+    if getattr(config, "sentence_tuning", "auto") != "auto":
+        parts += ["--sentence-tuning", str(config.sentence_tuning)]
     parts += ["--out", run_dir]
     for name, flag in (("warmup_fraction", "warm-up fraction"), ("grad_clip", "gradient clipping")):
         value, default = getattr(config, name, None), _ENGINE_DEFAULTS.get(name)
@@ -300,6 +303,9 @@ def _draw_progress(snapshot: jobs.JobSnapshot) -> None:
         st.progress(float(share or 0.0), text=text)
         return
     text = f"{snapshot.progress:.0%} done · {_format_eta(snapshot.eta_seconds)}"
+    note = snapshot.steps[-1].get("note") if snapshot.steps else None
+    if note and not snapshot.epochs:  # what a step-less phase is doing: cross-validation folds, tuning the encoder
+        text += f" · {note}"
     if snapshot.epochs:
         last = snapshot.epochs[-1]
         accuracy = last.get("val_accuracy")
@@ -583,6 +589,27 @@ if defaults["feature_extraction"]:  # outside the form, so the settings below fo
         "optimum in seconds. Gradient descent trains it epoch by epoch with the settings you choose.",
     )
 logistic = head == "logistic"
+TUNINGS = {"auto": "Auto (recommended)", "on": "Always", "off": "Never"}
+sentence_tuning = "auto"
+if logistic and dataset.modality == "text" and get_spec(state.backbone_name).sentence_encoder:
+    sentence_tuning = st.radio(
+        "Tune the encoder on your texts first (SetFit-style)", list(TUNINGS), format_func=TUNINGS.get,
+        horizontal=True, key="train_sentence_tuning",
+        help="Fine-tunes the sentence encoder so that texts with the same label embed close together (contrastive "
+        "training on pairs of your texts, as SetFit does), then fits the logistic head on the new features. Each "
+        "cross-validation fold tunes its own copy, so the score stays honest. Auto tunes when the data is small "
+        "enough to do it in minutes here.",
+    )
+    try:
+        plan = sentence_tuning_plan(dataset, TrainConfig(
+            backbone=state.backbone_name, frozen_groups=int(state.frozen_groups), sentence_tuning=sentence_tuning,
+            protocol=state.scratch.get("protocol", "auto")))
+    except ValueError as exc:
+        st.warning(str(exc))
+    else:
+        cost = (f" About {max(1, round(plan.cpu_minutes()))} min on a 2-core CPU, far less on a GPU."
+                if plan.on else "")
+        st.caption(("🎯 " if plan.on else "") + plan.reason + cost)
 
 with st.form("train-settings"):
     if logistic:
@@ -671,6 +698,7 @@ values = {
     "pretrained": True,
     "head": head,
     "protocol": state.scratch.get("protocol", "auto"),  # chosen on the Data page
+    "sentence_tuning": sentence_tuning,
 }
 
 if submitted and not active:

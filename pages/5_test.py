@@ -137,6 +137,10 @@ else:
         + (result.metrics.get("protocol_reason") or "Scores come from the test split, which training and early "
            "stopping never saw.")  # fmt: skip
     )
+tuning = result.metrics.get("sentence_tuning") or {}
+if tuning.get("on"):
+    st.caption(f"🎯 {tuning['reason']}" + (" Every fold tuned its own copy on its own training part only."
+                                            if cross_validated else ""))
 accuracy_low, accuracy_high = result.metrics["accuracy_interval95"]
 f1_low, f1_high = result.metrics["macro_f1_interval95"]
 estimated_on = "Examples scored" if cross_validated else "Test examples"
@@ -174,6 +178,7 @@ if "zero_shot" in result.metrics:  # a sentence encoder: the class names alone a
         f"{format_interval(zero_shot['accuracy'], zero_shot['accuracy_interval95'])}; **trained on your labelled "
         f"examples** → {format_interval(result.accuracy, result.metrics['accuracy_interval95'])} (both scored on the "
         f"same {zero_shot['n']} examples)."
+        + (" The class names are embedded by the pretrained encoder, before any tuning." if tuning.get("on") else "")
     )
 baselines = evaluation.load_baselines(run_info)
 level, sentence = evaluation.transfer_verdict(result.accuracy, baselines)

@@ -118,6 +118,22 @@ def test_a_run_tunes_the_encoder_per_fold_and_delivers_the_one_tuned_on_all(tmp_
     probabilities = predict_proba(model, preprocessor, texts, device="cpu")
     assert probabilities.shape == (6, data.num_classes) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
 
+    # The report and the Test page say the encoder was tuned, and that each fold tuned its own copy.
+    from streamlit.testing.v1 import AppTest
+
+    from core.export import _estimate_lines
+    from core.session import StudioState
+
+    report = "\n".join(_estimate_lines(result.estimate, None))
+    assert "- Encoder: The encoder is first fine-tuned on pairs" in report and "fold tuned its own copy" in report
+    state = StudioState(dataset=data, backbone_name="all_minilm_l6_v2", frozen_groups=99, run_dir=result.run_dir)
+    state.runs.append(result.run_dir)
+    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "5_test.py"), default_timeout=120)
+    app.session_state["studio"] = state
+    app.run()
+    assert not app.exception, app.exception
+    assert any("SetFit-style" in c.value and "its own training part only" in c.value for c in app.caption)
+
 
 def test_asking_to_tune_an_image_backbone_fails_with_a_clear_message(colour_dataset, tmp_path: Path) -> None:
     from tests.tiny import TinyCNN

@@ -369,3 +369,27 @@ def test_runs_are_named_by_what_differs_and_compared_by_their_recorded_accuracy(
     assert side_by_side == {"1 frozen, gradient descent, lr 0.001": "60.0 %",
                             "3 frozen, logistic head, lr 0.01": "87.5 %"}  # fmt: skip
     assert "95 % interval 80.0–93.0 % · 5-fold cross-validation, n = 240" in [c.value for c in at.caption]
+
+
+def test_a_sentence_encoder_offers_tuning_on_the_texts_and_says_what_it_costs():
+    """The text sample with MiniLM, every group frozen: the tuning choice, its reason and cost, and the CLI flag."""
+    from core.data import load_sample
+
+    texts, _ = load_sample("texts")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page(PAGE)
+    state = StudioState()
+    state.dataset, state.backbone_name, state.frozen_groups = texts, "all_minilm_l6_v2", 7
+    at.session_state["studio"] = state
+    at.run()
+    assert not at.exception, at.exception
+    assert at.radio(key="train_sentence_tuning").value == "auto"
+    caption = next(c.value for c in at.caption if "SetFit-style" in c.value)
+    assert "fine-tuned on pairs of your texts" in caption and "6 tunings" in caption
+    assert "min on a 2-core CPU" in caption
+
+    at.radio(key="train_sentence_tuning").set_value("off").run()
+    assert any("you turned tuning on pairs off" in c.value for c in at.caption)
+    at.radio(key="train_head").set_value("gradient").run()  # the gradient loop: no tuning choice
+    assert not at.exception, at.exception
+    assert not [r for r in at.radio if r.key == "train_sentence_tuning"]
