@@ -517,7 +517,8 @@ class TrainingJob:
         )
         workers.write_job_file(self.run_dir, job_file)
         if self._cancel.is_set():
-            raise RuntimeError("Cancelled before the training process started.")
+            self._end_as(CANCELLED, None)
+            return
         self.gpu = self._pick_gpu()
         worker = workers.Worker.start(self.run_dir, resume=self.resume, gpu=self.gpu,
                                       threads=workers.worker_threads(max_running_jobs()))

@@ -51,12 +51,13 @@ def tiny_backbone():
 
 @pytest.fixture
 def clean_jobs():
-    """No training jobs before the test; leftover workers stopped after it, so none holds the machine's slot."""
+    """No training jobs before the test; leftover jobs cancelled after it (a worker process killed at once, a
+    thread stopped within a batch), so none holds the machine's slot or its cores."""
     from core import jobs
 
     jobs.JOBS.clear()
     yield
     for job in jobs.all_jobs():
-        job.stop()
+        job.cancel()
         job.join(10)
     jobs.JOBS.clear()
