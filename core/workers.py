@@ -131,12 +131,12 @@ def write_job_file(run_dir: str | Path, job: JobFile) -> None:
 
 
 def read_job_file(run_dir: str | Path) -> JobFile:
-    """Read `job.json`; a run folder without one was not started by the app (nor by `train --resume`)."""
+    """Read `job.json`; a run folder without one was not started from the Train page."""
     path = Path(run_dir) / JOB_FILE
     if not path.exists():
         raise FileNotFoundError(
-            f"{run_dir} holds no {JOB_FILE}: only runs started from the Train page (or resumed once) can be resumed "
-            "this way. Train again with the same settings instead."
+            f"{run_dir} holds no {JOB_FILE}: only runs started from the Train page can be resumed (a run of "
+            "`python -m core train` records no data set to resume on). Train again with the same settings instead."
         )
     body = json.loads(path.read_text())
     data = body.pop("dataset")
