@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue a stopped, failed or interrupted run of the app from its last epoch checkpoint, "
                        "with the data and settings it recorded (no other option is needed); writes metrics.json there")
+    train.add_argument("--processes", type=int, metavar="N",
+                       help="train with N processes (DDP through Hugging Face Accelerate: one per GPU, or CPU "
+                       "processes); the batch size stays the global batch, each process takes 1/N of it. The logistic "
+                       "head runs in one process; fewer than N x batch size training examples are refused")
+    train.add_argument("--accelerate-config", metavar="FILE",
+                       help="an `accelerate config` file for several machines (run the same command on each)")
 
     predict = sub.add_parser("predict", help="predict classes of new images or texts with a trained model")
     predict.add_argument("--model", required=True, help="a run folder or an exported bundle")
@@ -93,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--processes` starts each process with
     module_name, function_name = COMMANDS[args.command]
+    if args.command == "train" and args.resume and ((args.processes or 1) > 1 or args.accelerate_config):
+        parser.error("--resume continues a run in one process; --processes and --accelerate-config do not apply")
     if args.command == "train" and args.resume:
         module_name, function_name = "core.workers", "main_resume"
     elif args.command == "train" and not (args.data and args.out):

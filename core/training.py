@@ -30,6 +30,7 @@ import math
 import os
 import random
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core import contrastive, smalldata
+from core import distributed as scale_out
 from core import features as feature_cache
 from core.backbones import Backbone, Classifier
 from core.dataset import Dataset
@@ -295,13 +297,21 @@ class _Examples(torch.utils.data.Dataset):
 
 def _loader(
     items: Sequence[str], labels: Sequence[int], preprocessor: Any, train: bool, batch_size: int,
-    generator: torch.Generator | None = None, shuffle: bool = False,
+    generator: torch.Generator | None = None, shuffle: bool = False, batches: Sequence[Sequence[int]] | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over a preprocessor; its own generator keeps the global RNG (dropout, augmentation) untouched."""
+    """A DataLoader over a preprocessor; its own generator keeps the global RNG (dropout, augmentation) untouched.
+
+    `batches` (the indices of each batch, in order) replaces batch size and shuffling: one process's shares of a
+    multi-process run.
+    """
     def collate(examples: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
         loaded, classes = zip(*examples, strict=True)
         return preprocessor.collate(list(loaded)), torch.tensor(classes, dtype=torch.long)
 
+    if batches is not None:
+        return torch.utils.data.DataLoader(
+            _Examples(items, labels, preprocessor, train), batch_sampler=batches, num_workers=0, collate_fn=collate
+        )
     return torch.utils.data.DataLoader(
         _Examples(items, labels, preprocessor, train),
         batch_size=batch_size,
@@ -439,6 +449,11 @@ def _param_groups(model: Classifier, config: TrainConfig) -> list[dict[str, Any]
     return groups
 
 
+def uses_logistic_head(config: TrainConfig, cache_mode: str) -> bool:
+    """Whether the run fits the logistic head by L-BFGS (one process) rather than the gradient loop."""
+    return config.head == "logistic" or (config.head == "auto" and cache_mode == "features")
+
+
 def _cache_plan(config: TrainConfig, frozen: int, num_groups: int) -> tuple[str, str]:
     """Which cache mode applies, and a sentence that explains it to the user."""
     if config.cache == "off":
@@ -474,16 +489,23 @@ class _Trainer:
         stop_event: threading.Event | None,
         resume: bool,
         store: RunStore | None,
+        distributed: scale_out.Distributed | None = None,
     ) -> None:
         config.validate()
         self.dataset, self.config = dataset, config
         self.fingerprint = dataset.fingerprint
-        self.events = _Events(callbacks)
+        self.distributed = distributed
+        if distributed is not None and resume:
+            raise ValueError("A multi-process run cannot resume yet; resume it in one process.")
+        recording = distributed is None or distributed.is_main
+        self.events = _Events(callbacks if recording else ())
         self.stop_event = stop_event
         self.resume = resume
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if not recording:  # rank 0 alone records; the others write the same things to a scratch folder
+            store, self.run_dir = RunStore(distributed.scratch / "runs.sqlite"), distributed.scratch / "run"
         self.store = store or RunStore()
         self.started = time.perf_counter()
-        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.backbone = backbone
         self.run_id = ""
         self.history: list[dict[str, Any]] = []
@@ -522,7 +544,7 @@ class _Trainer:
         from core.preprocess import make_preprocessor
 
         config, dataset = self.config, self.dataset
-        self.device = pick_device(config.device)
+        self.device = pick_device(config.device) if self.distributed is None else self.distributed.device
         self.precision = resolve_precision(config.precision, self.device)
         self.autocast = autocast_factory(self.device, self.precision)
         self.channels_last = uses_channels_last(dataset.modality, self.device)
@@ -568,9 +590,16 @@ class _Trainer:
         self.eval_preprocessor = make_preprocessor(self.backbone.spec, "none")
         self.cache_mode, self.cache_note = _cache_plan(config, self.frozen, self.num_groups)
         self.check_cache_budget()
-        self.logistic = config.head == "logistic" or (config.head == "auto" and self.cache_mode == "features")
+        self.logistic = uses_logistic_head(config, self.cache_mode)
         if self.logistic and self.cache_mode != "features":
             raise ValueError("The logistic-regression head needs cached features: freeze every group, no augmentation.")
+        if self.distributed is not None:
+            if self.logistic:
+                raise ValueError(
+                    "The logistic head is a full-batch convex fit (L-BFGS on cached features) that runs in one "
+                    "process; train it without --processes, or choose the gradient head (--head gradient)."
+                )
+            scale_out.check_split(len(self.train_items), config.batch_size, self.distributed.world_size)
         self.protocol = smalldata.choose_protocol(
             [str(label) for label in dataset.table["label"]], dataset.split_given, config.protocol, config.folds
         )
@@ -588,6 +617,10 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, config), lr=config.lr)
         if self.precision == "fp16" and self.device.type == "cuda":
             self.scaler = torch.amp.GradScaler("cuda")  # fp16 gradients underflow without loss scaling
+        # Several processes: DDP over the model as the loop calls it; each takes a share of every global batch
+        self.train_forward = self.forward
+        if self.distributed is not None:
+            self.train_forward = self.distributed.wrap(self.model, self.forward)
         self.steps_per_epoch = math.ceil(len(self.train_items) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = int(round(config.warmup_fraction * self.total_steps))
@@ -737,11 +770,13 @@ class _Trainer:
             "val": (self.val_items, self.val_labels),
             "test": (self.test_items, self.test_labels),
         }
-        result, self.cache_reused = cached_states(
-            self.backbone, splits, self.frozen, self.eval_preprocessor, self.fingerprint, self.device,
-            self.precision, self.channels_last, to_disk=self.cache_mode == "features",
-            stop_requested=self.stop_requested, emit=self.events.emit,
-        )
+        first = self.distributed.main_process_first() if self.distributed is not None else contextlib.nullcontext()
+        with first:  # several processes: the first on each machine computes, the others read it from disk
+            result, self.cache_reused = cached_states(
+                self.backbone, splits, self.frozen, self.eval_preprocessor, self.fingerprint, self.device,
+                self.precision, self.channels_last, to_disk=self.cache_mode == "features",
+                stop_requested=self.stop_requested, emit=self.events.emit,
+            )
         if result is None:
             raise TrainingStopped
         self.cache_seconds = time.perf_counter() - started
@@ -783,6 +818,18 @@ class _Trainer:
 
     def train_batches(self, epoch: int, cache: dict | None) -> Iterator[tuple[Any, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        if self.distributed is not None:  # the same global batches as one process; this rank takes its share of each
+            size, batch = len(self.train_items), self.config.batch_size
+            order = torch.randperm(size, generator=generator)
+            shares = [self.distributed.batch_share(order[start : start + batch], order)
+                      for start in range(0, size, batch)]
+            if cache is not None:
+                for indices in shares:
+                    yield cache["train"].batch(indices), cache["train"].labels.index_select(0, indices)
+                return
+            yield from _loader(self.train_items, self.train_labels, self.train_preprocessor, True, batch,
+                               batches=[share.tolist() for share in shares])
+            return
         if cache is not None:
             split = cache["train"]
             order = torch.randperm(len(split), generator=generator)
@@ -795,10 +842,21 @@ class _Trainer:
             shuffle=True,
         )
 
-    def eval_batches(self, split_name: str, cache: dict | None) -> Iterator[tuple[Any, torch.Tensor]]:
+    def eval_batches(
+        self, split_name: str, cache: dict | None, sharded: bool = False
+    ) -> Iterator[tuple[Any, torch.Tensor]]:
         items, labels = {"val": (self.val_items, self.val_labels), "test": (self.test_items, self.test_labels)}[
             split_name
         ]
+        if sharded and self.distributed is not None:  # this rank's every N-th example
+            share = self.distributed.eval_share(len(items)).tolist()
+            items, labels = [items[index] for index in share], [labels[index] for index in share]
+            if cache is not None and cache.get(split_name) is not None:
+                split, indices = cache[split_name], torch.tensor(share, dtype=torch.long)
+                for start in range(0, len(indices), 512):
+                    chunk = indices[start : start + 512]
+                    yield split.batch(chunk), split.labels.index_select(0, chunk)
+                return
         if cache is not None:
             split = cache.get(split_name)
             if split is None:
@@ -816,10 +874,16 @@ class _Trainer:
         set_train_mode(self.model)
 
     def evaluate(self, split_name: str, cache: dict | None) -> tuple[float | None, float | None]:
-        """Mean cross-entropy (unweighted, no smoothing) and accuracy on a split; None, None when it is empty."""
+        """Mean cross-entropy (unweighted, no smoothing) and accuracy on a split; None, None when it is empty.
+
+        Several processes share the split and sum their parts, with rank 0's BatchNorm statistics, so each reads the
+        same numbers (and stops early at the same epoch).
+        """
+        if self.distributed is not None:
+            self.distributed.sync_buffers(self.model)
         self.model.eval()
         total_loss, correct, count = 0.0, 0, 0
-        for batch, labels in self.eval_batches(split_name, cache):
+        for batch, labels in self.eval_batches(split_name, cache, sharded=True):
             with torch.inference_mode(), self.autocast():
                 logits = self.forward(_to_device(batch, self.device, self.channels_last)).float()
             labels = labels.to(self.device)
@@ -827,6 +891,8 @@ class _Trainer:
             correct += int((logits.argmax(dim=1) == labels).sum())
             count += int(labels.shape[0])
             self.check_stop()
+        if self.distributed is not None:
+            total_loss, correct, count = self.distributed.sum([total_loss, correct, count])
         if count == 0:
             return None, None
         return total_loss / count, correct / count
@@ -843,7 +909,7 @@ class _Trainer:
             batch = _to_device(batch, self.device, self.channels_last)
             labels = labels.to(self.device)
             with self.autocast():
-                logits = self.forward(batch)
+                logits = self.train_forward(batch)
             loss = F.cross_entropy(
                 logits.float(), labels, weight=self.loss_weights, label_smoothing=self.config.label_smoothing
             )
@@ -885,6 +951,8 @@ class _Trainer:
             )
             self.flush_steps()
             self.check_stop()
+        if self.distributed is not None:  # the epoch's numbers over every rank's shares (step metrics are rank 0's)
+            total_loss, correct, count = self.distributed.sum([total_loss, correct, count])
         return {
             "train_loss": total_loss / max(count, 1),
             "train_accuracy": correct / max(count, 1),
@@ -956,7 +1024,8 @@ class _Trainer:
             self.check_stop()
         self.restore_best()
         _, self.test_accuracy = self.evaluate("test", cache)
-        self.estimate_on_test_split(cache)
+        if self.distributed is None or self.distributed.is_main:
+            self.estimate_on_test_split(cache)
         self.status = "completed"
         return self.finish()
 
@@ -1389,6 +1458,7 @@ def fit(
     stop_event: threading.Event | None = None,
     resume: bool = False,
     store: RunStore | None = None,
+    distributed: scale_out.Distributed | None = None,
 ) -> FitResult:
     """Train a classifier on `dataset` as `config` says, recording the run as it goes.
 
@@ -1403,12 +1473,14 @@ def fit(
         stop_event: when set, training stops after the current batch; the best epoch so far is kept.
         resume: continue the run in `run_dir` instead of starting a new one.
         store: the run store to record into (default: the workspace's `runs.sqlite`).
+        distributed: this process's rank in a multi-process run (`core.distributed.from_environment`); every rank
+            calls `fit` alike, and only rank 0 records the run and reports to `callbacks`. The gradient loop only.
 
     Returns:
         The result; `status` is "completed" or "stopped". A failure is recorded as "failed" (store, run.json)
         and then raised.
     """
-    trainer = _Trainer(dataset, config, run_dir, backbone, callbacks, stop_event, resume, store)
+    trainer = _Trainer(dataset, config, run_dir, backbone, callbacks, stop_event, resume, store, distributed)
     try:
         result = trainer.run()
     except TrainingStopped:
@@ -1525,16 +1597,51 @@ def main_train(args: argparse.Namespace) -> int:
         sentence_tuning=getattr(args, "sentence_tuning", None) or "auto", **chosen,
     )
     out = Path(args.out)
+    if scale_out.launched():  # one of several processes that `--processes` (or a launcher) started
+        with scale_out.from_environment(config.device) as distributed:
+            if not distributed.is_main:
+                logging.getLogger("core").setLevel(logging.WARNING)  # rank 0 speaks for the run
+            status = _fit_and_report(dataset, config, backbone, out, distributed)
+            if status != 0:
+                raise SystemExit(status)  # leave at once: the other ranks are stopped by the launcher
+            return status
+    processes, accelerate_config = getattr(args, "processes", None), getattr(args, "accelerate_config", None)
+    if (processes or 1) > 1 or accelerate_config:
+        cache_mode, _ = _cache_plan(config, frozen, len(backbone.group_names))
+        if uses_logistic_head(config, cache_mode):
+            log.warning(
+                "The logistic head is a full-batch convex fit (L-BFGS on cached features) that runs in one process: "
+                "training in one process. --head gradient trains the head by gradient descent over several processes."
+            )
+        else:
+            try:
+                scale_out.check_split(len(dataset.split("train")[0]), config.batch_size, processes or 1)
+            except ValueError as error:
+                log.error("%s", error)
+                return 2
+            return scale_out.launch(processes, getattr(args, "argv", sys.argv[1:]), accelerate_config)
+    return _fit_and_report(dataset, config, backbone, out, None)
+
+
+def _fit_and_report(
+    dataset: Dataset, config: TrainConfig, backbone: Backbone, out: Path, distributed: scale_out.Distributed | None
+) -> int:
+    """Train, then (rank 0 or a single process) write metrics.json and log the outcome; the exit status."""
+    recording = distributed is None or distributed.is_main
     try:
-        result = fit(dataset, config, out, backbone=backbone, callbacks=(_LogProgress(),))
+        result = fit(dataset, config, out, backbone=backbone, callbacks=(_LogProgress(),) if recording else (),
+                     distributed=distributed)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         log.error("%s", error)
         return 2
+    if not recording:
+        return 0 if result.status == "completed" else 1
     metrics = {
         "run_id": result.run_id, "status": result.status, "history": result.history,
         "best_epoch": result.best_epoch, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss,
         "test_accuracy": result.test_accuracy, "cache_mode": result.cache_mode, "device": result.device,
         "precision": result.precision, "seconds": round(result.seconds, 2),
+        "processes": distributed.world_size if distributed is not None else 1,
     }
     if result.estimate:  # the contract: protocol, folds, n, accuracy and macro-F1 with their 95 % intervals, ...
         metrics.update(result.estimate)
