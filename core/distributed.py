@@ -73,6 +73,25 @@ def check_split(train_examples: int, batch_size: int, processes: int) -> None:
         )
 
 
+def check_devices(processes: int, device: str) -> None:
+    """Refuse more processes than GPUs on one machine when the run trains on GPUs (DDP gives each process its own).
+
+    Written against `torch.cuda.device_count`; no machine with GPUs has run it yet.
+
+    Raises:
+        ValueError: `processes` is larger than the GPUs this machine has, and the run would use them.
+    """
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count()
+    if processes > gpus:
+        raise ValueError(
+            f"{processes} processes need {processes} GPUs (one each) and this machine has {gpus}: use "
+            f"--processes {gpus}" + (" (or leave it out)" if gpus == 1 else "") + ", or --device cpu to train in CPU "
+            "processes."
+        )
+
+
 def free_port() -> int:
     """A TCP port free right now on this machine, for the processes' rendezvous (runs side by side need their own)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -1616,6 +1616,8 @@ def main_train(args: argparse.Namespace) -> int:
         else:
             try:
                 scale_out.check_split(len(dataset.split("train")[0]), config.batch_size, processes or 1)
+                if not accelerate_config:  # one machine: its own GPUs (a config file describes several)
+                    scale_out.check_devices(processes or 1, config.device)
             except ValueError as error:
                 log.error("%s", error)
                 return 2

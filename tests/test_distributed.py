@@ -103,6 +103,27 @@ def test_the_logistic_head_trains_in_one_process_and_says_so(
     assert trained_with == [None]  # here, in this process, with no ranks
 
 
+def test_feature_extraction_with_the_gradient_head_trains_on_cached_features_in_two_processes(
+    colour_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.paths import workspace_subdir
+
+    argv = _train_argv(colour_folder, tmp_path / "out", "--processes", "2", "--head", "gradient")
+    argv[argv.index("--frozen-groups") + 1] = "3"
+    assert _cli(argv, monkeypatch) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["cache_mode"] == "features" and metrics["processes"] == 2
+    assert len(list(workspace_subdir("features").glob("*.safetensors"))) == 1  # one entry, the ranks' keys agree
+
+
+def test_more_processes_than_gpus_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="2 processes need 2 GPUs .* this machine has 1"):
+        distributed.check_devices(2, "auto")
+    distributed.check_devices(2, "cpu")  # CPU processes need no GPU
+
+
 def test_check_split_says_what_to_change() -> None:
     distributed.check_split(16, 8, 2)
     distributed.check_split(3, 64, 1)  # one process: nothing to check
