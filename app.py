@@ -8,6 +8,7 @@ import uuid
 
 import streamlit as st
 
+from core import jobs
 from core.paths import workspace_dir
 from core.session import StudioState, restore
 from core.store import RunStore
@@ -42,7 +43,8 @@ def _claim_browser(state: StudioState, fresh: bool) -> None:
         st.query_params[BROWSER_PARAM] = state.owner  # page switches drop the query string; put it back
 
 
-_close_abandoned_runs(str(workspace_dir()))
+jobs.recover_once()  # first: adopt workers that outlived a server restart, mark the dead ones resumable
+_close_abandoned_runs(str(workspace_dir()))  # then whatever is left "running" with no process (older servers)
 
 fresh_session = "studio" not in st.session_state
 state = get_state()
