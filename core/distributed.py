@@ -14,8 +14,9 @@ How a run is split over N processes, and why:
   callback.
 - **Evaluation is sharded** and its sums are reduced over the ranks, with the BatchNorm statistics of rank 0 (whose
   model is saved), so every rank reads the same validation loss and stops early at the same epoch.
-- **The feature cache** is computed by the first process on each machine; the others wait and read it from disk
-  (`Accelerator.local_main_process_first`). The cache pass itself is not sharded yet.
+- **The cache pass is sharded**: each rank runs the frozen layers over every N-th example of each split, and the
+  shares are gathered so that every rank holds the whole cache (training shuffles over all of it); the first process
+  on each machine writes it to disk. Unless every rank finds it cached already, all of them compute.
 - **Refused with a reason**: fewer training examples than N x batch size (under N steps an epoch, one process is
   faster), and a batch smaller than N.
 - **The logistic head** (L-BFGS on cached features, the default with every group frozen) is a full-batch convex fit in
@@ -155,6 +156,7 @@ class Distributed:
         self.rank = int(accelerator.process_index)
         self.world_size = int(accelerator.num_processes)
         self.is_main = bool(accelerator.is_main_process)
+        self.is_local_main = bool(getattr(accelerator, "is_local_main_process", self.is_main))
         self.device = torch.device(accelerator.device)
         self._scratch = None if self.is_main else tempfile.TemporaryDirectory(prefix=f"ts-rank{self.rank}-")
 
@@ -175,9 +177,16 @@ class Distributed:
             batch = torch.cat([batch, epoch_order[: self.world_size - len(batch)]])
         return torch.tensor_split(batch, self.world_size)[self.rank]
 
-    def eval_share(self, count: int) -> torch.Tensor:
-        """The indices of a split of `count` examples this rank evaluates (every N-th from its rank)."""
-        return torch.arange(self.rank, count, self.world_size)
+    def eval_share(self, count: int, rank: int | None = None) -> torch.Tensor:
+        """The indices of a split of `count` examples that a rank (default: this one) evaluates or caches: every N-th
+        from its rank."""
+        return torch.arange(self.rank if rank is None else rank, count, self.world_size)
+
+    def gather(self, value: Any) -> list[Any]:
+        """`value` from every rank, in rank order, on every rank (pickled: for CPU tensors and plain data)."""
+        from accelerate.utils import gather_object
+
+        return list(gather_object([value]))
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Each value summed over the ranks (the same result on every rank)."""
@@ -191,10 +200,6 @@ class Distributed:
         with torch.no_grad():
             for buffer in model.buffers():
                 broadcast(buffer, from_process=0)
-
-    def main_process_first(self) -> contextlib.AbstractContextManager[Any]:
-        """The first process on each machine runs the block first (computing the cache); the others then reuse it."""
-        return self.accelerator.local_main_process_first()
 
     def close(self, finished: bool = True) -> None:
         """Delete the scratch folder and leave the process group; after a finished run, first wait for every rank.

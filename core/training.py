@@ -770,13 +770,11 @@ class _Trainer:
             "val": (self.val_items, self.val_labels),
             "test": (self.test_items, self.test_labels),
         }
-        first = self.distributed.main_process_first() if self.distributed is not None else contextlib.nullcontext()
-        with first:  # several processes: the first on each machine computes, the others read it from disk
-            result, self.cache_reused = cached_states(
-                self.backbone, splits, self.frozen, self.eval_preprocessor, self.fingerprint, self.device,
-                self.precision, self.channels_last, to_disk=self.cache_mode == "features",
-                stop_requested=self.stop_requested, emit=self.events.emit,
-            )
+        result, self.cache_reused = cached_states(
+            self.backbone, splits, self.frozen, self.eval_preprocessor, self.fingerprint, self.device,
+            self.precision, self.channels_last, to_disk=self.cache_mode == "features",
+            stop_requested=self.stop_requested, emit=self.events.emit, distributed=self.distributed,
+        )
         if result is None:
             raise TrainingStopped
         self.cache_seconds = time.perf_counter() - started
@@ -1327,12 +1325,17 @@ def cached_states(
     to_disk: bool,
     stop_requested: Callable[[], bool] | None = None,
     emit: Callable[[str, dict[str, Any]], None] | None = None,
+    distributed: scale_out.Distributed | None = None,
 ) -> tuple[dict[str, feature_cache.CachedStates] | None, bool]:
     """The states after the first `boundary` groups for every split: from the cache, else computed and stored.
 
     One computation per key at a time: a caller that finds another one computing the same key (the background
     warm-up of `prepare_features`, a second session) waits for it and reuses its result instead of doing it again.
     Returns (states, reused), or (None, False) when `stop_requested()` turned true.
+
+    With several processes (`distributed`), every rank calls this alike: each computes every N-th example of each
+    split and the shares are gathered, so every rank holds all the states; the first process on each machine writes
+    them to disk. There is no stopping half-way then (the other ranks would wait for a share that never comes).
     """
     taps = backbone.tap_groups if boundary >= len(backbone.group_names) else ()
     key = feature_cache.cache_key(
@@ -1345,9 +1348,14 @@ def cached_states(
     )
     with feature_cache.key_lock(key):
         cached = feature_cache.load_cached(key)
+        if distributed is not None and distributed.sum([cached is None])[0] > 0:
+            cached = None  # all ranks compute their shares unless every one of them has the states already
         if cached is not None:
             return cached, True
         total_examples = sum(len(items) for items, _ in splits.values())
+        if distributed is not None:  # each rank counts its own shares
+            stop_requested = None
+            total_examples = sum(len(distributed.eval_share(len(items))) for items, _ in splits.values())
         batch_size = 64 if backbone.spec.modality == "image" else 128
         autocast = autocast_factory(device, precision)
         done = 0
@@ -1355,6 +1363,10 @@ def cached_states(
         for name, (items, labels) in splits.items():
             if not items:
                 continue
+            count = len(items)
+            if distributed is not None:  # this rank's share: every N-th example
+                share = distributed.eval_share(count).tolist()
+                items, labels = [items[index] for index in share], [labels[index] for index in share]
             loader = _loader(items, labels, preprocessor, train=False, batch_size=batch_size)
 
             def progress(
@@ -1368,13 +1380,31 @@ def cached_states(
             states = feature_cache.compute_states(
                 backbone, loader, boundary, device, autocast=autocast, channels_last=channels_last,
                 keep_float32=to_disk or precision == "fp32", stop_requested=stop_requested, progress=progress,
-            )
+            ) if items else None
+            if distributed is not None:
+                states = _gathered_states(distributed, states, count)
             if states is None:
                 return None, False
             result[name] = states
             done += len(items)
-        feature_cache.store_cached(key, result, to_disk=to_disk)
+        on_disk = to_disk and (distributed is None or distributed.is_local_main)  # one writer for each machine
+        feature_cache.store_cached(key, result, to_disk=on_disk)
         return result, False
+
+
+def _gathered_states(
+    distributed: scale_out.Distributed, share: feature_cache.CachedStates | None, count: int
+) -> feature_cache.CachedStates:
+    """Every rank's share of one split's states (every N-th example each), put back in the split's order."""
+    shares = distributed.gather(share)
+    positions = torch.cat([distributed.eval_share(count, rank) for rank, part in enumerate(shares) if part is not None])
+    present = [part for part in shares if part is not None]
+    states = feature_cache._stack([part.states for part in present])
+    labels = torch.cat([part.labels for part in present])
+    back = torch.argsort(positions)  # row i of the split is row back[i] of the stacked shares
+    if isinstance(states, dict):
+        return feature_cache.CachedStates({k: v.index_select(0, back) for k, v in states.items()}, labels[back])
+    return feature_cache.CachedStates(states.index_select(0, back), labels[back])
 
 
 def feature_taps(spec: Any, config: TrainConfig, frozen: int, num_groups: int) -> tuple[int, ...]:

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from core import distributed
 from core.store import RunStore
@@ -103,17 +104,29 @@ def test_the_logistic_head_trains_in_one_process_and_says_so(
     assert trained_with == [None]  # here, in this process, with no ranks
 
 
-def test_feature_extraction_with_the_gradient_head_trains_on_cached_features_in_two_processes(
+def test_the_cache_pass_is_shared_out_and_the_gradient_head_trains_on_it_in_two_processes(
     colour_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.paths import workspace_subdir
 
-    argv = _train_argv(colour_folder, tmp_path / "out", "--processes", "2", "--head", "gradient")
-    argv[argv.index("--frozen-groups") + 1] = "3"
-    assert _cli(argv, monkeypatch) == 0
+    def argv(out: Path, *extra: str) -> list[str]:
+        values = _train_argv(colour_folder, out, "--head", "gradient", *extra)
+        values[values.index("--frozen-groups") + 1] = "3"
+        return values
+
+    assert _cli(argv(tmp_path / "out", "--processes", "2"), monkeypatch) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["cache_mode"] == "features" and metrics["processes"] == 2
-    assert len(list(workspace_subdir("features").glob("*.safetensors"))) == 1  # one entry, the ranks' keys agree
+    cache_files = list(workspace_subdir("features").glob("*.safetensors"))
+    assert len(cache_files) == 1  # the ranks agreed on one entry, written once
+    gathered = load_file(cache_files[0])
+    cache_files[0].unlink()  # a 1-process run computes the same cache again: the shares came back in order
+
+    assert _cli(argv(tmp_path / "one"), monkeypatch) == 0
+    computed = load_file(cache_files[0])
+    assert gathered.keys() == computed.keys()
+    for name, tensor in computed.items():
+        torch.testing.assert_close(gathered[name], tensor, atol=1e-2, rtol=1e-2)
 
 
 def test_more_processes_than_gpus_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
