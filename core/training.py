@@ -527,8 +527,16 @@ class _Trainer:
     def stop_requested(self) -> bool:
         return self.stop_event is not None and self.stop_event.is_set()
 
-    def check_stop(self) -> None:
-        if self.stop_requested():
+    def check_stop(self, lockstep: bool = True) -> None:
+        """Raise TrainingStopped when the stop flag is set.
+
+        With several processes, any rank's flag stops all of them, at the same step: the ranks agree where they are in
+        lockstep (after each step and epoch); in a sharded evaluation (`lockstep=False`) they do not look.
+        """
+        if self.distributed is None:
+            if self.stop_requested():
+                raise TrainingStopped
+        elif lockstep and self.distributed.sum([self.stop_requested()])[0] > 0:
             raise TrainingStopped
 
     def flush_steps(self, force: bool = False) -> None:
@@ -888,7 +896,7 @@ class _Trainer:
             total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(dim=1) == labels).sum())
             count += int(labels.shape[0])
-            self.check_stop()
+            self.check_stop(lockstep=False)
         if self.distributed is not None:
             total_loss, correct, count = self.distributed.sum([total_loss, correct, count])
         if count == 0:

@@ -129,6 +129,42 @@ def test_the_cache_pass_is_shared_out_and_the_gradient_head_trains_on_it_in_two_
         torch.testing.assert_close(gathered[name], tensor, atol=1e-2, rtol=1e-2)
 
 
+def _stop_on_rank_zero_after_two_steps(out: Path) -> None:
+    """One launched process: fit the tiny CNN; rank 0's stop flag is set after step 2, the other ranks' never."""
+    import threading
+
+    from core.training import TrainConfig, fit
+    from tests.tiny import make_colour_dataset
+
+    stop = threading.Event()
+
+    class StopAfterTwoSteps:  # a callback: only rank 0 reports to callbacks
+        def on_step_end(self, metrics: dict) -> None:
+            if metrics.get("phase") == "train" and metrics["step"] >= 2:
+                stop.set()
+
+    config = TrainConfig(backbone="tiny_cnn", frozen_groups=0, epochs=3, batch_size=8, pretrained=False,
+                         precision="fp32", patience=None, device="cpu")
+    with distributed.from_environment("cpu") as rank:
+        dataset = make_colour_dataset(out / f"images{rank.rank}", per_class=20)  # no two ranks write one file
+        result = fit(dataset, config, out / "run", backbone=_tiny_backbone("tiny_cnn"), callbacks=[StopAfterTwoSteps()],
+                     stop_event=stop, distributed=rank)
+        (out / f"rank{rank.rank}.json").write_text(json.dumps({"status": result.status,
+                                                               "epochs": result.epochs_completed}))
+
+
+def test_a_stop_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    command = distributed.launch_command(2, ["stop-test", str(tmp_path)], module="tests.test_distributed")
+    subprocess.run(command, check=True, timeout=180)  # a rank that went on training would wait for ever
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"status": "stopped", "epochs": 0}
+    runs = RunStore().list_runs()
+    assert len(runs) == 1 and runs[0]["status"] == "stopped"
+
+
 def test_more_processes_than_gpus_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -169,7 +205,10 @@ def test_launch_command_passes_a_config_file_through() -> None:
     assert "--num_processes" not in machines and "--multi_gpu" not in machines
 
 
-if __name__ == "__main__":  # one launched process: the CLI with the tiny backbone
+if __name__ == "__main__":  # one launched process: a stop test, or the CLI with the tiny backbone
+    if sys.argv[1] == "stop-test":
+        _stop_on_rank_zero_after_two_steps(Path(sys.argv[2]))
+        sys.exit(0)
     from core import backbones
     from core.__main__ import main
 
