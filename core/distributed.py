@@ -74,6 +74,11 @@ def check_split(train_examples: int, batch_size: int, processes: int) -> None:
         )
 
 
+def gpu_count() -> int:
+    """GPUs on this machine (0 without CUDA): a user interface offers 1 to this many processes when it is over 1."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def check_devices(processes: int, device: str) -> None:
     """Refuse more processes than GPUs on one machine when the run trains on GPUs (DDP gives each process its own).
 
@@ -82,9 +87,9 @@ def check_devices(processes: int, device: str) -> None:
     Raises:
         ValueError: `processes` is larger than the GPUs this machine has, and the run would use them.
     """
-    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+    gpus = gpu_count()
+    if device not in ("auto", "cuda") or gpus == 0:
         return
-    gpus = torch.cuda.device_count()
     if processes > gpus:
         raise ValueError(
             f"{processes} processes need {processes} GPUs (one each) and this machine has {gpus}: use "

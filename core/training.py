@@ -1644,6 +1644,9 @@ def main_train(args: argparse.Namespace) -> int:
                 raise SystemExit(status)  # leave at once: the other ranks are stopped by the launcher
             return status
     processes, accelerate_config = getattr(args, "processes", None), getattr(args, "accelerate_config", None)
+    if processes is not None and processes < 1:
+        log.error("--processes must be 1 or more, not %d.", processes)
+        return 2
     if (processes or 1) > 1 or accelerate_config:
         cache_mode, _ = _cache_plan(config, frozen, len(backbone.group_names))
         if uses_logistic_head(config, cache_mode):

@@ -171,6 +171,7 @@ def test_more_processes_than_gpus_are_refused(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ValueError, match="2 processes need 2 GPUs .* this machine has 1"):
         distributed.check_devices(2, "auto")
     distributed.check_devices(2, "cpu")  # CPU processes need no GPU
+    assert distributed.gpu_count() == 1
 
 
 def test_check_split_says_what_to_change() -> None:
