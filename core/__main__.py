@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "them (EfficientNet-Lite; default on)")
     train.add_argument("--sentence-tuning", choices=["auto", "on", "off"], default="auto",
                        help="with a sentence encoder and every group frozen, first tune the encoder on the labelled "
-                       "texts, SetFit-style (auto: up to 1000 texts on a CPU, 20000 on a GPU, from 8 per class)")
+                       "texts, SetFit-style (auto does not tune: on the benchmark's tweets it did not pay)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--out", help="folder for metrics.json and the best model")

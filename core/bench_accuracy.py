@@ -11,8 +11,8 @@ Arms, all on the same draw and the same held-out examples:
   frozen features of the same pretrained backbone (its last layer, as a tutorial would take them), all labels.
 - no transfer: TF-IDF + logistic regression for texts; the raw pixels (32x32 grey) + logistic regression for images.
 - zero-shot (sentence encoders): the class names alone, embedded by the same encoder (0 labelled examples).
-- app, encoder not tuned (where the defaults tune a sentence encoder on the labels first): the same recipe with the
-  encoder left as pretrained, to show what the tuning adds and what it costs.
+- the other choice of tuning a sentence encoder on the labelled texts first (SetFit-style, `core.contrastive`):
+  the same recipe, scored and reported the same way, to show what tuning adds and what it costs.
 
 The frozen backbone's features of every example are computed once per set. The delivered model of a
 feature-extraction run is that frozen backbone plus a linear head, so its held-out predictions are its head applied
@@ -172,15 +172,39 @@ def _check_parity(model: Any, preprocessor: Any, items: list[str], head_probabil
         raise RuntimeError(f"Held-out scoring through cached features disagrees with the model by {difference:.2g}")
 
 
+def _app_arm(arm: str, config: Any, folder: Path, dataset: Any, backbone: Any, features: np.ndarray,
+             items: np.ndarray, test: np.ndarray, test_y: np.ndarray, base: dict[str, Any], check_parity: bool
+             ) -> tuple[dict[str, Any], Any]:
+    """Train as the app does; score the delivered model on the held-out examples, beside what it reported."""
+    from core.evaluation import load_model, predict_proba
+    from core.training import fit
+
+    started = time.perf_counter()
+    result = fit(dataset, config, folder, backbone=copy.deepcopy(backbone))
+    seconds = time.perf_counter() - started
+    model, model_preprocessor, _ = load_model(folder)
+    estimate = result.estimate or {}
+    if (estimate.get("sentence_tuning") or {}).get("on"):  # not the frozen encoder: score through the model
+        probabilities = predict_proba(model, model_preprocessor, items[test].tolist(), device="cpu")
+    else:
+        with torch.inference_mode():
+            probabilities = torch.softmax(model.head(torch.as_tensor(features[test])), dim=1).numpy()
+        if check_parity:
+            _check_parity(model, model_preprocessor, items[test[:8]].tolist(), probabilities[:8])
+    accuracy = float((probabilities.argmax(1) == test_y).mean())
+    low, high = (estimate.get("accuracy_interval95") or (float("nan"), float("nan")))[:2]
+    return {**base, "arm": arm, "accuracy": accuracy, "seconds": seconds, "reported": estimate.get("accuracy"),
+            "low": low, "high": high, "inside": bool(low <= accuracy <= high)}, result
+
+
 def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path, held_out: int = HELD_OUT,
             min_held_out: int = MIN_HELD_OUT_PER_CLASS) -> list[dict[str, Any]]:
     """One row per (size, draw, arm): held-out accuracy, and for the app arm its reported estimate."""
     from core import smalldata
     from core.backbones import default_backbone, load_backbone
     from core.dataset import Dataset
-    from core.evaluation import load_model
     from core.preprocess import make_preprocessor
-    from core.training import TrainConfig, feature_taps, fit
+    from core.training import TrainConfig, feature_taps
 
     name = default_backbone(data["modality"])
     backbone = load_backbone(name).eval()
@@ -211,38 +235,19 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
             classes = dataset.classes
             test_y = np.array([classes.index(label) for label in labels[test]])
             train_y = np.array([classes.index(label) for label in labels[train]])
-            run_dir = home / f"{data['name']}-{per_class}-{seed}"
-            started = time.perf_counter()
-            result = fit(dataset, TrainConfig(backbone=name, frozen_groups=99, seed=seed), run_dir,
-                         backbone=copy.deepcopy(backbone))
-            seconds = time.perf_counter() - started
-            model, model_preprocessor, _ = load_model(run_dir)
-            estimate = result.estimate or {}
-            tuned = bool((estimate.get("sentence_tuning") or {}).get("on"))
-            if tuned:  # the delivered encoder is not the frozen one: score through the model itself
-                from core.evaluation import predict_proba
-
-                head_probabilities = predict_proba(model, model_preprocessor, items[test].tolist(), device="cpu")
-            else:
-                with torch.inference_mode():
-                    head_probabilities = torch.softmax(model.head(torch.as_tensor(features[test])), dim=1).numpy()
-                if per_class == sizes[0] and seed == 0:
-                    _check_parity(model, model_preprocessor, items[test[:8]].tolist(), head_probabilities[:8])
-            held_out_accuracy = float((head_probabilities.argmax(1) == test_y).mean())
-            low, high = (estimate.get("accuracy_interval95") or (float("nan"), float("nan")))[:2]
             base = {"set": data["name"], "per_class": per_class, "seed": seed, "held_out": len(test)}
-            rows.append({**base, "arm": "app defaults", "accuracy": held_out_accuracy, "seconds": seconds,
-                         "reported": estimate.get("accuracy"), "low": low, "high": high,
-                         "inside": bool(low <= held_out_accuracy <= high)})
-            if tuned:  # what tuning the encoder adds: the same recipe with the encoder left as pretrained
-                untuned_dir = home / f"{data['name']}-{per_class}-{seed}-untuned"
-                untuned = fit(dataset, TrainConfig(backbone=name, frozen_groups=99, seed=seed, sentence_tuning="off"),
-                              untuned_dir, backbone=copy.deepcopy(backbone))
-                untuned_model, _, _ = load_model(untuned_dir)
-                with torch.inference_mode():
-                    untuned_logits = untuned_model.head(torch.as_tensor(features[test]))
-                rows.append({**base, "arm": "app, encoder not tuned", "accuracy": float(
-                    (untuned_logits.argmax(1).numpy() == test_y).mean()), "seconds": untuned.seconds})
+            scoring = {"dataset": dataset, "backbone": backbone, "features": features, "items": items, "test": test,
+                       "test_y": test_y, "base": base, "check_parity": per_class == sizes[0] and seed == 0}
+            row, result = _app_arm("app defaults", TrainConfig(backbone=name, frozen_groups=99, seed=seed),
+                                   home / f"{data['name']}-{per_class}-{seed}", **scoring)
+            rows.append(row)
+            held_out_accuracy, estimate, seconds = row["accuracy"], result.estimate or {}, row["seconds"]
+            if backbone.spec.sentence_encoder:  # the other choice of tuning the encoder on the texts first
+                tuned = bool((estimate.get("sentence_tuning") or {}).get("on"))
+                other = ("app, encoder not tuned", "off") if tuned else ("app, encoder tuned (SetFit-style)", "on")
+                rows.append(_app_arm(other[0], TrainConfig(backbone=name, frozen_groups=99, seed=seed,
+                                                           sentence_tuning=other[1]),
+                                     home / f"{data['name']}-{per_class}-{seed}-{other[1]}", **scoring)[0])
             last = features[:, -final:]
             probe = _logistic(last[train], train_y, last[test], test_y, scale=True)
             rows.append({**base, "arm": "probe", "accuracy": probe})
@@ -279,7 +284,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             means[arm] = statistics.mean(accuracy)
             spread = statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0
             reported = interval = inside = seconds = "-"
-            if arm == "app defaults":
+            if "reported" in arm_rows and arm_rows["reported"].notna().any():
                 reported = f"{arm_rows['reported'].astype(float).mean():.3f}"
                 interval = f"[{arm_rows['low'].astype(float).mean():.3f}, {arm_rows['high'].astype(float).mean():.3f}]"
                 inside = f"{int(arm_rows['inside'].sum())}/{len(arm_rows)}"
@@ -287,8 +292,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {name} | {per_class} | {arm} | {means[arm]:.3f} ± {spread:.3f} | {reported} | "
                          f"{interval} | {inside} | {seconds} |")
         held = int(group["held_out"].iloc[0])
+        others = "".join(f"; {arm} minus probe {100 * (mean - means['probe']):+.1f}"
+                         for arm, mean in means.items() if arm.startswith("app, "))
         summaries.append(f"- {name}, {per_class}/class ({len(group[group['arm'] == 'probe'])} draws, {held} held out "
-                         f"each): app minus probe {100 * (means['app defaults'] - means['probe']):+.1f} points")
+                         f"each): app minus probe {100 * (means['app defaults'] - means['probe']):+.1f} points{others}")
     covered = table[table["arm"] == "app defaults"]["inside"]
     summaries.append(f"- The app's reported 95 % interval held the held-out accuracy in {int(covered.sum())} of "
                      f"{len(covered)} runs.")

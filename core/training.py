@@ -647,7 +647,7 @@ class _Trainer:
     def plan_tuning(self) -> contrastive.TuningPlan:
         """Whether the sentence encoder is tuned on the labels first (`core.contrastive.plan`), for this run."""
         return _tuning_plan(self.dataset, self.protocol, self.config.sentence_tuning,
-                            self.backbone.spec.sentence_encoder, self.logistic, self.device)
+                            self.backbone.spec.sentence_encoder, self.logistic)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -1292,12 +1292,12 @@ class _Trainer:
 
 
 def _tuning_plan(dataset: Dataset, protocol: smalldata.Protocol, setting: str, sentence_encoder: bool,
-                 logistic: bool, device: torch.device) -> contrastive.TuningPlan:
+                 logistic: bool) -> contrastive.TuningPlan:
     cross_validated = protocol.name == "cross-validation"
     learned_from = dataset.table if cross_validated else dataset.table[dataset.table["split"] != "test"]
     counts = learned_from["label"].value_counts().reindex(dataset.classes, fill_value=0)
     return contrastive.plan(setting, sentence_encoder, logistic, [int(count) for count in counts],
-                            protocol.folds if cross_validated else 0, on_gpu=device.type != "cpu")
+                            protocol.folds if cross_validated else 0)
 
 
 def sentence_tuning_plan(dataset: Dataset, config: TrainConfig) -> contrastive.TuningPlan:
@@ -1312,7 +1312,7 @@ def sentence_tuning_plan(dataset: Dataset, config: TrainConfig) -> contrastive.T
     )
     logistic = config.head in ("auto", "logistic")
     return _tuning_plan(dataset, protocol, config.sentence_tuning, get_spec(config.backbone).sentence_encoder,
-                        logistic, pick_device(config.device))
+                        logistic)
 
 
 def _seed_everything(seed: int) -> None:

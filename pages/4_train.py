@@ -608,7 +608,7 @@ if logistic and dataset.modality == "text" and get_spec(state.backbone_name).sen
         st.warning(str(exc))
     else:
         cost = (f" About {max(1, round(plan.cpu_minutes()))} min on a 2-core CPU, far less on a GPU."
-                if plan.on else "")
+                if plan.steps and sentence_tuning != "off" else "")
         st.caption(("🎯 " if plan.on else "") + plan.reason + cost)
 
 with st.form("train-settings"):

@@ -384,12 +384,16 @@ def test_a_sentence_encoder_offers_tuning_on_the_texts_and_says_what_it_costs():
     at.run()
     assert not at.exception, at.exception
     assert at.radio(key="train_sentence_tuning").value == "auto"
-    caption = next(c.value for c in at.caption if "SetFit-style" in c.value)
-    assert "fine-tuned on pairs of your texts" in caption and "6 tunings" in caption
+    caption = next(c.value for c in at.caption if "stays as pretrained" in c.value)
+    assert "did not beat the frozen encoder" in caption and "6 tunings" in caption  # what Always would cost
     assert "min on a 2-core CPU" in caption
 
+    at.radio(key="train_sentence_tuning").set_value("on").run()
+    caption = next(c.value for c in at.caption if "SetFit-style" in c.value)
+    assert "fine-tuned on pairs of your texts" in caption and "min on a 2-core CPU" in caption
     at.radio(key="train_sentence_tuning").set_value("off").run()
     assert any("you turned tuning on pairs off" in c.value for c in at.caption)
+
     at.radio(key="train_head").set_value("gradient").run()  # the gradient loop: no tuning choice
     assert not at.exception, at.exception
     assert not [r for r in at.radio if r.key == "train_sentence_tuning"]
