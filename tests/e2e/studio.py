@@ -36,7 +36,7 @@ new MutationObserver((records) => {
                       attributeFilter: ['data-test-script-state']});
 """
 
-TRAINING_TIMEOUT_MS = 240_000
+TRAINING_TIMEOUT_MS = 480_000
 RERUN_GRACE_MS = 3_000
 
 
