@@ -1310,9 +1310,10 @@ def sentence_tuning_plan(dataset: Dataset, config: TrainConfig) -> contrastive.T
     protocol = smalldata.choose_protocol(
         [str(label) for label in dataset.table["label"]], dataset.split_given, config.protocol, config.folds
     )
-    logistic = config.head in ("auto", "logistic")
-    return _tuning_plan(dataset, protocol, config.sentence_tuning, get_spec(config.backbone).sentence_encoder,
-                        logistic)
+    spec = get_spec(config.backbone)
+    cache_mode, _ = _cache_plan(config, min(config.frozen_groups, spec.num_groups), spec.num_groups)
+    return _tuning_plan(dataset, protocol, config.sentence_tuning, spec.sentence_encoder,
+                        uses_logistic_head(config, cache_mode))
 
 
 def _seed_everything(seed: int) -> None:
