@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--out", help="folder for metrics.json and the best model")
     train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue a stopped, failed or interrupted run of the app from its last epoch checkpoint, "
-                       "with the data and settings it recorded (no other option is needed); writes metrics.json there")
+                       help="continue a stopped, failed or interrupted run (of the app, or of this command: its "
+                       "--out) from its last epoch checkpoint, with the data and settings it recorded (no other option "
+                       "is needed); writes metrics.json there")
     train.add_argument("--processes", type=int, metavar="N",
                        help="train with N processes (DDP through Hugging Face Accelerate: one per GPU, or CPU "
                        "processes); the batch size stays the global batch, each process takes 1/N of it. The logistic "

@@ -1667,11 +1667,25 @@ def main_train(args: argparse.Namespace) -> int:
     return _fit_and_report(dataset, config, backbone, out, None)
 
 
+def _write_cli_job_file(dataset: Dataset, config: TrainConfig, out: Path) -> None:
+    """The `job.json` a worker run has (`core.workers.JobFile`), so `train --resume OUT` can continue this run too.
+
+    No worker pid: a server that starts meanwhile must not take the command for a worker it can follow.
+    """
+    from core import workers
+
+    job = workers.JobFile(dataset=dataset, config=config.to_dict(), label=f"command line: {config.backbone}, "
+                          f"{config.frozen_groups} frozen", host=workers.this_host(), started_at=time.time())
+    workers.write_job_file(out, job)
+
+
 def _fit_and_report(
     dataset: Dataset, config: TrainConfig, backbone: Backbone, out: Path, distributed: scale_out.Distributed | None
 ) -> int:
     """Train, then (rank 0 or a single process) write metrics.json and log the outcome; the exit status."""
     recording = distributed is None or distributed.is_main
+    if recording:
+        _write_cli_job_file(dataset, config, out)
     try:
         result = fit(dataset, config, out, backbone=backbone, callbacks=(_LogProgress(),) if recording else (),
                      distributed=distributed)

@@ -3,12 +3,12 @@ server; Cancel can kill a run at once; a restarted server finds its runs again.
 
 The server (`core.jobs`) and a worker talk only through files in the run folder, so that either side may restart:
 
-| file           | written by                           | read by                                          |
-| -------------- | ------------------------------------ | ------------------------------------------------ |
-| `job.json`     | the server, before the worker starts | the worker; `resume_run` (the Resume button, CLI) |
-| `events.jsonl` | the worker: one engine event a line  | the server's job, which turns it into snapshots   |
-| `stop`         | the server, when Stop is pressed     | the worker, once per batch (graceful stop)        |
-| `worker.log`   | the worker's stdout and stderr       | people                                            |
+| file           | written by                                      | read by                                           |
+| -------------- | ----------------------------------------------- | ------------------------------------------------- |
+| `job.json`     | the server before the worker starts; CLI train  | the worker; `resume_run` (the Resume button, CLI) |
+| `events.jsonl` | the worker: one engine event a line             | the server's job, which turns it into snapshots   |
+| `stop`         | the server, when Stop is pressed                | the worker, once per batch (graceful stop)        |
+| `worker.log`   | the worker's stdout and stderr                  | people                                            |
 
 `job.json` holds what a run needs to start or resume anywhere: the data set (its rows, so a resumed run trains on
 exactly the same examples), the settings, the owner and the worker's pid. Each line of `events.jsonl` is
@@ -131,12 +131,13 @@ def write_job_file(run_dir: str | Path, job: JobFile) -> None:
 
 
 def read_job_file(run_dir: str | Path) -> JobFile:
-    """Read `job.json`; a run folder without one was not started from the Train page."""
+    """Read `job.json`; a run folder without one was not started by the Train page or `python -m core train`."""
     path = Path(run_dir) / JOB_FILE
     if not path.exists():
         raise FileNotFoundError(
-            f"{run_dir} holds no {JOB_FILE}: only runs started from the Train page can be resumed (a run of "
-            "`python -m core train` records no data set to resume on). Train again with the same settings instead."
+            f"{run_dir} holds no {JOB_FILE}: it is not a run folder of the Train page or of `python -m core train` "
+            "(or was written by a version that recorded no data set to resume on). Train again with the same "
+            "settings instead."
         )
     body = json.loads(path.read_text())
     data = body.pop("dataset")

@@ -229,3 +229,41 @@ def test_workers_are_spread_over_the_gpus(colour_dataset, tmp_path, monkeypatch)
         jobs._SLOTS.release(second)
     monkeypatch.setattr(workers, "gpu_ids", lambda: [])
     assert third._pick_gpu() is None
+
+
+def test_a_command_line_run_killed_after_an_epoch_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """`python -m core train` writes the job file a worker run has, so `train --resume OUT` continues it too."""
+    import subprocess
+    import sys
+
+    from core import backbones
+    from core.__main__ import main
+    from tests.tiny import make_colour_images
+    from tests.worker_engines import STEP_SECONDS_ENV, tiny_backbone
+
+    make_colour_images(tmp_path / "colours")
+    options = ["--data", str(tmp_path / "colours"), "--backbone", "tiny_cnn", "--frozen-groups", "1", "--epochs", "3",
+               "--batch-size", "8", "--protocol", "test split", "--device", "cpu", "--seed", "3"]
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-c", "import sys; from tests.worker_engines import cli_with_tiny_backbone; "
+               "sys.exit(cli_with_tiny_backbone(sys.argv[1:]))", "train", *options, "--out", str(killed)]
+    repo = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(command, cwd=repo, env={**os.environ, STEP_SECONDS_ENV: "0.3", "PYTHONPATH": str(repo)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait(lambda: workers.checkpoint_epoch(killed) == 1 or process.poll() is not None, timeout=120)
+        assert process.poll() is None, "the command ended before it could be killed after its first epoch"
+        assert workers.read_job_file(killed).worker_pid is None  # nothing a server could mistake for its worker
+    finally:
+        process.kill()
+        process.wait(10)
+    assert not (killed / "metrics.json").exists()
+
+    monkeypatch.setattr(backbones, "load_backbone", tiny_backbone)
+    assert main(["train", "--resume", str(killed)]) == 0
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert main(["train", *options, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert resumed["status"] == whole["status"] == "completed"
+    assert _numbers(resumed["history"]) == _numbers(whole["history"])
+    assert resumed["test_accuracy"] == whole["test_accuracy"]

@@ -51,3 +51,25 @@ def fit_with_a_child(dataset: Any, config: Any, run_dir: Any, **options: Any) ->
     (Path(run_dir) / "child.pid").write_text(str(child.pid))
     while True:
         time.sleep(0.1)
+
+
+def tiny_backbone(name: str, pretrained: bool = True) -> Any:
+    """`load_backbone` for command-line tests: the tiny CNN (seeded) whatever the name; the catalogue has none."""
+    import torch
+
+    from tests.tiny import TinyCNN
+
+    torch.manual_seed(0)
+    return TinyCNN()
+
+
+def cli_with_tiny_backbone(argv: list[str]) -> int:
+    """`python -m core ...` with the tiny CNN as every backbone and each training step held back (`STEP_SECONDS_ENV`),
+    so a test can kill the command mid-run: `python -c 'from tests.worker_engines import cli_with_tiny_backbone; ...'`.
+    """
+    from core import backbones, training
+    from core.__main__ import main
+
+    backbones.load_backbone = tiny_backbone
+    training._LogProgress.on_step_end = lambda self, metrics: _HoldEachStep().on_step_end(metrics)
+    return main(argv)
