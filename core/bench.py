@@ -400,6 +400,26 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _main_classroom(students: int, json_path: str | None) -> int:
+    """`--classroom N`: one student alone, then N at once on one server; the table, and the raw numbers to JSON."""
+    from core import bench_classroom
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("core.training", "core.freezing", "core.features", "core.data", "core.backbones", "core.jobs"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if students < 1:
+        log.error("--classroom needs at least 1 student, not %d.", students)
+        return 2
+    context = machine()
+    results = bench_classroom.run(students)
+    results["machine"] = context
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str))
+    sys.stdout.write(bench_classroom.markdown(results, context)
+                     + f"\n\nBenchmark took {results['bench_seconds'] / 60:.1f} min.\n")
+    return 0 if results["failures"] == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -413,7 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy-draws", type=int, help="random draws per size (default 3)")
     parser.add_argument("--accuracy-sets", nargs="+", choices=("digits", "lfw", "tweets"),
                         help="which real data sets (default: all three)")
+    parser.add_argument("--classroom", type=int, metavar="N",
+                        help="classroom load benchmark (core.bench_classroom) instead: N students train at once")
     args = parser.parse_args(argv)
+    if args.classroom is not None:
+        return _main_classroom(args.classroom, args.json)
     if args.accuracy:
         from core import bench_accuracy
 
