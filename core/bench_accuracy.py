@@ -255,12 +255,11 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
                 rows.append({**base, "arm": "pixels (no transfer)", "accuracy": _logistic(
                     pixels[train], train_y, pixels[test], test_y, scale=True)})
             else:
-                from sklearn.feature_extraction.text import TfidfVectorizer
+                from core.evaluation import fit_tfidf
 
-                vectorizer = TfidfVectorizer(sublinear_tf=True).fit(items[train].tolist())
-                rows.append({**base, "arm": "tf-idf (no transfer)", "accuracy": _logistic(
-                    vectorizer.transform(items[train].tolist()), train_y, vectorizer.transform(items[test].tolist()),
-                    test_y, scale=False)})
+                tfidf, _ = fit_tfidf(items[train].tolist(), train_y, seed)  # the app's baseline: words or characters
+                rows.append({**base, "arm": "tf-idf (no transfer)",
+                             "accuracy": float((tfidf.predict(items[test].tolist()) == test_y).mean())})
             if names is not None:
                 score = smalldata.zero_shot_score(torch.as_tensor(features[test]), test_y, names)
                 rows.append({**base, "arm": "zero-shot (class names)", "accuracy": score["accuracy"]})

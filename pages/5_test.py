@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import data, evaluation
-from core.paths import workspace_subdir
+from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
 from pages._ui import get_state, require
 
@@ -69,6 +69,7 @@ def _load(run_dir: str) -> tuple[Any, Any, dict[str, Any]]:
     cached = scratch.get("model")
     if cached is not None and cached[0] == run_dir:
         return cached[1], cached[2], cached[3]
+    check_in_workspace(run_dir, state.owner)
     with st.spinner("Loading the trained model…"):
         model, preprocessor, info = evaluation.load_model(run_dir)
     scratch["model"] = (run_dir, model, preprocessor, info)
@@ -77,7 +78,7 @@ def _load(run_dir: str) -> tuple[Any, Any, dict[str, Any]]:
 
 try:
     model, preprocessor, run_info = _load(run_dir)
-except (evaluation.ModelLoadError, OSError, RuntimeError, ValueError, KeyError) as error:
+except (evaluation.ModelLoadError, OSError, RuntimeError, ValueError, KeyError) as error:  # PermissionError too
     st.error(f"This run's model cannot be loaded: {error}")
     st.stop()
 
@@ -185,13 +186,18 @@ level, sentence = evaluation.transfer_verdict(result.accuracy, baselines)
 {"success": st.success, "warning": st.warning}.get(level, st.info)(sentence)
 if baselines:
     rows = [{"model": f"Pretrained {run_info.get('backbone', '')}", "accuracy": result.accuracy,
-             "macro_f1": result.macro_f1, "what": "this run"}]  # fmt: skip
-    rows += [{"model": b.title, "accuracy": b.accuracy, "macro_f1": b.macro_f1, "what": b.detail} for b in baselines]
+             "interval": format_interval(result.accuracy, result.metrics["accuracy_interval95"]),
+             "n": len(result.targets), "macro_f1": result.macro_f1, "what": "this run"}]  # fmt: skip
+    rows += [{"model": b.title, "accuracy": b.accuracy, "n": b.n,
+              "interval": format_interval(b.accuracy, b.accuracy_interval95) if b.accuracy_interval95 else "-",
+              "macro_f1": b.macro_f1, "what": b.detail} for b in baselines]  # fmt: skip
     st.dataframe(
         pd.DataFrame(rows),
         hide_index=True,
         column_config={
-            "accuracy": st.column_config.ProgressColumn("Test accuracy", format="percent", min_value=0, max_value=1),
+            "accuracy": st.column_config.ProgressColumn("Accuracy", format="percent", min_value=0, max_value=1),
+            "interval": st.column_config.TextColumn("Accuracy with 95 % interval"),
+            "n": st.column_config.NumberColumn("n (examples scored)"),
             "macro_f1": st.column_config.NumberColumn("Macro-F1", format="%.3f"),
         },
     )
@@ -200,7 +206,8 @@ with st.expander("Train a baseline", expanded=not baselines):
         "The **same architecture with random weights** (the same frozen groups and head, trained on the same "
         "split)"
         + (
-            ", and **TF-IDF + logistic regression**, a classic text model without any pretraining."
+            ", and **TF-IDF + logistic regression**, a classic text model without any pretraining (word or character "
+            "n-grams, whichever cross-validation prefers), scored on the same examples as this run."
             if dataset.modality == "text"
             else "."
         )  # fmt: skip
@@ -210,7 +217,7 @@ with st.expander("Train a baseline", expanded=not baselines):
     if st.button("Train baseline", type="primary"):
         with st.spinner("Training the baseline(s) on the same split…"):
             try:
-                evaluation.train_baselines(dataset, run_info, epochs=int(baseline_epochs))
+                evaluation.train_baselines(dataset, run_info, epochs=int(baseline_epochs), estimate=result)
             except ImportError as error:
                 st.error(f"The training engine is not available yet: {error}")
             except (ValueError, RuntimeError, OSError) as error:
@@ -424,7 +431,7 @@ def _saved_uploads(files: list[Any]) -> tuple[list[str], list[str]]:
     A zip is opened and each image in it is named by its path inside the zip (`cats/0000.png`), so that rows of the
     prediction table stay apart and can be traced back to the user's own files.
     """
-    folder = workspace_subdir("predict")
+    folder = workspace_subdir("predict", get_state().owner)
     paths, names = [], []
     for file in files:
         content = file.getvalue()

@@ -267,6 +267,43 @@ def test_tfidf_baseline_beats_chance_on_a_small_text_set() -> None:
     assert 0.0 <= result.macro_f1 <= 1.0
 
 
+def _suffix_texts(per_class: int = 30) -> Dataset:
+    """Two classes told apart only inside words (every stem unique): "-ing" words vs "-ed" words."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, suffix in (("ongoing", "ing"), ("finished", "ed")):
+        for i in range(per_class):
+            stems = ["".join(rng.choice(list("bcdfgklmnprstvz"), 4)) for _ in range(3)]
+            split = "train" if i < per_class * 0.6 else ("val" if i < per_class * 0.8 else "test")
+            rows.append({"item": " ".join(stem + suffix for stem in stems), "label": label, "split": split})
+    return Dataset("suffixes", "text", pd.DataFrame(rows))
+
+
+def test_tfidf_baseline_chooses_character_ngrams_where_words_never_repeat() -> None:
+    result = evaluation.tfidf_baseline(_suffix_texts())
+    assert "character" in result.detail and result.protocol == "test split"
+    assert result.accuracy >= 0.9, "character n-grams see the suffix that no whole word shares"
+    assert result.n == 12 and result.accuracy_interval95[0] < result.accuracy <= result.accuracy_interval95[1]
+
+
+def test_tfidf_baseline_is_scored_on_the_runs_own_folds() -> None:
+    texts = _topic_texts()
+    items, targets = [], []
+    for name in ("train", "val", "test"):
+        items += texts.split(name)[0]
+        targets += texts.split(name)[1]
+    folds = [f"fold {i % 3 + 1}" for i in range(len(items))]
+    estimate = evaluation.evaluate_probabilities(np.full((len(items), 3), 1 / 3, dtype=np.float32), list(targets),
+                                                 texts.classes, list(items))
+    estimate.where = folds
+    result = evaluation.tfidf_baseline(texts, estimate=estimate)
+    assert result.n == len(items), "every example is scored once, by the fold model that did not learn from it"
+    assert result.protocol.startswith("cross-validation (3 folds")
+    assert result.accuracy > 1 / 3 + 0.3
+    saved = evaluation.train_baselines(texts, {"run_id": "cv-run"}, kinds=["tfidf"], estimate=estimate)
+    assert evaluation.load_baselines({"run_id": "cv-run"})[0].n == saved[0].n == len(items)
+
+
 def test_tfidf_baseline_refuses_images(colour_dataset: Dataset) -> None:
     with pytest.raises(ValueError, match="text data"):
         evaluation.tfidf_baseline(colour_dataset)

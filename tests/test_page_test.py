@@ -210,13 +210,20 @@ def test_saved_baseline_is_reported_next_to_the_model(seeded) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"run_id": "tiny-run", "baselines": [
         {"name": "scratch", "title": "Same architecture, random weights", "accuracy": 1.0, "macro_f1": 1.0,
-         "detail": "tiny_cnn without pretrained weights"}]}  # fmt: skip
+         "detail": "tiny_cnn without pretrained weights"},
+        {"name": "tfidf", "title": "TF-IDF + logistic regression", "accuracy": 0.5, "macro_f1": 0.5, "n": 40,
+         "accuracy_interval95": [0.35, 0.65], "protocol": "cross-validation (5 folds, the run's own)",
+         "detail": "scored by cross-validation"}]}  # fmt: skip
     (folder / "baselines.json").write_text(json.dumps(record))
     app.run()
     assert not app.exception
     # The tiny model cannot beat a perfect baseline: the page must say so plainly.
     assert any("does not clearly beat" in warning.value for warning in app.warning)
-    assert "Same architecture, random weights" in app.dataframe[0].value["model"].tolist()
+    table = app.dataframe[0].value.set_index("model")
+    assert "Same architecture, random weights" in table.index
+    assert table.loc["TF-IDF + logistic regression", "interval"] == "50.0% (95 % CI 35.0%–65.0%)"
+    assert table.loc["TF-IDF + logistic regression", "n"] == 40
+    assert table.loc["Same architecture, random weights", "interval"] == "-", "an older record has no interval"
 
 
 class _KeywordPreprocessor:
