@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 
 import streamlit as st
 
-from core import jobs
-from core.paths import workspace_dir
-from core.session import StudioState, restore
+from core import jobs, workspaces
+from core.paths import is_workspace_name, workspace_dir
+from core.session import StudioState, open_workspace
 from core.store import RunStore
-from pages._ui import PAGES, draw_progress, get_state
+from pages._ui import PAGES, WORKSPACE_PARAM, draw_progress, draw_workspace, get_state
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -25,31 +23,33 @@ def _close_abandoned_runs(workspace: str) -> list[str]:
     return RunStore().mark_abandoned()
 
 
-#: The URL query parameter that names this browser, so its jobs and runs are found again after a refresh.
-BROWSER_PARAM = "browser"
-_BROWSER_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _claim_browser(state: StudioState, fresh: bool) -> None:
-    """Give the session its browser id, keep it in the URL (a reload keeps the query string) and, in a fresh
-    session, restore what this browser had. An id in the URL that is not one we hand out is replaced, not used."""
+def _claim_workspace(state: StudioState, fresh: bool, shared: str | None) -> StudioState:
+    """Put the session in its workspace and keep the code in the URL (a reload keeps the query string): the
+    operator's shared one, else the one the URL names, else a fresh private one. A fresh session gets back what
+    that workspace had. Returns the session's state."""
     if state.owner is None:
-        asked = st.query_params.get(BROWSER_PARAM, "")
-        owner = asked if _BROWSER_ID.match(asked) else uuid.uuid4().hex
-        if fresh and restore(state, owner):
-            state.scratch["train_reattached"] = state.job.job_id
-        state.owner = owner
-    if st.query_params.get(BROWSER_PARAM) != state.owner:
-        st.query_params[BROWSER_PARAM] = state.owner  # page switches drop the query string; put it back
+        asked = st.query_params.get(WORKSPACE_PARAM, "")
+        name = shared or (asked if is_workspace_name(asked) else workspaces.claim_new())
+        if fresh:
+            state = st.session_state["studio"] = open_workspace(name)
+        state.owner = name
+    if st.query_params.get(WORKSPACE_PARAM) != state.owner:
+        st.query_params[WORKSPACE_PARAM] = state.owner  # page switches drop the query string; put it back
+    return state
 
 
 jobs.recover_once()  # first: adopt workers that outlived a server restart, mark the dead ones resumable
 _close_abandoned_runs(str(workspace_dir()))  # then whatever is left "running" with no process (older servers)
 
+try:
+    shared_workspace = workspaces.shared_workspace()
+except workspaces.WorkspaceError as error:
+    st.error(f"The server's settings are wrong: {error}")
+    st.stop()
 fresh_session = "studio" not in st.session_state
-state = get_state()
-_claim_browser(state, fresh_session)
+state = _claim_workspace(get_state(), fresh_session, shared_workspace)
 navigation = st.navigation([st.Page(path, title=title, icon=icon) for path, title, icon in PAGES])
+draw_workspace(state, shared=shared_workspace is not None)
 
 # Drawn before the page (so a page that stops early still shows it) and again after it, in the same slot, so
 # that what the page just changed (a data set loaded, a freezing chosen) shows without waiting a rerun.

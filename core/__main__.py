@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     project = sub.add_parser("project", help="open a saved project (.tsproject.zip) into this workspace, offline")
     project.add_argument("action", choices=["open"], help="open: check the file, then bring in its data and runs")
     project.add_argument("file", help="the project file that 'Save project' on the Data page downloaded")
-    project.add_argument("--owner", help="the browser id (the app's ?browser=...) whose runs these become")
+    project.add_argument("--owner", help="the workspace (its code, as the app's sidebar shows it) whose runs "
+                         "these become")
     return parser
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from core.dataset import Dataset
 from core.eta import TimeLeft
-from core.paths import workspace_subdir
+from core.paths import check_in_workspace, workspace_subdir
 
 log = logging.getLogger(__name__)
 
@@ -284,14 +284,15 @@ class TrainingJob:
         dataset: the split data set to train on.
         config: a `core.training.TrainConfig` (anything with the fields `fit` reads; `backbone` and `epochs` are
             used here for naming and progress).
-        run_dir: the run folder; default `workspace/runs/<job_id>/`.
+        run_dir: the run folder; default `<owner's workspace>/runs/<job_id>/` (`core.paths.workspace_subdir`).
         backbone: an already-built `Backbone` to train (the job owns it; pass a copy of a shared one), or None so
             that the engine loads its own with `load_backbone`.
         fit_fn: the training function, `fit(dataset, config, run_dir, backbone=..., callbacks=..., stop_event=...)`;
             default `core.training.fit`. Tests inject fakes here.
         label: a short description for lists ("efficientnet_lite0, 3 frozen, lr 0.001").
-        owner: an opaque id of who started it (a browser), so a page can tell its own jobs apart; also recorded
-            with the run in the run store, so that person's runs can be listed after the job is forgotten.
+        owner: the workspace that started it (`core.workspaces`), so a page can tell its own jobs apart; also
+            recorded with the run in the run store, so its runs can be listed after the job is forgotten. None (the
+            CLI) keeps the run at the top of the workspace folder.
         worker_fit: the engine a worker process runs, as 'module:function' (default `core.training:fit`); tests
             name a tiny-model engine here to train in a real worker process.
         resume: continue the run in `run_dir` from its last epoch checkpoint (see `resume`).
@@ -316,7 +317,7 @@ class TrainingJob:
     ) -> None:
         backbone_name = str(getattr(config, "backbone", "model"))
         self.job_id = Path(run_dir).name if run_dir is not None else new_run_id(backbone_name)
-        self.run_dir = str(run_dir) if run_dir is not None else str(workspace_subdir("runs") / self.job_id)
+        self.run_dir = str(run_dir) if run_dir is not None else str(workspace_subdir("runs", owner) / self.job_id)
         self.dataset = dataset
         self.config = config
         self.label = label or backbone_name
@@ -846,12 +847,13 @@ def resume(run_dir: str | Path, owner: str | None = None, worker_fit: str | None
 
     Args:
         run_dir: the run folder.
-        owner: who asks; a run started by someone else is refused.
+        owner: the workspace that asks; a run of another workspace (its record or its folder) is refused.
         worker_fit: the engine, as `TrainingJob` takes it (tests); default the one `job.json` names.
     """
     from core import workers
 
     run_dir = str(run_dir)
+    check_in_workspace(run_dir, owner)  # first: another workspace's folder is refused before anything is read
     known = get(Path(run_dir).name)
     if known is not None and known.is_running:
         raise ValueError(f"Run {Path(run_dir).name} is still training; stop it before resuming it.")
@@ -862,7 +864,7 @@ def resume(run_dir: str | Path, owner: str | None = None, worker_fit: str | None
         )
     job_file = workers.read_job_file(run_dir)
     if owner is not None and job_file.owner is not None and job_file.owner != owner:
-        raise PermissionError(f"Run {Path(run_dir).name} was started in another browser; only its owner resumes it.")
+        raise PermissionError(f"Run {Path(run_dir).name} belongs to another workspace; only that workspace resumes it.")
     job = TrainingJob(job_file.dataset, job_file.train_config(), run_dir=run_dir, label=job_file.label,
                       owner=job_file.owner or owner, worker_fit=worker_fit or job_file.fit, resume=True)
     return job.start()

@@ -8,9 +8,9 @@ is checked before anything is written (`core._zipsafe`), and any entry the forma
 
 The format is declared once, in `CONTRACT`: each file, who writes it and who reads it. Readers read what the
 writer wrote, nothing else. Run folders keep their run id unless this workspace already has that id; imported
-runs get the new data set's fingerprint (image paths differ between machines) and the opening browser as owner.
-Opening the same data and runs again for the same browser (the same file, or a later save with more runs)
-reuses what the first opening brought in.
+runs get the new data set's fingerprint (image paths differ between machines) and the opening workspace
+(`core.workspaces`) as owner, in that workspace's runs folder. Opening the same data and runs again in the same
+workspace (the same file, or a later save with more runs) reuses what the first opening brought in.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pandas as pd
 
 from core._zipsafe import UnsafeArchive, ZipLimits, check_archive, extract_archive
 from core.dataset import SPLITS, Dataset
-from core.paths import data_root, workspace_subdir
+from core.paths import check_in_workspace, data_root, workspace_subdir
 from core.store import RunNotFound, RunStore, new_run_id
 
 if TYPE_CHECKING:
@@ -151,7 +151,8 @@ class OpenedProject:
 
 def project_runs(dataset: Dataset, owner: str | None, known_run_dirs: Iterable[str] = ()) -> list[str]:
     """The run folders a project of `dataset` carries, oldest first: every finished run of `owner` on this data
-    set in the run store, plus the session's own runs (`known_run_dirs`) that were trained on it."""
+    set in the run store, plus the session's own runs (`known_run_dirs`) that were trained on it. A folder of
+    another workspace is never carried (`core.paths.check_in_workspace`)."""
     found: list[str] = []
     if owner is not None:
         store = RunStore()
@@ -161,6 +162,11 @@ def project_runs(dataset: Dataset, owner: str | None, known_run_dirs: Iterable[s
             store.close()
         found = [str(r["run_dir"]) for r in reversed(records) if r.get("run_dir") and r["status"] in _FINISHED]
     for run_dir in known_run_dirs:
+        try:
+            check_in_workspace(run_dir, owner)
+        except PermissionError as refused:
+            log.warning("Not carried in the project: %s", refused)
+            continue
         info = _read_json_file(Path(run_dir) / "run.json")
         if info.get("dataset_fingerprint") == dataset.fingerprint and info.get("status") in _FINISHED:
             found.append(str(run_dir))
@@ -337,7 +343,7 @@ def open_project(
     if len(payload) > max_project_bytes():
         raise ProjectError(f"`{name}` is {len(payload) / _MB:,.0f} MB, more than the {max_project_bytes() / _MB:,.0f} "
                            "MB limit for project files (env TRANSFER_STUDIO_MAX_PROJECT_MB).")
-    staging = workspace_subdir("projects") / f"opening-{uuid.uuid4().hex}"
+    staging = workspace_subdir("projects", owner) / f"opening-{uuid.uuid4().hex}"
     try:
         _check_entries(payload, name)
         try:
@@ -602,7 +608,7 @@ def _import_run(
         if earlier is not None:
             return earlier, run.has_model and (Path(earlier) / MODEL_FILE).is_file(), None
         run_id = PurePosixPath(run.folder).name
-        runs_root = workspace_subdir("runs")
+        runs_root = workspace_subdir("runs", owner)
         while _taken(store, run_id) or (runs_root / run_id).exists():
             run_id = new_run_id()
         target = runs_root / run_id

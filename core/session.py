@@ -4,9 +4,10 @@
 tests can pre-seed it and `core` stays free of Streamlit.
 
 A refresh or a reopened tab is a new session with empty state. `restore` fills it again from what the same
-browser (its `owner` id) left behind: its latest training job, with the data and choices it trained on, and every
-run it recorded on that data; or, when it opened a saved project since, that project. Nothing of another owner is
-ever restored.
+workspace (its `owner`, a code such as `blue-otter-427`, `core.workspaces`) left behind: its latest training job,
+with the data and choices it trained on, and every run it recorded on that data; or, when it opened a saved
+project since, that project. Nothing of another workspace is ever restored. A private workspace is one browser's,
+so this is what the browser had; in a joined or team workspace it is the workspace's latest work.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ class StudioState:
         frozen_groups: how many layer groups stay frozen (step 3); None until chosen.
         job: the training job of this session, running or finished (step 4).
         run_dir: the folder of the trained run that step 5 tests and exports.
-        runs: run folders with a model trained by this browser, newest last.
-        owner: an opaque id of this browser (it survives a refresh); jobs and runs are recorded under it.
+        runs: run folders with a model trained in this workspace, newest last.
+        owner: the name of the workspace this browser works in (kept in the URL, so it survives a refresh); jobs
+            and runs are recorded under it, and its private folders carry its name.
         scratch: per-page values that must survive page switches.
     """
 
@@ -73,10 +75,10 @@ class StudioState:
 
 
 def restore(state: StudioState, owner: str) -> bool:
-    """Give a fresh session back what this browser had: its latest job, that job's data and choices, its runs.
+    """Give a fresh session back what its workspace had: its latest job, that job's data and choices, its runs.
 
-    Only jobs and runs recorded under `owner` are looked at, so a new visitor starts empty rather than inside
-    someone else's work. Runs listed are those on the job's data set (the only ones this session can test);
+    Only jobs and runs recorded under the workspace `owner` are looked at, so a new visitor starts empty rather
+    than inside someone else's work. Runs listed are those on the job's data set (the only ones this session can test);
     `scratch["train_run_dirs"]` gets all of them (failed ones too, for the Train page's table), `runs` those
     with a model, and the newest of these becomes the model for step 5. A project opened after the latest job
     started comes back instead (`core.project.last_opened`), with its runs and those trained on it since.
@@ -98,6 +100,15 @@ def restore(state: StudioState, owner: str) -> bool:
     state.frozen_groups = getattr(job.config, "frozen_groups", None)
     _list_runs(state, owner, job.dataset.fingerprint, newest=job)
     return True
+
+
+def open_workspace(name: str) -> StudioState:
+    """The state of a session that enters the workspace `name`: what that workspace had (`restore`), with a note
+    for the Train page when its latest job came back (`scratch["train_reattached"]`)."""
+    state = StudioState()
+    if restore(state, name):
+        state.scratch["train_reattached"] = state.job.job_id
+    return state
 
 
 def _list_runs(state: StudioState, owner: str, fingerprint: str, newest: Any) -> None:

@@ -49,7 +49,7 @@ from core import distributed as scale_out
 from core import features as feature_cache
 from core.backbones import Backbone, Classifier
 from core.dataset import Dataset
-from core.paths import workspace_subdir
+from core.paths import is_runs_folder, workspace_subdir
 from core.store import RunStore, new_run_id
 
 log = logging.getLogger(__name__)
@@ -656,8 +656,7 @@ class _Trainer:
         return path
 
     def _create_record(self) -> str:
-        runs_root = workspace_subdir("runs").resolve()
-        wanted = self.run_dir.name if self.run_dir.resolve().parent == runs_root else None
+        wanted = self.run_dir.name if is_runs_folder(self.run_dir.resolve().parent) else None
         arguments = dict(
             backbone=self.config.backbone, modality=self.dataset.modality, dataset_name=self.dataset.name,
             dataset_fingerprint=self.fingerprint, frozen_groups=self.frozen, config=self.config.to_dict(),

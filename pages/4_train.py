@@ -3,8 +3,8 @@
 Training runs in a `core.jobs.TrainingJob` (a worker process of its own); this page only starts, stops, cancels,
 resumes and polls it. The live panel is a fragment that reruns every second on its own, so the rest of the page
 stays still and usable.
-A refreshed or reopened page (a new browser session) gets this browser's own latest job and runs back
-(`core.session.restore`, called by `app.py`); another browser's jobs are never shown.
+A refreshed or reopened page (a new browser session) gets its workspace's latest job and runs back
+(`core.session.restore`, called by `app.py`); another workspace's jobs are never shown.
 """
 
 from __future__ import annotations
@@ -569,7 +569,7 @@ st.caption(
     f"**{state.backbone_name}** · **{state.frozen_groups}** layer group(s) frozen"
 )
 if state.scratch.pop("train_reattached", None):
-    st.info("Reattached to the latest training job of this browser (the page was reloaded or opened anew); "
+    st.info("Reattached to the latest training job of this workspace (the page was reloaded or opened anew); "
             "your earlier runs on this data are listed below.", icon="🔗")
 
 job: jobs.TrainingJob | None = state.job

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from core import evaluation, export
-from core.paths import workspace_subdir
+from core.paths import check_in_workspace, workspace_subdir
 from core.session import StudioState
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def _model(state: StudioState) -> tuple[Any, Any, dict[str, Any]]:
     cached = state.scratch.get("test", {}).get("model")
     if cached is not None and cached[0] == state.run_dir:
         return cached[1], cached[2], cached[3]
+    check_in_workspace(state.run_dir, state.owner)
     with st.spinner("Loading the trained model…"):
         return evaluation.load_model(state.run_dir)
 
@@ -124,7 +125,7 @@ def render_export_section(state: StudioState) -> None:
                     model,
                     preprocessor,
                     run_info,
-                    workspace_subdir("exports") / run_id,
+                    workspace_subdir("exports", state.owner) / run_id,
                     items,
                     targets=targets,
                     evaluation=result_of_test,

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.session import StudioState
+from core import workspaces
+from core.session import StudioState, open_workspace
+
+#: The URL query parameter that names the session's workspace, so a refresh (or the link, on another computer)
+#: opens it again.
+WORKSPACE_PARAM = "workspace"
 
 PAGES = [
     ("pages/1_data.py", "1 · Data", "📁"),
@@ -62,3 +67,49 @@ def draw_progress(slot: st.delta_generator.DeltaGenerator, state: StudioState) -
     else:
         lines.append("⬜ Train: no model yet")
     slot.markdown("\n\n".join(lines))
+
+
+def draw_workspace(state: StudioState, shared: bool) -> None:
+    """The sidebar's workspace: its code, what it keeps apart, and (unless the operator put everyone in one
+    shared workspace) a way to join another by its code or to start a new private one."""
+    st.sidebar.markdown(f"**Workspace:** `{state.owner}`")
+    if shared:
+        st.sidebar.caption("Shared by everyone on this server (the operator set it up): you all see the same "
+                           "runs and models.")
+        return
+    st.sidebar.caption("Your runs and models are kept in this workspace, apart from everyone else's. Note its "
+                       "code: typing it on another computer, or giving it to your team, opens this workspace there.")
+    joined = state.scratch.pop("workspace_joined", None)
+    if joined:
+        st.sidebar.info(joined, icon="🔑")
+    with st.sidebar.expander("Join another workspace"):
+        code = st.text_input("Workspace code", key="workspace-code", placeholder="blue-otter-427")
+        if st.button("Join", key="workspace-join"):
+            try:
+                name = workspaces.parse_code(code)
+            except workspaces.WorkspaceError as error:
+                st.error(str(error))
+                return
+            if name == state.owner:
+                st.info("You are in this workspace already.")
+                return
+            _enter(name, existed=workspaces.join(name))
+        if st.button("Start a new private workspace", key="workspace-new"):
+            _enter(workspaces.claim_new(), existed=None)
+
+
+def _enter(name: str, existed: bool | None) -> None:
+    """Leave this workspace for `name` as a fresh session would enter it: nothing of the old one is kept (a run
+    of it goes on training; its code opens it again), and what `name` has is restored."""
+    for key in list(st.session_state):
+        del st.session_state[key]
+    state = st.session_state["studio"] = open_workspace(name)
+    if existed is None:
+        state.scratch["workspace_joined"] = f"A new private workspace: {name}."
+    elif existed:
+        state.scratch["workspace_joined"] = f"You joined the workspace {name}."
+    else:
+        state.scratch["workspace_joined"] = (f"The workspace {name} is new, with nothing in it yet. If you meant "
+                                             "someone else's, check the code.")
+    st.query_params[WORKSPACE_PARAM] = name
+    st.rerun()

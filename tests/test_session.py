@@ -1,11 +1,12 @@
-"""A fresh session (a refresh, a reopened tab) gets back its own browser's job and runs, and nobody else's."""
+"""A fresh session (a refresh, a reopened tab, another computer with the code) gets back its own workspace's job and
+runs, and nobody else's."""
 
 from __future__ import annotations
 
 import pytest
 
 from core import jobs
-from core.session import StudioState, restore
+from core.session import StudioState, open_workspace, restore
 
 
 @pytest.fixture(autouse=True)
@@ -43,3 +44,12 @@ def test_a_new_browser_starts_empty_while_others_train(colour_dataset):
     assert not restore(state, "carol")
     assert state.owner == "carol"
     assert state.job is None and state.dataset is None and state.runs == [] and state.run_dir is None
+
+
+def test_entering_another_workspace_by_its_code_gives_that_workspaces_work(colour_dataset):
+    alices = _train(colour_dataset, "alice")
+    _train(colour_dataset, "bob")
+    state = open_workspace("alice")  # Bob typed Alice's code: a fresh session in her workspace
+    assert state.owner == "alice" and state.job is alices and state.runs == [alices.run_dir]
+    assert state.scratch["train_reattached"] == alices.job_id
+    assert open_workspace("nobody-yet").runs == []

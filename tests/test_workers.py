@@ -137,7 +137,7 @@ def test_a_worker_killed_mid_epoch_resumes_to_the_numbers_of_an_uninterrupted_ru
     assert workers.checkpoint_epoch(run_dir) == 1 and jobs.can_resume(run_dir)
 
     monkeypatch.setenv("TS_TEST_STEP_SECONDS", "0")
-    with pytest.raises(PermissionError, match="another browser"):
+    with pytest.raises(PermissionError, match="another workspace"):
         jobs.resume(run_dir, owner="bob")
     resumed = jobs.resume(run_dir, owner="alice")
     assert jobs.get("killed") is resumed

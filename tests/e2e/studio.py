@@ -96,7 +96,7 @@ def go_to(page: Page, title: str) -> None:
 
 def _url_pattern(title: str) -> re.Pattern[str]:
     """The URL `st.Page` gives a step: "2 · Backbone" -> ".../backbone"; the first (default) page is also "/".
-    The query string (the browser's id, `?browser=...`) may follow."""
+    The query string (the workspace's code, `?workspace=...`) may follow."""
     path = re.escape(title.split("·", 1)[-1].strip().lower().replace(" ", "_"))
     return re.compile(rf"/({path}/?)?(\?[^#]*)?$" if title.startswith("1 ") else rf"/{path}/?(\?[^#]*)?$")
 

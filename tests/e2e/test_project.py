@@ -1,5 +1,5 @@
 """A project travels (issue 10.4): train on the sample, save the project, and open it on another server with an
-empty workspace, in a fresh browser with another browser id: the same run is there, listed on the Train page and
+empty workspace, in a fresh browser in another workspace: the same run is there, listed on the Train page and
 on the Test page with the same accuracy."""
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def test_a_saved_project_opens_on_another_machine_with_the_same_run_and_accuracy
     assert saved.name.endswith(".tsproject.zip") and saved.stat().st_size > 0
 
     with _person(browser, other_machine, "project-other-machine") as other:  # screenshotted if it fails
-        browser_ids = {re.search(r"browser=([0-9a-f]+)", tab.url).group(1) for tab in (page, other)}
-        assert len(browser_ids) == 2  # another person, on another server
+        codes = {re.search(r"workspace=([a-z0-9-]+)", tab.url).group(1) for tab in (page, other)}
+        assert len(codes) == 2  # another person's workspace, on another server
         choose_radio(other, "Open a saved project")
         upload(other, saved)
         click_button(other, "Open project", timeout_ms=120_000)

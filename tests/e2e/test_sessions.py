@@ -1,9 +1,11 @@
-"""Three people on one server at once (issue 14.1-3), each in their own browser context (own cookies, own URL).
+"""Three people on one server at once (issues 14.1-3, 10.3), each in their own browser context (own cookies, own URL),
+so each in a private workspace of their own.
 
 - Every Train click starts or queues a run, and the page says which (three clicks within a fraction of a second).
 - No browser ever shows another's data, job, model or export: a new browser opening the Train page while others
   train sees nothing of theirs, and no page lists another browser's run ids.
 - After a refresh all of your runs are back, listed on the Train page and testable on the Test page.
+- Typing another's workspace code in the sidebar joins that workspace, with its runs.
 
 Feature extraction on the small samples, with one epoch of gradient descent on the cached features, keeps
 each run to seconds.
@@ -117,7 +119,7 @@ def test_three_people_train_at_once_and_each_sees_only_their_own_work(browser: B
     with ExitStack() as people:
         alice, bob, carol = (people.enter_context(_person(browser, app_url, n)) for n in ("alice", "bob", "carol"))
         urls = {alice.url, bob.url, carol.url}
-        assert len(urls) == 3 and all("browser=" in url for url in urls), urls  # each browser has its own id
+        assert len(urls) == 3 and all("workspace=" in url for url in urls), urls  # each in a workspace of its own
 
         _ready_to_train(alice, "images")
         _press_train(alice)
@@ -184,3 +186,19 @@ def test_three_people_train_at_once_and_each_sees_only_their_own_work(browser: B
         go_to(bob, "5 · Test")
         assert [c.split(" · ")[0] for c in _run_choices(bob, "Run to test")] == [said[bob][2]]
         assert not [run_id for run_id in alice_runs | own[carol] if run_id in _text(bob)]
+
+        # Carol types Alice's code, as it shows in Alice's sidebar, and works in Alice's workspace from then on.
+        code = re.search(r"workspace=([a-z0-9-]+)", alice.url).group(1)
+        expect(alice.get_by_test_id("stSidebar")).to_contain_text(f"Workspace: {code}")
+        sidebar = carol.get_by_test_id("stSidebar")
+        sidebar.get_by_text("Join another workspace").click()
+        box = sidebar.get_by_label("Workspace code")
+        box.fill(code.replace("-", " ").title())
+        box.press("Enter")
+        wait_idle(carol)
+        sidebar.get_by_role("button", name="Join", exact=True).click()
+        wait_idle(carol)
+        expect(sidebar).to_contain_text(f"You joined the workspace {code}")
+        assert f"workspace={code}" in carol.url
+        go_to(carol, "5 · Test")
+        assert {c.split(" · ")[0] for c in _run_choices(carol, "Run to test")} == alice_runs
