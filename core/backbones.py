@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.audio import MelSettings
 from core.dataset import Modality
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,8 @@ class Backbone(nn.Module, abc.ABC):
         taps = tuple(sorted({int(group) for group in groups}))
         if any(not 0 <= group < len(self.group_names) - 1 for group in taps):
             raise ValueError(f"Feature taps must be groups 0..{len(self.group_names) - 2}, not {list(taps)}.")
-        if taps and self.spec.modality != "image":
-            raise ValueError("Multi-block features are built for image backbones (4-D feature maps) only.")
+        if taps and self.spec.modality == "text":
+            raise ValueError("Multi-block features are built for CNN backbones (4-D feature maps) only.")
         final = self.num_features - getattr(self, "_tap_features", 0)
         widths = 0
         if taps:
@@ -430,7 +431,7 @@ def list_specs(modality: Modality | None = None) -> list[BackboneSpec]:
     return [spec for spec in _REGISTRY.values() if modality is None or spec.modality == modality]
 
 
-_DEFAULTS = {"image": "efficientnet_lite0", "text": "all_minilm_l6_v2"}
+_DEFAULTS = {"image": "efficientnet_lite0", "text": "all_minilm_l6_v2", "audio": "efficientnet_lite0_audio"}
 
 
 def default_backbone(modality: Modality) -> str:
@@ -463,6 +464,24 @@ def _text(name: str, model_id: str, title: str, params: float, gmacs: float, num
                         input_size=(kwargs.pop("max_tokens", 128),), params_millions=params, gmacs=gmacs,
                         pretrained_on=pretrained_on, description=description, family="hf_encoder",
                         num_groups=num_layers + 1, **kwargs)
+
+
+def _audio_cnn(name: str, image_spec: BackboneSpec, title: str, description: str, **settings: Any) -> BackboneSpec:
+    """An ImageNet CNN that hears through log-mel spectrograms: the image entry's weights, groups and input size.
+
+    `settings` override `core.audio.MelSettings` (sample rate, clip length, mel bands, ...); they live in `extra`
+    under "audio", and the preprocessing and the exported bundle read them from there.
+    """
+    mel = MelSettings(image_size=tuple(image_spec.input_size[1:]), mean=tuple(image_spec.mean),
+                      std=tuple(image_spec.std), **settings)
+    return BackboneSpec(
+        name=name, modality="audio", source=image_spec.source, model_id=image_spec.model_id, title=title,
+        input_size=image_spec.input_size, params_millions=image_spec.params_millions, gmacs=image_spec.gmacs,
+        licence=image_spec.licence, pretrained_on=image_spec.pretrained_on + "; it hears through spectrograms",
+        description=description, mean=image_spec.mean, std=image_spec.std,
+        offline_package=image_spec.offline_package, family=image_spec.family, num_groups=image_spec.num_groups,
+        feature_taps=image_spec.feature_taps, extra={"audio": mel.to_dict()},
+    )
 
 
 _IN1K = "ImageNet-1k: 1.3 million photos of 1,000 everyday object and animal classes"
@@ -515,6 +534,12 @@ for _spec in (
           "BERT trained longer on more data; strong English encoder, case-sensitive.", licence="MIT"),
 ):
     register(_spec)
+
+register(_audio_cnn(
+    "efficientnet_lite0_audio", get_spec("efficientnet_lite0"), "EfficientNet-Lite0 on spectrograms",
+    "The shipped EfficientNet-Lite0, shown each clip as a log-mel spectrogram picture (1 s at 16 kHz, 64 mel "
+    "bands): ImageNet features transfer to sound this way (PANNs, AST). Ships with the app (no download).",
+))
 
 # --------------------------------------------------------------------------------------------------- weights
 
@@ -852,7 +877,9 @@ def catalogue_rows(modality: Modality | None = None) -> list[dict[str, Any]]:
             "name": spec.name, "title": spec.title, "modality": spec.modality, "source": spec.source,
             "model_id": spec.model_id, "params_millions": spec.params_millions, "gmacs": spec.gmacs,
             "input": "x".join(map(str, spec.input_size[1:])) if spec.modality == "image"
-            else f"{spec.max_tokens} tokens",
+            else f"{spec.max_tokens} tokens" if spec.modality == "text"
+            else f"{spec.extra['audio']['clip_seconds']:g} s clip as a {'x'.join(map(str, spec.input_size[1:]))} "
+            "spectrogram",
             "licence": spec.licence, "commercial_use": spec.commercial_use, "pretrained_on": spec.pretrained_on,
             "available": status.available, "weights": status.source, "detail": status.detail,
         })

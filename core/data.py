@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core import audio
 from core._zipsafe import UnsafeArchive, ZipLimits, extract_archive
 from core.dataset import SPLITS, Dataset, Modality
 from core.paths import assets_dir, data_root, workspace_subdir
@@ -72,6 +73,7 @@ MAX_IMBALANCE = 10.0
 SAMPLES = {
     "images": ("digits.zip", "Sample: handwritten digits"),
     "texts": ("support_messages.csv", "Sample: customer-support messages"),
+    "audio": ("spoken_words.zip", "Sample: spoken words"),
 }
 _SHOWN_NAMES = 10
 
@@ -415,16 +417,22 @@ def _folder_of(relative: str) -> str:
 
 
 def _image_entries(
-    root: Path, files: Sequence[PurePosixPath], report: _Report, label_csv: Path | None
+    root: Path,
+    files: Sequence[PurePosixPath],
+    report: _Report,
+    label_csv: Path | None,
+    extensions: frozenset[str] = IMAGE_EXTENSIONS,
+    noun: str = "image",
 ) -> tuple[list[_Entry], bool, list[str]]:
     """Turn a file list into labelled entries: from a label CSV, split folders, or class folders.
 
-    Returns the entries, whether the folders gave the split, and the non-image files to report.
+    `extensions` and `noun` say which files are examples ("image" files, or "clip" files for audio).
+    Returns the entries, whether the folders gave the split, and the other files to report.
     """
     entries: list[_Entry] = []
     non_images: list[str] = []
-    images = [file for file in files if file.suffix.lower() in IMAGE_EXTENSIONS]
-    others = [file for file in files if file.suffix.lower() not in IMAGE_EXTENSIONS]
+    images = [file for file in files if file.suffix.lower() in extensions]
+    others = [file for file in files if file.suffix.lower() not in extensions]
     tables = [file for file in others if file.suffix.lower() in TABLE_EXTENSIONS and len(file.parts) == 1]
 
     found = None
@@ -473,12 +481,12 @@ def _image_entries(
         if unlisted:
             report.warning(
                 "unlisted_images",
-                f"{plural(len(unlisted), 'image')} {'is' if len(unlisted) == 1 else 'are'} not listed in "
+                f"{plural(len(unlisted), noun)} {'is' if len(unlisted) == 1 else 'are'} not listed in "
                 f"`{table_path}` and {'was' if len(unlisted) == 1 else 'were'} ignored: {_names(unlisted)}.",
                 unlisted,
             )
         non_images = [str(file) for file in others if file != table_path]
-        report.info["layout"] = f"images + {table_path}"
+        report.info["layout"] = f"{noun}s + {table_path}"
         return entries, False, non_images
 
     top = {file.parts[0] for file in files if len(file.parts) > 1}
@@ -504,7 +512,7 @@ def _image_entries(
         where = "directly in the split folders" if split_layout else "at the top level, outside any class folder"
         report.warning(
             "outside_class_folders",
-            f"{plural(len(outside), 'image')} {'is' if len(outside) == 1 else 'are'} {where} and "
+            f"{plural(len(outside), noun)} {'is' if len(outside) == 1 else 'are'} {where} and "
             f"{'was' if len(outside) == 1 else 'were'} ignored (the class comes from the folder name): "
             f"{_names(outside)}.",
             outside,
@@ -520,6 +528,24 @@ def _image_entries(
     return entries, split_layout, non_images
 
 
+def _labelled_files(
+    root: Path,
+    report: _Report,
+    label_csv: Path | None,
+    extensions: frozenset[str] = IMAGE_EXTENSIONS,
+    noun: str = "image",
+) -> tuple[Path, list[_Entry], bool, list[str]]:
+    """The folder the data starts in (wrapping folders skipped), its labelled entries, whether the folders gave the
+    split, and the files that are not examples (see `_image_entries`)."""
+    files, junk = _scan(root)
+    report.info["skipped_junk"] = junk
+    prefix = _content_prefix(files) if label_csv is None else PurePosixPath()
+    content_root = root / prefix
+    files = [file.relative_to(prefix) for file in files] if str(prefix) != "." else files
+    entries, split_given, others = _image_entries(content_root, files, report, label_csv, extensions, noun)
+    return content_root, entries, split_given, others
+
+
 def _load_image_folder(
     root: Path,
     name: str,
@@ -530,12 +556,7 @@ def _load_image_folder(
 ) -> tuple[Dataset, dict[str, Any]]:
     fractions = _check_fractions(fractions)
     report = _Report("image", source)
-    files, junk = _scan(root)
-    report.info["skipped_junk"] = junk
-    prefix = _content_prefix(files) if label_csv is None else PurePosixPath()
-    content_root = root / prefix
-    files = [file.relative_to(prefix) for file in files] if str(prefix) != "." else files
-    entries, split_given, non_images = _image_entries(content_root, files, report, label_csv)
+    content_root, entries, split_given, non_images = _labelled_files(root, report, label_csv)
 
     problems: dict[tuple[str, str], list[str]] = defaultdict(list)
     for relative in non_images:
@@ -568,6 +589,176 @@ def _load_image_folder(
     report.info["normalised_images"] = normalised
     table = pd.DataFrame(rows, columns=["item", "label", "split", "source", "hash"])
     return _finish(table, name, "image", report, split_given, seed, fractions, root=str(content_root))
+
+
+# ------------------------------------------------------------------------------------------------------ audio
+
+
+@dataclass(frozen=True)
+class _Clip:
+    """What inspecting one sound file found: its content hash, the item to use, its problem, and its format."""
+
+    digest: str
+    item: Path | None
+    problem: str | None
+    sample_rate: int = 0
+    channels: int = 0
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def inspect_clip(path: Path) -> _Clip:
+    """Decode one sound file fully and make sure a 16 kHz mono wav copy of it exists.
+
+    The content hash is taken over the normalised samples, so the same sound saved as wav and as flac (or at two
+    rates) counts as a duplicate. A file that is already a 16 kHz mono wav is used in place; any other is
+    converted once into the workspace (keyed by that hash), so Dataset items are always files `soundfile` reads.
+    The problem is "not_audio" (no decoder recognises it), "damaged_audio" (cut off or corrupt) or "silent".
+    """
+    import soundfile
+
+    try:
+        samples, info = audio.read_audio(str(path))
+    except audio.AudioReadError as error:
+        text = str(error)
+        problem = "damaged_audio" if ("truncated" in text or "no sound" in text or "invalid" in text) else "not_audio"
+        if problem == "not_audio" and path.suffix.lower() in audio.AUDIO_EXTENSIONS:
+            problem = "damaged_audio"  # a .wav that no decoder reads is a damaged sound file, not some other file
+        return _Clip("", None, problem, detail=text)
+    mono = audio.resample(audio.to_mono(samples), info.sample_rate, audio.MelSettings.sample_rate)
+    pcm = np.clip(np.round(mono * 32767.0), -32768, 32767).astype(np.int16)
+    digest = hashlib.sha256(pcm.tobytes()).hexdigest()
+    if float(np.abs(mono).max()) < audio.SILENCE_PEAK:
+        return _Clip(digest, None, "silent", info.sample_rate, info.channels, info.seconds)
+    if path.suffix.lower() == ".wav" and info.sample_rate == audio.MelSettings.sample_rate and info.channels == 1:
+        return _Clip(digest, path, None, info.sample_rate, info.channels, info.seconds)
+    target = _normalised_dir() / f"{digest[:32]}.wav"
+    if not target.exists():
+        partial = target.with_name(f".{target.stem}.{uuid.uuid4().hex}.wav")
+        soundfile.write(str(partial), pcm, audio.MelSettings.sample_rate, subtype="PCM_16")
+        os.replace(partial, target)
+    return _Clip(digest, target, None, info.sample_rate, info.channels, info.seconds)
+
+
+_AUDIO_PROBLEM_TEXT = {
+    "not_audio": "{count} in `{folder}` {verb} not sound files and {was} skipped: {names}",
+    "damaged_audio": "{count} in `{folder}` could not be read as sound (damaged or truncated) and {was} skipped: "
+    "{names}",
+    "silent": "{count} in `{folder}` {verb} silent (no sample louder than -60 dB) and {was} skipped: {names}",
+}
+#: A clip more than this many times shorter or longer than the median clip is pointed out.
+LENGTH_RATIO = 3.0
+
+
+def _report_clip_problems(report: _Report, problems: dict[tuple[str, str], list[str]]) -> None:
+    for (problem, folder), relatives in sorted(problems.items()):
+        count = len(relatives)
+        message = _AUDIO_PROBLEM_TEXT[problem].format(
+            count=plural(count, "file"),
+            folder=folder,
+            verb="is" if count == 1 else "are",
+            was="was" if count == 1 else "were",
+            names=_names([PurePosixPath(item).name for item in relatives]),
+        )
+        them = "it" if count == 1 else "them"
+        report.warning(problem, message[0].upper() + message[1:] + f". Remove or replace {them}.", relatives)
+
+
+def _check_clip_formats(report: _Report, relatives: Sequence[str], clips: Sequence[_Clip]) -> None:
+    """Mixed rates or channels (normalised, said once) and clips far shorter or longer than the rest."""
+    rates = pd.Series([clip.sample_rate for clip in clips]).value_counts().sort_index()
+    channels = pd.Series([clip.channels for clip in clips]).value_counts().sort_index()
+    target = audio.MelSettings.sample_rate
+    report.info["sample_rates"] = {int(rate): int(count) for rate, count in rates.items()}
+    report.info["channels"] = {int(channel): int(count) for channel, count in channels.items()}
+    if len(rates) > 1 or len(channels) > 1:
+        described = []
+        if len(rates) > 1:
+            described.append("sample rates " + ", ".join(f"{rate} Hz ({count})" for rate, count in rates.items()))
+        if len(channels) > 1:
+            described.append("channels " + ", ".join(
+                f"{'mono' if channel == 1 else 'stereo' if channel == 2 else f'{channel} channels'} ({count})"
+                for channel, count in channels.items()))
+        report.warning(
+            "mixed_formats",
+            f"The clips were recorded differently ({'; '.join(described)}). All were converted to {target // 1000} "
+            "kHz mono, which is what the models use; if one class was recorded with another device, the model may "
+            "learn the device instead of the sound.",
+        )
+    seconds = np.asarray([clip.seconds for clip in clips], dtype=np.float64)
+    if not len(seconds):
+        return
+    median = float(np.median(seconds))
+    report.info["clip_seconds"] = {"median": round(median, 3), "min": round(float(seconds.min()), 3),
+                                   "max": round(float(seconds.max()), 3)}
+    short = [f"{relative} ({length:.2f} s)" for relative, length in zip(relatives, seconds, strict=True)
+             if length < median / LENGTH_RATIO]
+    long = [f"{relative} ({length:.2f} s)" for relative, length in zip(relatives, seconds, strict=True)
+            if length > median * LENGTH_RATIO]
+    if short:
+        report.warning(
+            "short_clips",
+            f"{plural(len(short), 'clip')} {'is' if len(short) == 1 else 'are'} far shorter than the median clip "
+            f"({median:.2f} s) and will be padded with silence: {_names(short)}. Check that they were not cut off.",
+            short,
+        )
+    if long:
+        report.warning(
+            "long_clips",
+            f"{plural(len(long), 'clip')} {'is' if len(long) == 1 else 'are'} far longer than the median clip "
+            f"({median:.2f} s); the model hears only their loudest stretch of the clip length: {_names(long)}. "
+            "Cut long recordings into one clip per example.",
+            long,
+        )
+
+
+def _load_audio_folder(
+    root: Path,
+    name: str,
+    seed: int,
+    fractions: Sequence[float],
+    source: str,
+    label_csv: Path | None = None,
+) -> tuple[Dataset, dict[str, Any]]:
+    """Sound files in class folders (or listed in a `file,label` CSV): checked, normalised to 16 kHz mono."""
+    fractions = _check_fractions(fractions)
+    report = _Report("audio", source)
+    content_root, entries, split_given, others = _labelled_files(
+        root, report, label_csv, extensions=audio.AUDIO_EXTENSIONS, noun="clip"
+    )
+    problems: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for relative in others:
+        suffix = PurePosixPath(relative).suffix.lower()
+        if len(PurePosixPath(relative).parts) == 1 and suffix in TABLE_EXTENSIONS | {".md", ".json", ".yaml", ".yml"}:
+            continue
+        if len(PurePosixPath(relative).parts) <= 2 and PurePosixPath(relative).stem.upper() in ("LICENSE", "README"):
+            continue  # a licence or readme file next to the class folders is not a problem
+        problems[("not_audio", _folder_of(relative))].append(relative)
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # libsndfile and scipy release the GIL
+        inspected = list(pool.map(lambda entry: inspect_clip(entry.path), entries))
+    rows, kept_relatives, kept_clips = [], [], []
+    normalised = 0
+    for entry, clip in zip(entries, inspected, strict=True):
+        if clip.problem is not None:
+            problems[(clip.problem, _folder_of(entry.relative))].append(entry.relative)
+            continue
+        normalised += int(clip.item != entry.path)
+        kept_relatives.append(entry.relative)
+        kept_clips.append(clip)
+        rows.append({"item": str(clip.item), "label": entry.label, "split": entry.split or "",
+                     "source": entry.relative, "hash": clip.digest})
+    _report_clip_problems(report, problems)
+    _check_clip_formats(report, kept_relatives, kept_clips)
+    report.info["normalised_clips"] = normalised
+    table = pd.DataFrame(rows, columns=["item", "label", "split", "source", "hash"])
+    return _finish(table, name, "audio", report, split_given, seed, fractions, root=str(content_root))
+
+
+def _holds_audio(files: Sequence[PurePosixPath]) -> bool:
+    """More sound files than images: the upload is an audio data set."""
+    sounds = sum(file.suffix.lower() in audio.AUDIO_EXTENSIONS for file in files)
+    return sounds > 0 and sounds >= sum(file.suffix.lower() in IMAGE_EXTENSIONS for file in files)
 
 
 # ------------------------------------------------------------------------------------------------ common end
@@ -624,7 +815,7 @@ def _finish(
 
 
 def _check_duplicates(table: pd.DataFrame, modality: Modality, report: _Report, split_given: bool) -> None:
-    what = "files" if modality == "image" else "texts"
+    what = "texts" if modality == "text" else "files"
     names = table["source"]
     duplicated = table[table["hash"].duplicated(keep=False)]
     report.info["duplicates"] = int(table["hash"].duplicated().sum())
@@ -665,14 +856,16 @@ def _check_duplicates(table: pd.DataFrame, modality: Modality, report: _Report, 
 
 
 def _check_classes(table: pd.DataFrame, modality: Modality, report: _Report, split_given: bool) -> None:
-    what = "images" if modality == "image" else "texts"
+    what = {"image": "images", "text": "texts", "audio": "clips"}[modality]
     counts = table["label"].value_counts()
     if counts.empty:
-        how = (
-            "Put one folder per class with images in it (e.g. `cats/1.jpg`, `dogs/2.jpg`) and zip those folders."
-            if modality == "image"
-            else "Check that the chosen text and label columns hold values."
-        )
+        how = {
+            "image": "Put one folder per class with images in it (e.g. `cats/1.jpg`, `dogs/2.jpg`) and zip those "
+            "folders.",
+            "audio": "Put one folder per class with sound files in it (e.g. `yes/1.wav`, `no/2.flac`) and zip those "
+            "folders.",
+            "text": "Check that the chosen text and label columns hold values.",
+        }[modality]
         report.error("no_examples", f"No usable {what} were found. {how}")
         return
     if len(counts) == 1:
@@ -680,7 +873,7 @@ def _check_classes(table: pd.DataFrame, modality: Modality, report: _Report, spl
         report.error(
             "one_class",
             f"Only one class was found (`{only}`): classification needs at least two. Add a second class "
-            f"({'another folder of images' if modality == 'image' else 'rows with another label'}).",
+            f"({'rows with another label' if modality == 'text' else f'another folder of {what}'}).",
             [only],
         )
     tiny = sorted(label for label, count in counts.items() if count < MIN_EXAMPLES)
@@ -1000,6 +1193,8 @@ def load_zip(
     name = name or (Path(source).name if not isinstance(source, bytes) else "upload.zip")
     folder = extract_zip(source, name, limits)
     files, _ = _scan(folder)
+    if _holds_audio(files):
+        return _load_audio_folder(folder, name, seed, fractions, source=name)
     if files and not any(file.suffix.lower() in IMAGE_EXTENSIONS for file in files):
         tables = [file for file in files if file.suffix.lower() in TABLE_EXTENSIONS]
         if len(tables) == 1:
@@ -1032,16 +1227,18 @@ def load_folder(
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"`{folder}` is not a folder.")
+    if _holds_audio(_scan(folder)[0]):
+        return _load_audio_folder(folder.resolve(), name or folder.name, seed, fractions, source=str(folder))
     return _load_image_folder(folder.resolve(), name or folder.name, seed, fractions, source=str(folder))
 
 
 def load_sample(kind: str, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple[Dataset, dict]:
-    """One of the built-in samples: "images" (handwritten digits) or "texts" (customer-support messages)."""
+    """A built-in sample: "images" (handwritten digits), "texts" (support messages) or "audio" (spoken words)."""
     if kind not in SAMPLES:
         raise DataError(f"Unknown sample `{kind}`; choose one of: {', '.join(SAMPLES)}.")
     filename, title = SAMPLES[kind]
     path = assets_dir() / "samples" / filename
-    if kind == "images":
+    if kind in ("images", "audio"):
         return load_zip(path, name=title, seed=seed, fractions=fractions)
     return load_text_table(path, name=title, text_column="text", label_column="label", seed=seed, fractions=fractions)
 
@@ -1053,6 +1250,15 @@ def lists_images(frame: pd.DataFrame) -> bool:
         return False
     suffixes = frame[file_column].astype(str).map(lambda value: PurePosixPath(value.strip()).suffix.lower())
     return bool(suffixes.isin(IMAGE_EXTENSIONS).mean() > 0.5)
+
+
+def lists_clips(frame: pd.DataFrame) -> bool:
+    """Whether a table maps sound files to labels (a `file,label` CSV of clips)."""
+    file_column = _column(frame, FILE_COLUMNS)
+    if file_column is None or _column(frame, LABEL_COLUMNS) is None or frame.empty:
+        return False
+    suffixes = frame[file_column].astype(str).map(lambda value: PurePosixPath(value.strip()).suffix.lower())
+    return bool(suffixes.isin(audio.AUDIO_EXTENSIONS).mean() > 0.5)
 
 
 def load_path(
@@ -1070,7 +1276,7 @@ def load_path(
         DataError: the input cannot be read; the message says why.
     """
     text = str(path)
-    if text in ("sample-images", "sample-texts"):
+    if text in ("sample-images", "sample-texts", "sample-audio"):
         return load_sample(text.removeprefix("sample-"), seed=seed, fractions=fractions)
     target = Path(text).expanduser()
     if not target.exists():
@@ -1081,6 +1287,10 @@ def load_path(
         return load_zip(target, seed=seed, fractions=fractions)
     if text_column is None:
         frame = read_table(target)
+        if lists_clips(frame):
+            return _load_audio_folder(
+                target.parent.resolve(), target.name, seed, fractions, source=str(target), label_csv=target.resolve()
+            )
         if lists_images(frame):
             return _load_image_folder(
                 target.parent.resolve(), target.name, seed, fractions, source=str(target), label_csv=target.resolve()

@@ -1,6 +1,6 @@
 """The loaded data set: what every step after Data reads.
 
-One row per example: `item` (an image file path on disk, or the text itself), `label` (the class name as the
+One row per example: `item` (an image or sound file path on disk, or the text itself), `label` (the class name as the
 user wrote it) and `split` ("train", "val" or "test"). Loading, checking and splitting live in `core.data`;
 this module is only the shape they produce, so the other steps do not depend on how data arrived.
 """
@@ -13,7 +13,7 @@ from typing import Literal
 
 import pandas as pd
 
-Modality = Literal["image", "text"]
+Modality = Literal["image", "text", "audio"]
 SPLITS = ("train", "val", "test")
 
 
@@ -23,10 +23,11 @@ class Dataset:
 
     Attributes:
         name: what the user calls it ("Sample: flowers", the uploaded file's name).
-        modality: "image" (items are file paths) or "text" (items are the texts).
+        modality: "image" or "audio" (items are file paths: images, or 16 kHz mono wav clips) or "text" (items
+            are the texts).
         table: columns `item`, `label`, `split`; images are already extracted to a folder we own.
         classes: class names in a fixed, sorted order; a class's index is its position here.
-        root: for images, the folder the files live in (inside the workspace); None for text.
+        root: for images and clips, the folder the files live in (inside the workspace); None for text.
         split_given: the user brought their own train / val / test split (it is respected, and its test split
             is what scores come from).
     """

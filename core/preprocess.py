@@ -3,7 +3,8 @@
 Images: timm's transforms built from the spec's input size, interpolation, crop fraction and mean/std
 (`timm.data.create_transform`, the same function `resolve_model_data_config` feeds). Evaluation is resize +
 centre crop + normalise; training adds the chosen augmentation. Texts: the backbone's own tokenizer, padded
-per batch and truncated to the spec's `max_tokens`.
+per batch and truncated to the spec's `max_tokens`. Sound: `core.audio`'s log-mel spectrogram picture, with the
+settings the spec carries (`spec.extra["audio"]`), so a clip becomes the same [3, H, W] tensor an image does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from core import audio
 from core.backbones import LOAD_LOCK, BackboneSpec, BackboneUnavailable, weights_folder
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,14 @@ class Preprocessor:
         self._eval_transform: Any = None
         self._train_transform: Any = None
         self._tokenizer: Any = None
+        self.audio_settings: audio.MelSettings | None = None
+        if spec.modality == "audio":
+            if augmentation != "none":
+                raise ValueError(
+                    f"Augmentation {augmentation!r} is built for images; sound clips train without augmentation "
+                    "for now (choose 'none')."
+                )
+            self.audio_settings = audio_settings(spec)
         if spec.modality == "image":
             self._eval_transform = _image_transform(spec, training=False)
             self._train_transform = (
@@ -65,13 +75,18 @@ class Preprocessor:
         return self._tokenizer
 
     def load(self, item: str, train: bool = False) -> Any:
-        """One example ready for `collate`: an image file path -> tensor [3, H, W]; a text -> the text.
+        """One example ready for `collate`: an image or sound file path -> tensor [3, H, W]; a text -> the text.
 
         Raises:
-            ValueError: the image file cannot be read (the message names the file).
+            ValueError: the image or sound file cannot be read (the message names the file).
         """
         if self.spec.modality == "text":
             return " ".join(str(item).split())
+        if self.audio_settings is not None:
+            try:
+                return audio.file_pixels(str(item), self.audio_settings)
+            except audio.AudioReadError as error:
+                raise ValueError(f"Cannot read the sound file {Path(item).name!r} ({item}): {error}") from error
         try:
             with Image.open(item) as image:
                 rgb = image.convert("RGB")
@@ -82,7 +97,7 @@ class Preprocessor:
 
     def collate(self, loaded: list[Any]) -> Any:
         """A batch of loaded examples: a stacked image tensor, or a dict of `input_ids` and `attention_mask`."""
-        if self.spec.modality == "image":
+        if self.spec.modality in ("image", "audio"):
             return torch.stack(loaded)
         encoded = self.tokenizer(
             list(loaded), padding=True, truncation=True, max_length=self.spec.max_tokens, return_tensors="pt"
@@ -97,6 +112,13 @@ class Preprocessor:
 def make_preprocessor(spec: BackboneSpec, augmentation: Augmentation = "none") -> Preprocessor:
     """The preprocessing that fits `spec`, with the chosen training augmentation."""
     return Preprocessor(spec, augmentation)
+
+
+def audio_settings(spec: BackboneSpec) -> audio.MelSettings:
+    """The spectrogram settings of an audio spec (sample rate, clip length, mel bands, image size, mean/std)."""
+    if spec.modality != "audio" or "audio" not in spec.extra:
+        raise ValueError(f"{spec.title} is not an audio backbone (it has no spectrogram settings).")
+    return audio.MelSettings.from_dict(spec.extra["audio"])
 
 
 def data_config(spec: BackboneSpec) -> dict[str, Any]:
@@ -114,6 +136,8 @@ def data_config(spec: BackboneSpec) -> dict[str, Any]:
 def _cache_key(spec: BackboneSpec) -> str:
     if spec.modality == "image":
         described = repr(sorted(data_config(spec).items()))
+    elif spec.modality == "audio":
+        described = repr(sorted(audio_settings(spec).to_dict().items()))
     else:
         described = f"{spec.model_id}|{spec.max_tokens}"
     return f"{spec.name}-{hashlib.sha256(described.encode()).hexdigest()[:10]}"

@@ -1,0 +1,205 @@
+"""Sound clips end to end: reading and checking clips, the spectrogram preprocessing, the MFCC baseline, and a
+real run of the shipped EfficientNet-Lite0 on the spoken-words sample (marked integration).
+
+Unit tests write their own clips with soundfile (sines, noise, a silent clip, a damaged file, another rate).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from core import audio
+from core.backbones import get_spec
+from core.data import DataError, load_path, load_sample, load_zip
+from core.preprocess import audio_settings, make_preprocessor
+
+RATE = 16000
+
+
+def tone(frequency: float, seconds: float = 0.8, rate: int = RATE, seed: int = 0, level: float = 0.5) -> np.ndarray:
+    """A sine with a little noise (each seed a different clip), float32."""
+    times = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).normal(0.0, 0.01, len(times))
+    return (level * np.sin(2 * np.pi * frequency * times) + noise).astype(np.float32)
+
+
+def wav_bytes(samples: np.ndarray, rate: int = RATE, file_format: str = "WAV") -> bytes:
+    buffer = io.BytesIO()  # 16-bit integers: libsndfile's float conversion rounds differently for wav and flac
+    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
+    soundfile.write(buffer, pcm, rate, format=file_format, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def clips_zip(extra: dict[str, bytes] | None = None, per_class: int = 6) -> bytes:
+    """A zip of two class folders (`low` 220 Hz, `high` 1760 Hz) of 0.8 s wav clips, plus `extra` files."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for label, frequency in (("low", 220.0), ("high", 1760.0)):
+            for index in range(per_class):
+                archive.writestr(f"tones/{label}/{index}.wav", wav_bytes(tone(frequency, seed=index + 1)))
+        for name, data in (extra or {}).items():
+            archive.writestr(f"tones/{name}", data)
+    return buffer.getvalue()
+
+
+def codes(report: dict) -> set[str]:
+    return {problem["code"] for problem in report["warnings"] + report["errors"]}
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+
+
+def test_zip_of_class_folders_loads_as_audio() -> None:
+    dataset, report = load_zip(clips_zip(), name="tones.zip")
+    assert dataset.modality == "audio"
+    assert dataset.classes == ["high", "low"]
+    assert len(dataset.table) == 12
+    assert report["ok"] and not report["warnings"]
+    assert all(Path(item).is_file() for item in dataset.table["item"])
+    assert report["info"]["sample_rates"] == {RATE: 12}
+
+
+def test_damaged_truncated_and_non_audio_files_are_named_and_skipped() -> None:
+    whole = wav_bytes(tone(440.0, seed=9))
+    truncated = whole[: len(whole) // 2]  # the header still promises every sample
+    dataset, report = load_zip(clips_zip({
+        "low/cut.wav": truncated, "low/noise.wav": b"RIFF\x00\x00garbage" * 10, "high/notes.pdf": b"%PDF-1.4",
+    }), name="tones.zip")
+    damaged = next(p for p in report["warnings"] if p["code"] == "damaged_audio")
+    assert set(damaged["items"]) == {"low/cut.wav", "low/noise.wav"}
+    assert "cut.wav" in damaged["message"] and "noise.wav" in damaged["message"]
+    not_audio = next(p for p in report["warnings"] if p["code"] == "not_audio")
+    assert not_audio["items"] == ["high/notes.pdf"]
+    assert len(dataset.table) == 12
+
+
+def test_silent_clip_is_named_and_skipped() -> None:
+    dataset, report = load_zip(clips_zip({"low/quiet.wav": wav_bytes(np.zeros(RATE // 2, np.float32))}))
+    silent = next(p for p in report["warnings"] if p["code"] == "silent")
+    assert silent["items"] == ["low/quiet.wav"] and "quiet.wav" in silent["message"]
+    assert len(dataset.table) == 12
+
+
+def test_mixed_rates_and_channels_are_normalised_and_said() -> None:
+    stereo = np.stack([tone(220.0, rate=44100, seed=20), tone(220.0, rate=44100, seed=21)], axis=1)
+    dataset, report = load_zip(clips_zip({
+        "low/stereo.wav": wav_bytes(stereo, rate=44100), "high/phone.flac": wav_bytes(tone(1760.0, rate=8000,
+                                                                                       seed=22), 8000, "FLAC"),
+    }))
+    assert "mixed_formats" in codes(report)
+    message = next(p for p in report["warnings"] if p["code"] == "mixed_formats")["message"]
+    assert "44100 Hz" in message and "8000 Hz" in message and "stereo" in message
+    assert report["info"]["normalised_clips"] == 2
+    for item in dataset.table["item"]:
+        info = soundfile.info(item)
+        assert (info.samplerate, info.channels) == (RATE, 1)
+
+
+def test_clips_far_shorter_or_longer_than_the_rest_are_pointed_out() -> None:
+    _, report = load_zip(clips_zip({
+        "low/blip.wav": wav_bytes(tone(220.0, seconds=0.1, seed=30)),
+        "high/speech.wav": wav_bytes(tone(1760.0, seconds=5.0, seed=31)),
+    }))
+    short = next(p for p in report["warnings"] if p["code"] == "short_clips")
+    long = next(p for p in report["warnings"] if p["code"] == "long_clips")
+    assert short["items"][0].startswith("low/blip.wav") and long["items"][0].startswith("high/speech.wav")
+
+
+def test_duplicates_are_found_across_containers() -> None:
+    same = tone(220.0, seed=1)  # the same sound as low/0.wav, once as flac in the other class
+    _, report = load_zip(clips_zip({"high/copy.flac": wav_bytes(same, file_format="FLAC")}))
+    conflicting = next(p for p in report["warnings"] if p["code"] == "conflicting_duplicates")
+    assert "high/copy.flac" in conflicting["message"] and "low/0.wav" in conflicting["message"]
+
+
+def test_tiny_class_and_one_class_are_errors() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(4):
+            archive.writestr(f"low/{index}.wav", wav_bytes(tone(220.0, seed=index + 1)))
+        archive.writestr("high/0.wav", wav_bytes(tone(1760.0, seed=7)))
+    _, report = load_zip(buffer.getvalue())
+    assert not report["ok"] and "too_few_examples" in codes(report)
+    assert "`high`" in next(p for p in report["errors"] if p["code"] == "too_few_examples")["message"]
+
+
+def test_label_csv_of_clips_loads(tmp_path: Path) -> None:
+    for index in range(5):
+        (tmp_path / f"a{index}.wav").write_bytes(wav_bytes(tone(220.0, seed=index + 1)))
+        (tmp_path / f"b{index}.wav").write_bytes(wav_bytes(tone(1760.0, seed=index + 11)))
+    rows = [f"a{i}.wav,low" for i in range(5)] + [f"b{i}.wav,high" for i in range(5)]
+    (tmp_path / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+    dataset, report = load_path(tmp_path / "labels.csv")
+    assert dataset.modality == "audio" and len(dataset.table) == 10 and report["ok"]
+
+
+def test_corrupt_zip_is_a_data_error() -> None:
+    with pytest.raises(DataError):
+        load_zip(b"PK\x03\x04 not really a zip", name="broken.zip")
+
+
+def test_audio_sample_loads_without_warnings() -> None:
+    dataset, report = load_sample("audio")
+    assert dataset.modality == "audio" and report["ok"] and not report["warnings"]
+    assert dataset.classes == ["down", "left", "no", "right", "up", "yes"]
+    assert dataset.counts()["total"].tolist() == [24] * 6
+
+
+# ------------------------------------------------------------------------------------------------ preprocessing
+
+
+def test_fix_length_keeps_the_loudest_window_and_centres_short_clips() -> None:
+    quiet_then_loud = np.concatenate([np.full(1000, 0.01), np.full(500, 0.9), np.full(1000, 0.01)]).astype(np.float32)
+    cut = audio.fix_length(quiet_then_loud, 500)
+    assert np.allclose(cut, 0.9)
+    padded = audio.fix_length(np.ones(10, np.float32), 20)
+    assert padded[:5].sum() == 0 and padded[5:15].sum() == 10 and padded[15:].sum() == 0
+
+
+def test_spectrogram_pixels_shape_range_and_determinism(tmp_path: Path) -> None:
+    spec = get_spec("efficientnet_lite0_audio")
+    preprocessor = make_preprocessor(spec)
+    path = tmp_path / "a.wav"
+    path.write_bytes(wav_bytes(tone(440.0, seconds=1.3)))
+    first, second = preprocessor.load(str(path)), preprocessor.load(str(path))
+    assert first.shape == (3, 224, 224) and first.dtype == torch.float32
+    assert torch.equal(first, second)
+    assert float(first.min()) >= -1.0 - 1e-6 and float(first.max()) <= 1.0 + 1e-6
+    assert preprocessor.collate([first, second]).shape == (2, 3, 224, 224)
+
+
+def test_the_same_sound_at_another_rate_gives_nearly_the_same_picture(tmp_path: Path) -> None:
+    settings = audio_settings(get_spec("efficientnet_lite0_audio"))
+    (tmp_path / "16k.wav").write_bytes(wav_bytes(tone(440.0, rate=16000)))
+    (tmp_path / "44k.wav").write_bytes(wav_bytes(tone(440.0, rate=44100), rate=44100))
+    low, high = audio.file_pixels(str(tmp_path / "16k.wav"), settings), audio.file_pixels(str(tmp_path / "44k.wav"),
+                                                                                          settings)
+    assert float((low - high).abs().mean()) < 0.1
+
+
+def test_the_tone_lands_in_the_right_mel_band() -> None:
+    settings = audio.MelSettings()
+    spectrogram = audio.log_mel(tone(1000.0, seconds=1.0), settings)
+    centres = audio._mel_to_hz(np.linspace(audio._hz_to_mel(settings.fmin), audio._hz_to_mel(settings.fmax),
+                                           settings.n_mels + 2))[1:-1]
+    loudest = int(spectrogram.mean(axis=1).argmax())
+    assert abs(centres[loudest] - 1000.0) < 100.0
+
+
+def test_unreadable_clip_in_preprocessing_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.wav"
+    path.write_bytes(b"RIFF....WAVEfmt nothing")
+    with pytest.raises(ValueError, match="broken.wav"):
+        make_preprocessor(get_spec("efficientnet_lite0_audio")).load(str(path))
+
+
+def test_augmentation_is_refused_for_audio_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="without augmentation"):
+        make_preprocessor(get_spec("efficientnet_lite0_audio"), augmentation="light")
