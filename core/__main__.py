@@ -33,11 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
     backbones = sub.add_parser("backbones", help="list the backbone catalogue with availability")
-    backbones.add_argument("--modality", choices=["image", "text"])
+    backbones.add_argument("--modality", choices=["image", "text", "audio"])
     backbones.add_argument("--json", action="store_true")
 
     train = sub.add_parser("train", help="train a classifier exactly as the Train page does")
-    train.add_argument("--data", help="zip, folder or CSV/TSV, or 'sample-images' / 'sample-texts'")
+    train.add_argument("--data", help="zip, folder or CSV/TSV, or 'sample-images' / 'sample-texts' / 'sample-audio'")
     train.add_argument("--text-column")
     train.add_argument("--label-column")
     train.add_argument("--backbone", help="catalogue name (default: the best offline one for the data)")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="a run folder or an exported bundle")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true")
-    predict.add_argument("inputs", nargs="+", help="image files, or texts (for a text model)")
+    predict.add_argument("inputs", nargs="+", help="image or sound files (or folders), or texts (for a text model)")
 
     export = sub.add_parser("export", help="write a model bundle (safetensors, ONNX, TorchScript) and check parity")
     export.add_argument("--model", required=True, help="a run folder")

