@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sentence-tuning", choices=["auto", "on", "off"], default="auto",
                        help="with a sentence encoder and every group frozen, first tune the encoder on the labelled "
                        "texts, SetFit-style (auto does not tune: on the benchmark's tweets it did not pay)")
+    train.add_argument("--refit", choices=["auto", "on", "off"], default="auto",
+                       help="fine-tuning: after early stopping, retrain on train + validation for the chosen number "
+                       "of epochs and deliver that model (auto: for small data, where cross-validation would apply)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--out", help="folder for metrics.json and the best model")

@@ -203,6 +203,11 @@ def _store_dtype(tensor: torch.Tensor, keep_float32: bool) -> torch.Tensor:
     return tensor.contiguous().cpu()
 
 
+def concatenate(splits: Sequence[CachedStates]) -> CachedStates:
+    """Several splits' states as one (train + validation for a refit), text padded to one length."""
+    return CachedStates(_stack([split.states for split in splits]), torch.cat([split.labels for split in splits]))
+
+
 def _stack(parts: list[State]) -> State:
     """Concatenate per-batch states; text sequences are right-padded to the longest one first."""
     if not isinstance(parts[0], dict):

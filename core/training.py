@@ -99,6 +99,10 @@ class TrainConfig:
         sentence_tuning: with a sentence encoder and every group frozen, first fine-tune the encoder on your
             labelled texts, SetFit-style (`core.contrastive`): "auto" (where it pays, see `contrastive.plan`), "on" or
             "off".
+        refit: fine-tuning (gradient loop): once early stopping has chosen the number of epochs on the validation
+            split, train again from the pretrained weights on train + validation for that many epochs, and deliver
+            (and score on the test split) that model. "auto" does so where the data is small (the rule under which
+            feature extraction cross-validates, `core.smalldata.choose_protocol`); "on" or "off".
     """
 
     backbone: str
@@ -124,6 +128,7 @@ class TrainConfig:
     head: str = "auto"
     multi_block: bool = True
     sentence_tuning: str = "auto"
+    refit: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on when a value is out of range."""
@@ -158,6 +163,8 @@ class TrainConfig:
             problems.append(f"head must be 'auto', 'logistic' or 'gradient', not {self.head!r}")
         if self.sentence_tuning not in ("auto", "on", "off"):
             problems.append(f"sentence_tuning must be 'auto', 'on' or 'off', not {self.sentence_tuning!r}")
+        if self.refit not in ("auto", "on", "off"):
+            problems.append(f"refit must be 'auto', 'on' or 'off', not {self.refit!r}")
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
 
@@ -611,12 +618,21 @@ class _Trainer:
         self.protocol = smalldata.choose_protocol(
             [str(label) for label in dataset.table["label"]], dataset.split_given, config.protocol, config.folds
         )
-        if self.protocol.name == "cross-validation" and not self.logistic:
+        small = self.protocol.name == "cross-validation"
+        if small and not self.logistic:
             self.protocol = smalldata.Protocol(
                 "test split", 0, False,
                 "Scores come from the held-out test split: cross-validation is built for feature extraction "
                 "(every group frozen) only, not yet for fine-tuning.",
             )
+        self.refit = not self.logistic and bool(self.val_items) and self.distributed is None and (
+            config.refit == "on" or (config.refit == "auto" and small))
+        if self.refit:
+            both = len(self.train_items) + len(self.val_items)
+            self.protocol = dataclasses.replace(self.protocol, reason=self.protocol.reason + (
+                f" The validation split ({len(self.val_items)} examples) only chooses the number of epochs: the "
+                f"delivered model is then trained again on train + validation ({both} examples) for that many "
+                "epochs, and that model is the one scored on the test split."))
 
         self.tuning = self.plan_tuning()
 
@@ -632,12 +648,17 @@ class _Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_items) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = int(round(config.warmup_fraction * self.total_steps))
+        self.schedule_start, self.schedule_steps = 0, self.total_steps  # the learning-rate schedule's own steps
+        self.phase, self.refit_record = "train", None
         self.frozen_prefixes = _module_prefixes(self.model, self.backbone.groups()[: self.frozen])
         self.start_epoch, self.global_step = 1, 0
         self.best_val_loss, self.best_epoch, self.bad_epochs = math.inf, None, 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.pending_rng: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
 
+        # What a refit starts from: the pretrained backbone and this seed's fresh head (a resumed run rebuilds the
+        # same, seeded, before its checkpoint is loaded).
+        self.initial_state = _cpu_state(self._trainable_state()) if self.refit else None
         if previous is not None:
             self._load_checkpoint()
         elif self.frozen_prefixes:
@@ -753,6 +774,7 @@ class _Trainer:
             "protocol": self.protocol.name if self.protocol else None,
             "protocol_reason": self.protocol.reason if self.protocol else None,
             "sentence_tuning": self.tuning_record(),
+            "refit": getattr(self, "refit_record", None),
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         temporary = self.run_dir / "run.json.tmp"
@@ -908,7 +930,7 @@ class _Trainer:
         total_loss, correct, count = 0.0, 0, 0
         epoch_started = time.perf_counter()
         for batch_index, (batch, labels) in enumerate(self.train_batches(epoch, cache)):
-            factor = _lr_factor(self.global_step, self.total_steps, self.warmup_steps)
+            factor = _lr_factor(self.global_step - self.schedule_start, self.schedule_steps, self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
             batch = _to_device(batch, self.device, self.channels_last)
@@ -944,12 +966,14 @@ class _Trainer:
             correct += batch_correct
             count += size
             metrics = {
-                "phase": "train", "step": self.global_step, "global_step": self.global_step,
+                "phase": self.phase, "step": self.global_step, "global_step": self.global_step,
                 "total_steps": self.total_steps, "epoch": epoch, "batch": batch_index + 1,
                 "batches": self.steps_per_epoch, "loss": batch_loss, "train_loss": batch_loss,
                 "train_accuracy": batch_correct / size, "lr": self.optimizer.param_groups[0]["lr"],
                 "examples_per_second": count / max(time.perf_counter() - epoch_started, 1e-9),
             }
+            if self.phase == "refit":
+                metrics["note"] = self.refit_note
             self.events.emit("on_step_end", metrics)
             self.pending_steps.append(
                 (self.global_step, epoch, {k: metrics[k] for k in ("loss", "train_accuracy", "lr")})
@@ -1028,11 +1052,54 @@ class _Trainer:
                 break
             self.check_stop()
         self.restore_best()
+        temperature = None
+        if self.refit and self.best_epoch is not None:
+            temperature = self.refit_on_train_and_val(cache)
         _, self.test_accuracy = self.evaluate("test", cache)
         if self.distributed is None or self.distributed.is_main:
-            self.estimate_on_test_split(cache)
+            self.estimate_on_test_split(cache, temperature)
         self.status = "completed"
         return self.finish()
+
+    def refit_on_train_and_val(self, cache: dict | None) -> float:
+        """Train again from the starting weights on train + validation for the epochs early stopping chose.
+
+        The learning-rate schedule is the first run's (same length, so its first `best_epoch` epochs are the same
+        shape), over the larger set. Returns the temperature fitted on the validation split with the first model:
+        the retrained one has learned from those examples, so they cannot calibrate it. A stop request during the
+        retraining keeps the first model (the best epoch), as any stop does.
+        """
+        from core import stats
+
+        val_logits, val_labels = self.split_logits("val", cache)
+        temperature = stats.fit_temperature(val_logits, val_labels)
+        epochs, first_items = int(self.best_epoch), len(self.train_items)
+        self.model.load_state_dict(self.initial_state, strict=False)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, self.config), lr=self.config.lr)
+        self.train_items = [*self.train_items, *self.val_items]
+        self.train_labels = [*self.train_labels, *self.val_labels]
+        if cache is not None:
+            merged = feature_cache.concatenate([cache["train"], cache["val"]])
+            cache = {**cache, "train": merged}
+        self.steps_per_epoch = math.ceil(len(self.train_items) / self.config.batch_size)
+        self.schedule_start, self.schedule_steps = self.global_step, self.steps_per_epoch * self.config.epochs
+        self.warmup_steps = int(round(self.config.warmup_fraction * self.schedule_steps))
+        self.total_steps = self.global_step + self.steps_per_epoch * epochs
+        self.phase = "refit"
+        self.refit_note = (f"retraining on train + validation ({len(self.train_items)} examples) for the "
+                           f"{epochs} epoch{'s' if epochs > 1 else ''} early stopping chose")
+        log.info("%s", self.refit_note[0].upper() + self.refit_note[1:])
+        self.events.emit("on_step_end", {"phase": "refit", "step": self.global_step, "global_step": self.global_step,
+                                         "total_steps": self.total_steps, "note": self.refit_note})
+        started = time.perf_counter()
+        for epoch in range(1, epochs + 1):
+            metrics = self.train_epoch(epoch, cache)
+            log.info("refit epoch %d/%d train_loss %.4f", epoch, epochs, metrics["train_loss"])
+        self.best_state = _cpu_state(self._trainable_state())  # the delivered model from now on, also if stopped
+        self.refit_record = {"on": True, "epochs": epochs, "examples": len(self.train_items),
+                             "first_examples": first_items, "seconds": time.perf_counter() - started,
+                             "final_train_loss": metrics["train_loss"]}
+        return temperature
 
     # -- small data: the logistic head and the estimate ------------------------------------------------------
 
@@ -1048,15 +1115,17 @@ class _Trainer:
             return np.zeros((0, self.dataset.num_classes)), np.zeros(0, dtype=np.int64)
         return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
-    def estimate_on_test_split(self, cache: dict | None) -> None:
-        """Test-split numbers with intervals; probabilities calibrated by a temperature fitted on validation."""
+    def estimate_on_test_split(self, cache: dict | None, temperature: float | None = None) -> None:
+        """Test-split numbers with intervals; probabilities calibrated by a temperature fitted on validation (by
+        the caller, when the model has since learned from the validation split)."""
         from core import stats
 
         test_logits, test_labels = self.split_logits("test", cache)
         if len(test_labels) == 0:
             return
-        val_logits, val_labels = self.split_logits("val", cache)
-        temperature = stats.fit_temperature(val_logits, val_labels) if len(val_labels) else 1.0
+        if temperature is None:
+            val_logits, val_labels = self.split_logits("val", cache)
+            temperature = stats.fit_temperature(val_logits, val_labels) if len(val_labels) else 1.0
         self.record_estimate(
             test_labels, stats.softmax(test_logits, temperature), stats.softmax(test_logits),
             items=self.test_items, where=["test"] * len(test_labels), temperature=temperature,
@@ -1069,6 +1138,8 @@ class _Trainer:
         """The estimate (metrics.json contract) and the examples it rests on, written to the run folder."""
         self.estimate = smalldata.estimate(labels, probabilities, uncalibrated, self.protocol, self.dataset.classes)
         self.estimate["temperature"] = temperature
+        if getattr(self, "refit_record", None):
+            self.estimate["refit"] = self.refit_record
         self.test_accuracy = self.estimate["accuracy"]
         examples = {
             "protocol": self.protocol.name,
@@ -1632,7 +1703,8 @@ def main_train(args: argparse.Namespace) -> int:
         backbone=backbone_name, frozen_groups=frozen, seed=args.seed, device=args.device,
         protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5,
         head=getattr(args, "head", None) or "auto", multi_block=getattr(args, "multi_block", True),
-        sentence_tuning=getattr(args, "sentence_tuning", None) or "auto", **chosen,
+        sentence_tuning=getattr(args, "sentence_tuning", None) or "auto", refit=getattr(args, "refit", None) or "auto",
+        **chosen,
     )
     out = Path(args.out)
     if scale_out.launched():  # one of several processes that `--processes` (or a launcher) started

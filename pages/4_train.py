@@ -141,6 +141,8 @@ def cli_command(state: StudioState, config: Any, run_dir: str) -> tuple[str, lis
     parts += ["--head", str(config.head), "--protocol", str(config.protocol)]
     if getattr(config, "sentence_tuning", "auto") != "auto":
         parts += ["--sentence-tuning", str(config.sentence_tuning)]
+    if getattr(config, "refit", "auto") != "auto":
+        parts += ["--refit", str(config.refit)]
     parts += ["--out", run_dir]
     for name, flag in (("warmup_fraction", "warm-up fraction"), ("grad_clip", "gradient clipping")):
         value, default = getattr(config, name, None), _ENGINE_DEFAULTS.get(name)
@@ -164,11 +166,13 @@ def _format_eta(seconds: float | None) -> str:
 
 # ----------------------------------------------------------------------------------------------------- charts
 def step_chart(snapshot: jobs.JobSnapshot) -> go.Figure:
-    """Training loss at every step."""
-    steps = [m for m in snapshot.steps if m.get("train_loss") is not None]
-    figure = go.Figure(
-        go.Scatter(x=[m["step"] for m in steps], y=[m["train_loss"] for m in steps], mode="lines", name="train loss")
-    )
+    """Training loss at every step; the retraining on train + validation (a refit) as a line of its own."""
+    figure = go.Figure()
+    for phase, name in (("train", "train loss"), ("refit", "retraining on train + validation")):
+        steps = [m for m in snapshot.steps if m.get("train_loss") is not None and m.get("phase", "train") == phase]
+        if steps or phase == "train":
+            figure.add_trace(go.Scatter(x=[m["step"] for m in steps], y=[m["train_loss"] for m in steps],
+                                        mode="lines", name=name))
     figure.update_layout(title="Training loss per step", xaxis_title="step", yaxis_title="loss", height=300,
                          margin={"t": 40, "b": 30, "l": 40, "r": 10})
     return figure
@@ -303,10 +307,11 @@ def _draw_progress(snapshot: jobs.JobSnapshot) -> None:
         st.progress(float(share or 0.0), text=text)
         return
     text = f"{snapshot.progress:.0%} done · {_format_eta(snapshot.eta_seconds)}"
-    note = snapshot.steps[-1].get("note") if snapshot.steps else None
-    if note and not snapshot.epochs:  # what a step-less phase is doing: cross-validation folds, tuning the encoder
+    last_step = snapshot.steps[-1] if snapshot.steps else {}
+    note, refitting = last_step.get("note"), last_step.get("phase") == "refit"
+    if note and (refitting or not snapshot.epochs):  # a phase without epochs: CV folds, tuning, the refit
         text += f" · {note}"
-    if snapshot.epochs:
+    if snapshot.epochs and not refitting:
         last = snapshot.epochs[-1]
         accuracy = last.get("val_accuracy")
         text += f" · epoch {last.get('epoch')}" + (f", validation accuracy {accuracy:.1%}" if accuracy else "")
@@ -590,6 +595,7 @@ if defaults["feature_extraction"]:  # outside the form, so the settings below fo
     )
 logistic = head == "logistic"
 TUNINGS = {"auto": "Auto (recommended)", "on": "Always", "off": "Never"}
+REFITS = {"auto": "Auto: for small data", "on": "Always", "off": "Never"}
 sentence_tuning = "auto"
 if logistic and dataset.modality == "text" and get_spec(state.backbone_name).sentence_encoder:
     sentence_tuning = st.radio(
@@ -665,9 +671,18 @@ with st.form("train-settings"):
                                       help="Share of steps over which the rate rises from zero.")
     grad_clip = c3.number_input("Gradient clipping", 0.0, 100.0, defaults["grad_clip"],
                                 help="Largest gradient norm per step (0: no clipping); steadies fine-tuning.")
-    c1, c2, _ = advanced.columns(3)
+    c1, c2, c3 = advanced.columns(3)
     seed = c1.number_input("Seed", 0, 2**31 - 1, defaults["seed"], help="Same seed, same data, same result.")
     device = c2.selectbox("Device", _devices(), help="'auto' uses a CUDA GPU, then Apple MPS, then the CPU.")
+    refit = "auto"
+    if not logistic:
+        refit = c3.selectbox(
+            "Retrain on train + validation", list(REFITS), format_func=REFITS.get, key="train_refit",
+            help="Once early stopping has chosen the number of epochs on the validation split, train again from "
+            "the pretrained weights on train + validation for that many epochs: the delivered model learns from "
+            "every label but the test split's, and the test split scores that model. About doubles the training "
+            "time. Auto does it for small data sets (the rule the Data page states).",
+        )
     label = "Train in the queue" if others_active and not active else "🚀 Train"
     submitted = st.form_submit_button(label, type="primary", disabled=active, key="train-submit")
 
@@ -699,6 +714,7 @@ values = {
     "head": head,
     "protocol": state.scratch.get("protocol", "auto"),  # chosen on the Data page
     "sentence_tuning": sentence_tuning,
+    "refit": refit,
 }
 
 if submitted and not active:

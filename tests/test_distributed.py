@@ -45,7 +45,7 @@ def _cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
 def _train_argv(data: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(data), "--out", str(out), "--backbone", "tiny_cnn", "--frozen-groups", "0",
             "--epochs", "4", "--batch-size", "8", "--lr", "0.02", "--patience", "0", "--seed", "0", "--device", "cpu",
-            *extra]
+            "--refit", "off", *extra]  # several processes do not refit; compare like with like
 
 
 @pytest.fixture

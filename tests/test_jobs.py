@@ -194,7 +194,7 @@ def _tiny_job(dataset, run_dir: Path, **settings: Any) -> TrainingJob:
     from tests.tiny import TinyCNN
 
     values = {"backbone": "tiny_cnn", "frozen_groups": 1, "epochs": 2, "batch_size": 8, "pretrained": False,
-              "precision": "fp32", **settings}
+              "precision": "fp32", "refit": "off", **settings}
     return TrainingJob(dataset, TrainConfig(**values), run_dir=run_dir, backbone=TinyCNN())
 
 

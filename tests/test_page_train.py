@@ -116,14 +116,21 @@ def test_page_trains_shows_live_metrics_and_adopts_the_finished_run(colour_datas
     assert len(at.dataframe) == 1  # the session's run table
     snapshot = job.snapshot()
     assert len(snapshot.epochs) >= 1 and snapshot.best_epoch is not None
+    # Small data, fine-tuning: by default the delivered model is retrained on train + validation (a line of its own)
+    assert any(m["phase"] == "refit" and "retraining on train + validation" in m["note"] for m in snapshot.steps)
+    figure = at.get("plotly_chart")[0].proto.spec
+    assert "retraining on train + validation" in figure
 
     _set(at, "Epochs", 2)  # a second run: both are listed, overlaid, and the newest is the model for step 5
+    at.selectbox(key="train_refit").set_value("off")
     at.button[0].click().run()
     second = _state(at).job
     assert second is not job
     assert _poll(at, lambda a: not second.is_running)
     at.run()
     assert second.status == "completed", second.error
+    assert not any(m["phase"] == "refit" for m in second.snapshot().steps), "Never: no retraining"
+    assert any("--refit off" in c.value for c in at.code)
     assert _state(at).runs == [job.run_dir, second.run_dir] and _state(at).run_dir == second.run_dir
     assert len(at.dataframe[0].value) == 2
     assert sorted(at.multiselect[0].value) == sorted([Path(job.run_dir).name, Path(second.run_dir).name])

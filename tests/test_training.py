@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from core import features
 from core.dataset import Dataset
@@ -38,7 +39,7 @@ def TinyCNN(seed: int = 0) -> _TinyCNN:  # noqa: N802 - reads like the class it 
 def _config(**overrides: Any) -> TrainConfig:
     values: dict[str, Any] = dict(
         backbone="tiny_cnn", frozen_groups=0, epochs=4, batch_size=8, lr=0.02, pretrained=False,
-        precision="fp32", patience=None, warmup_fraction=0.0,
+        precision="fp32", patience=None, warmup_fraction=0.0, refit="off",
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -353,3 +354,49 @@ def test_feature_extraction_pools_the_declared_taps_and_the_run_reloads_with_the
     assert unfrozen.status == "completed"
     off = fit(colour_dataset, dataclasses.replace(config, multi_block=False), tmp_path / "off", backbone=tapped())
     assert json.loads((tmp_path / "off" / "run.json").read_text())["feature_taps"] == [] and off.status == "completed"
+
+
+class _StopWhenRefitStarts:
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def on_step_end(self, metrics: dict[str, Any]) -> None:
+        if metrics.get("phase") == "refit":
+            self.stop.set()
+
+
+def test_refit_trains_the_delivered_model_on_train_and_validation(colour_dataset: Dataset, tmp_path: Path) -> None:
+    first = fit(colour_dataset, _config(patience=2, refit="off"), tmp_path / "first", backbone=TinyCNN())
+    result = fit(colour_dataset, _config(patience=2, refit="on"), tmp_path / "refit", backbone=TinyCNN())
+    train, val = len(colour_dataset.split("train")[0]), len(colour_dataset.split("val")[0])
+    refit = result.estimate["refit"]
+    assert refit["examples"] == train + val and refit["first_examples"] == train
+    assert refit["epochs"] == result.best_epoch == first.best_epoch, "the first pass is the same run"
+    assert "trained again on train + validation" in result.estimate["protocol_reason"]
+    info = json.loads((tmp_path / "refit" / "run.json").read_text())
+    assert info["refit"]["epochs"] == result.best_epoch and "refit" not in (first.estimate or {})
+    # The delivered model is the retrained one, and the estimate scores it: the test split through the saved model
+    delivered = load_file(tmp_path / "refit" / "model.safetensors")
+    kept = load_file(tmp_path / "first" / "model.safetensors")
+    assert any(not torch.equal(delivered[name], kept[name]) for name in kept)
+    model, preprocessor, _ = load_trained(tmp_path / "refit", backbone=TinyCNN())
+    items, labels = colour_dataset.split("test")
+    from core.evaluation import predict_proba
+
+    probabilities = predict_proba(model, preprocessor, items, device="cpu")
+    assert result.estimate["accuracy"] == pytest.approx(float((probabilities.argmax(1) == np.array(labels)).mean()))
+
+
+def test_auto_refits_small_data_only_and_a_stop_keeps_the_first_model(colour_dataset: Dataset, tmp_path: Path) -> None:
+    auto = fit(colour_dataset, _config(refit="auto", epochs=2), tmp_path / "auto", backbone=TinyCNN())
+    assert auto.estimate["refit"]["examples"] > auto.estimate["refit"]["first_examples"], "a small set refits"
+    big = fit(colour_dataset, _config(refit="auto", epochs=2, protocol="test split"), tmp_path / "big",
+              backbone=TinyCNN())
+    assert "refit" not in big.estimate, "the user asked for a test split: auto leaves the recipe alone"
+    stop = threading.Event()
+    stopped = fit(colour_dataset, _config(refit="on", epochs=2), tmp_path / "stopped", backbone=TinyCNN(),
+                  callbacks=[_StopWhenRefitStarts(stop)], stop_event=stop)
+    assert stopped.status == "stopped" and stopped.best_epoch is not None
+    delivered = load_file(tmp_path / "stopped" / "model.safetensors")
+    best = load_file(tmp_path / "stopped" / "checkpoint" / "best.safetensors")
+    assert all(torch.equal(delivered[name], value) for name, value in best.items()), "the first run's best epoch"
