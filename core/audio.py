@@ -245,6 +245,16 @@ def spectrogram_thumbnail(samples: np.ndarray, settings: MelSettings) -> np.ndar
     return np.round(spectrogram_unit(samples, settings) * 255).astype(np.uint8)
 
 
+def file_thumbnail(path: str, settings: MelSettings | None = None) -> np.ndarray:
+    """`spectrogram_thumbnail` of a whole file on disk (default settings: 16 kHz, 64 mel bands).
+
+    Raises:
+        AudioReadError: the file cannot be decoded.
+    """
+    settings = settings or MelSettings()
+    return spectrogram_thumbnail(load_clip(path, settings.sample_rate), settings)
+
+
 # ------------------------------------------------------------------------------------------------ MFCC baseline
 
 
@@ -271,6 +281,7 @@ __all__ = [
     "ClipInfo",
     "MelSettings",
     "file_pixels",
+    "file_thumbnail",
     "fix_length",
     "load_clip",
     "log_mel",

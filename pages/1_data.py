@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import data, project, smalldata
+from core import audio, data, project, smalldata
 from core.dataset import SPLITS, Dataset
 from core.paths import data_root
 from pages._ui import get_state
@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_IMAGES = "Sample images"
 SAMPLE_TEXTS = "Sample texts"
+SAMPLE_AUDIO = "Sample sound clips"
+CLIPS_PER_CLASS = 4
 UPLOAD_ZIP = "Upload a zip of images"
 UPLOAD_TABLE = "Upload a CSV/TSV of texts"
 SERVER = "Folder on the server"
@@ -41,6 +43,12 @@ st.caption(
     "Give Transfer Studio labelled examples: images in one folder per class, or a table of texts with a label "
     "column. Everything is checked before anything trains. New here? Load a sample with one click."
 )
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _spectrogram(item: str) -> Any:
+    """A clip's spectrogram picture for the gallery, computed once per file."""
+    return audio.file_thumbnail(item)
 
 
 def _attempt(what: str, load: Callable[[], tuple[Dataset, dict[str, Any]]]) -> None:
@@ -190,7 +198,7 @@ def _preview(key: str, file_id: str, read: Callable[[], pd.DataFrame]) -> pd.Dat
 
 # ------------------------------------------------------------------------------------------------ source choice
 
-sources = [SAMPLE_IMAGES, SAMPLE_TEXTS, UPLOAD_ZIP, UPLOAD_TABLE]
+sources = [SAMPLE_IMAGES, SAMPLE_TEXTS, SAMPLE_AUDIO, UPLOAD_ZIP, UPLOAD_TABLE]
 server_root = data_root()
 if server_root is not None:
     sources.append(SERVER)
@@ -217,6 +225,11 @@ elif source == SAMPLE_TEXTS:
     st.markdown("160 customer-support messages in 4 classes: billing, delivery, technical problem, praise (CC0).")
     if st.button("Load sample texts", type="primary", key="load_sample_texts"):
         _attempt("the sample texts", lambda: data.load_sample("texts", seed=seed, fractions=fractions))
+elif source == SAMPLE_AUDIO:
+    st.markdown("144 one-second clips of 6 spoken words: yes, no, up, down, left, right (espeak-ng voices in sox "
+                "noise, CC0).")
+    if st.button("Load sample sound clips", type="primary", key="load_sample_audio"):
+        _attempt("the sample sound clips", lambda: data.load_sample("audio", seed=seed, fractions=fractions))
 elif source == UPLOAD_ZIP:
     st.markdown(
         "A zip with **one folder per class** (`cats/1.jpg`, `dogs/7.png`, …; wrapping folders are fine), or "
@@ -401,6 +414,19 @@ if dataset.modality == "image":
         st.markdown(f"**{label}** — {int(counts.loc[label, 'total'])} images")
         captions = rows["source"].map(lambda s: str(s).rsplit("/", 1)[-1]).tolist() if "source" in rows else None
         st.image(rows["item"].tolist(), width=96, caption=captions)
+    if dataset.num_classes > CLASSES_SHOWN:
+        st.caption(f"Showing the first {CLASSES_SHOWN} of {dataset.num_classes} classes.")
+elif dataset.modality == "audio":
+    st.markdown("#### Examples per class")
+    st.caption("Each clip as the model sees it (log-mel spectrogram: time left to right, low pitches at the bottom), "
+               "and as you hear it.")
+    for label in dataset.classes[:CLASSES_SHOWN]:
+        rows = dataset.table[dataset.table["label"] == label].head(CLIPS_PER_CLASS)
+        st.markdown(f"**{label}** — {int(counts.loc[label, 'total'])} clips")
+        for column, (item, source_name) in zip(st.columns(CLIPS_PER_CLASS), zip(rows["item"], rows["source"],
+                                                                                  strict=True), strict=False):
+            column.image(_spectrogram(item), caption=str(source_name).rsplit("/", 1)[-1], width="stretch")
+            column.audio(item)
     if dataset.num_classes > CLASSES_SHOWN:
         st.caption(f"Showing the first {CLASSES_SHOWN} of {dataset.num_classes} classes.")
 else:

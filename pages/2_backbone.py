@@ -20,7 +20,7 @@ st.markdown(
 
 filters = st.columns([1, 1, 2])
 shown_modality = filters[0].radio(
-    "Kind of data", ["image", "text"], index=0 if modality == "image" else 1, horizontal=True,
+    "Kind of data", ["image", "text", "audio"], index=["image", "text", "audio"].index(modality), horizontal=True,
     help=f"Your data set holds {modality}s; backbones of the other kind cannot read it.",
 )
 offline_only = filters[1].toggle("Available offline only", value=False, key="backbone_offline_only")
@@ -60,10 +60,16 @@ with st.container(border=True):
     st.markdown(spec.description)
     left, middle, right = st.columns(3)
     left.metric("Size", f"{spec.params_millions:.1f} M parameters", help="Bigger: usually more accurate, slower.")
-    compute = f"{spec.gmacs:.2f} GMACs per {'image' if spec.modality == 'image' else '128 tokens'}"
+    unit = {"image": "image", "audio": "clip"}.get(spec.modality, "128 tokens")
+    compute = f"{spec.gmacs:.2f} GMACs per {unit}"
     middle.metric("Speed", "fast" if spec.gmacs < 1 else ("medium" if spec.gmacs < 5 else "slow"), help=compute)
-    right.metric("Input", "x".join(map(str, spec.input_size[1:])) + " px" if spec.modality == "image"
-                 else f"up to {spec.max_tokens} tokens")
+    if spec.modality == "text":
+        right.metric("Input", f"up to {spec.max_tokens} tokens")
+    elif spec.modality == "audio":
+        right.metric("Input", f"{spec.extra['audio']['clip_seconds']:g} s clip",
+                     help="Each clip becomes a " + "x".join(map(str, spec.input_size[1:])) + " spectrogram picture.")
+    else:
+        right.metric("Input", "x".join(map(str, spec.input_size[1:])) + " px")
     st.markdown(f"**Trained on:** {spec.pretrained_on}.  \n**Compute:** {compute}.  \n**Licence:** {spec.licence}.")
     if not spec.commercial_use:
         st.warning(f"The {spec.licence} licence restricts commercial use of these weights. Check it before you "

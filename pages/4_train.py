@@ -114,8 +114,8 @@ def _data_argument(state: StudioState) -> tuple[str, list[str]]:
     info = (state.data_report or {}).get("info", {}) if isinstance(state.data_report, dict) else {}
     source = str(info.get("source", "")).lower()
     if source.startswith("sample") or dataset.name.lower().startswith("sample"):
-        return ("sample-images" if dataset.modality == "image" else "sample-texts"), []
-    if dataset.modality == "image" and dataset.root:
+        return {"image": "sample-images", "audio": "sample-audio"}.get(dataset.modality, "sample-texts"), []
+    if dataset.modality in ("image", "audio") and dataset.root:
         return dataset.root, []
     path = info.get("path") or info.get("file")
     if path:

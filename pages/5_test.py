@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 GALLERY_SIZE = 12
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
+AUDIO_TYPES = ["wav", "flac", "ogg", "oga", "mp3"]
 
 st.title("5 · Test")
 state = get_state()
@@ -368,6 +369,12 @@ elif dataset.modality == "image":
     for position, row in enumerate(shown.itertuples(index=False)):
         with grid[position % 4]:
             st.image(row.item, caption=_top_classes(int(row.index)), width="stretch")
+elif dataset.modality == "audio":
+    grid = st.columns(4)
+    for position, row in enumerate(shown.itertuples(index=False)):
+        with grid[position % 4]:
+            st.audio(row.item)
+            st.caption(_top_classes(int(row.index)))
 else:
     st.dataframe(
         pd.DataFrame(
@@ -464,6 +471,12 @@ try:
         if files:
             inputs, names = _saved_uploads(files)
             evaluation.check_image_files(inputs, names)
+    elif dataset.modality == "audio":
+        uploads = st.file_uploader("Sound clips to classify", type=AUDIO_TYPES, accept_multiple_files=True,
+                                   key="test_predict_clips")
+        if uploads:
+            inputs, names = _saved_uploads(list(uploads))
+            evaluation.check_audio_files(inputs, names)
     else:
         pasted = st.text_area("Texts to classify, one per line", key="test_predict_text")
         upload = st.file_uploader("…or a CSV with a 'text' column", type=["csv", "txt"], key="test_predict_csv")
@@ -541,6 +554,12 @@ try:
             if photo is not None:
                 live_inputs, live_names = _saved_uploads([photo])
                 evaluation.check_image_files(live_inputs, live_names)
+    elif dataset.modality == "audio":
+        st.caption("Classifies **each clip you record**: press the microphone, say one word, press stop.")
+        recording = st.audio_input("Record a clip", key="test_live_audio")
+        if recording is not None:
+            live_inputs, live_names = _saved_uploads([recording])
+            evaluation.check_audio_files(live_inputs, live_names)
     else:
         typed = st.text_input(
             "Type something to classify", key="test_live_text", placeholder="A sentence like the ones you trained on"
@@ -549,7 +568,8 @@ try:
         if typed.strip():
             live_inputs = live_names = [typed.strip()]
 except evaluation.PredictionInputError as error:
-    st.error(f"The camera's photo could not be read, take it again. {error}")
+    taken = "recording" if dataset.modality == "audio" else "camera's photo"
+    st.error(f"The {taken} could not be read, take it again. {error}")
     live_inputs = []
 
 if live_inputs:

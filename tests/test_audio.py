@@ -11,6 +11,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -246,9 +247,9 @@ TINY_AUDIO_SPEC = dataclasses.replace(
 )
 
 
-def test_export_of_a_tiny_audio_model_passes_parity_and_predicts_clips(tmp_path: Path) -> None:
-    """The bundle carries the spectrogram code; predict.py in a fresh process and load_bundle hear what the app does."""
-    dataset = tones_dataset(tmp_path / "tones", per_class=6)
+def train_tiny_audio(dataset: Dataset, steps: int = 15) -> tuple[Classifier, Any]:
+    """A TinyCNN hearing 32x32 spectrograms, fitted full-batch on the train split; with its preprocessor."""
+    torch.manual_seed(0)
     backbone = TinyCNN()
     backbone.spec = TINY_AUDIO_SPEC
     preprocessor = make_preprocessor(TINY_AUDIO_SPEC)
@@ -256,11 +257,17 @@ def test_export_of_a_tiny_audio_model_passes_parity_and_predicts_clips(tmp_path:
     items, targets = dataset.split("train")
     batch, labels = preprocessor.batch(items), torch.tensor(targets)
     optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(15):
+    for _ in range(steps):
         optimiser.zero_grad()
         torch.nn.functional.cross_entropy(model(batch), labels).backward()
         optimiser.step()
-    model.eval()
+    return model.eval(), preprocessor
+
+
+def test_export_of_a_tiny_audio_model_passes_parity_and_predicts_clips(tmp_path: Path) -> None:
+    """The bundle carries the spectrogram code; predict.py in a fresh process and load_bundle hear what the app does."""
+    dataset = tones_dataset(tmp_path / "tones", per_class=6)
+    model, preprocessor = train_tiny_audio(dataset)
     test_items, test_targets = dataset.split("test")
     info = {"run_id": "tiny-audio", "backbone": "tiny_audio", "modality": "audio", "classes": dataset.classes}
     result = export.export_bundle(model, preprocessor, info, tmp_path / "bundle", test_items, targets=test_targets,
@@ -320,3 +327,71 @@ def test_lite0_on_spectrograms_trains_predicts_and_exports_from_the_command_line
     assert "Parity PASSED" in capsys.readouterr().out
     assert main(["predict", "--model", str(tmp_path / "bundle"), "--json", clip]) == 0
     assert json.loads(capsys.readouterr().out)[0]["prediction"] == predicted[0]["prediction"]
+
+
+# ------------------------------------------------------------------------------------------------------- pages
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def test_data_page_loads_the_sound_sample_with_one_click_and_shows_players_and_spectrograms() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from core.session import StudioState
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["studio"] = StudioState()
+    at.run()
+    at.radio(key="data_source").set_value("Sample sound clips").run()
+    at.button(key="load_sample_audio").click().run()
+    assert not at.exception, at.exception
+    dataset = at.session_state["studio"].dataset
+    assert dataset.modality == "audio" and dataset.name == "Sample: spoken words"
+    assert len(at.get("audio")) == 6 * 4 and len(at.get("imgs")) + len(at.get("image")) >= 6
+
+
+def test_backbone_page_offers_the_audio_backbone_for_clips(tmp_path: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from core.session import StudioState
+
+    state = StudioState(dataset=tones_dataset(tmp_path / "tones", per_class=3))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["studio"] = state
+    at.switch_page("pages/2_backbone.py")
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox[0].value == "efficientnet_lite0_audio" and state.backbone_name == "efficientnet_lite0_audio"
+    assert set(at.dataframe[0].value["Backbone"]) == {"EfficientNet-Lite0 on spectrograms"}
+
+
+def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from core import evaluation
+    from core.session import StudioState
+
+    dataset = tones_dataset(tmp_path / "tones", per_class=6)
+    model, preprocessor = train_tiny_audio(dataset, steps=30)
+    info = {"run_id": "audio-run", "classes": dataset.classes, "modality": "audio",
+            "dataset_fingerprint": dataset.fingerprint}
+    monkeypatch.setattr(evaluation, "load_model", lambda path: (model, preprocessor, info))
+    state = StudioState(dataset=dataset, backbone_name="tiny_audio", frozen_groups=0, run_dir=str(tmp_path))
+    at = AppTest.from_file(str(Path(APP).parent / "pages" / "5_test.py"), default_timeout=60)
+    at.session_state["studio"] = state
+    at.run()
+    assert not at.exception, at.exception
+    assert at.get("audio"), "the gallery plays the clips of the chosen cell"
+
+    clip = wav_bytes(tone(3520.0, seed=50))
+    at.file_uploader(key="test_predict_clips").set_value(("whistle.wav", clip, "audio/wav")).run()
+    assert not at.exception, at.exception
+    table = next(frame.value for frame in at.dataframe if "input" in frame.value.columns)
+    assert table["input"].tolist() == ["whistle.wav"] and table["prediction"].iloc[0] in dataset.classes
+
+    at.audio_input(key="test_live_audio").set_value(("recording.wav", clip, "audio/wav")).run()
+    assert not at.exception, at.exception
+    at.audio_input(key="test_live_audio").set_value(("recording.wav", b"not sound", "audio/wav")).run()
+    assert any("recording could not be read" in error.value for error in at.error)
