@@ -330,10 +330,14 @@ def markdown(results: dict[str, Any], machine: dict[str, Any] | None = None) -> 
     n = results["students"]
 
     def seconds(value: float | None) -> str:
-        return "-" if value is None else f"{value:.0f} s"
+        if value is None:
+            return "-"
+        return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
 
+    extra = results["runs"] - n
+    again = f" (+{extra} second run)" if extra else ""
     lines = [
-        f"| Class of {n} (+1 second run), {results['slots']} run(s) at a time | One student alone | Class | Ratio |",
+        f"| Class of {n}{again}, {results['slots']} run(s) at a time | One student alone | Class | Ratio |",
         "|---|---|---|---|",
         f"| Until every student has a finished model | {seconds(alone['seconds_until_all_finished'])} | "
         f"{seconds(results['seconds_until_all_finished'])} | {ratios['class_vs_one_alone']:.1f}x one alone; "
