@@ -19,6 +19,7 @@ COMMANDS = {
     "predict": ("core.evaluation", "main_predict"),
     "export": ("core.export", "main_export"),
     "project": ("core.project", "main_project"),
+    "learning-curve": ("core.insight", "main_learning_curve"),
 }
 
 
@@ -97,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("file", help="the project file that 'Save project' on the Data page downloaded")
     project.add_argument("--owner", help="the workspace (its code, as the app's sidebar shows it) whose runs "
                          "these become")
+
+    curve = sub.add_parser("learning-curve", help="would more data help? the small-data recipe on 10/25/50/100 %% "
+                           "of the labels, with a fitted trend")
+    curve.add_argument("--data", required=True, help="zip, folder or CSV/TSV, or 'sample-images' / 'sample-texts'")
+    curve.add_argument("--backbone", help="catalogue name (default: the best offline one for the data)")
+    curve.add_argument("--device", default="auto")
+    curve.add_argument("--seed", type=int, default=0)
+    curve.add_argument("--json", action="store_true", help="print the points, trend and sentence as JSON")
     return parser
 
 

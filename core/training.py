@@ -1500,12 +1500,22 @@ def prepare_features(
     group frozen finds the features ready and draws its first point within seconds. It computes exactly what `fit`
     would (same key, precision, memory format), so `fit` reuses it. Returns True when the features are cached.
     """
+    return frozen_features(dataset, backbone_name, device, stop_event) is not None
+
+
+def frozen_features(
+    dataset: Dataset, backbone_name: str, device: str = "auto", stop_event: threading.Event | None = None
+) -> dict[str, feature_cache.CachedStates] | None:
+    """The features feature extraction trains on, per split: from the cache when a run or the warm-up made them.
+
+    None when the backbone is for another modality or `stop_event` was set while computing.
+    """
     from core.backbones import load_backbone
     from core.preprocess import make_preprocessor
 
     backbone = load_backbone(backbone_name, pretrained=True)
     if backbone.spec.modality != dataset.modality:
-        return False
+        return None
     num_groups = len(backbone.group_names)
     default = TrainConfig(backbone_name, frozen_groups=num_groups)  # what the Train page runs for feature extraction
     backbone.set_feature_taps(feature_taps(backbone.spec, default, num_groups, num_groups))
@@ -1521,7 +1531,7 @@ def prepare_features(
         torch_device, precision, channels_last, to_disk=True,
         stop_requested=(stop_event.is_set if stop_event is not None else None),
     )
-    return states is not None
+    return states
 
 
 def suggested_settings(dataset: Dataset, num_groups: int | None, frozen_groups: int | None) -> dict[str, Any]:

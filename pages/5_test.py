@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import data, evaluation
+from core import data, evaluation, insight
 from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
 from pages._ui import get_state, require
@@ -225,6 +225,57 @@ with st.expander("Train a baseline", expanded=not baselines):
                 st.error(f"The baseline could not be trained: {error}")
             else:
                 st.rerun()
+
+
+# ---------------------------------------------------------------------------------------------------- more data
+
+
+def learning_curve_chart(curve: insight.LearningCurve) -> go.Figure:
+    """Accuracy with its 95 % interval at each share of the labels, and the fitted trend out to twice the data."""
+    sizes = [point.examples for point in curve.points]
+    accuracies = [point.accuracy for point in curve.points]
+    figure = go.Figure(go.Scatter(
+        x=sizes, y=accuracies, mode="markers+lines", name="cross-validated accuracy",
+        error_y={"type": "data", "symmetric": False,
+                 "array": [point.interval95[1] - point.accuracy for point in curve.points],
+                 "arrayminus": [point.accuracy - point.interval95[0] for point in curve.points]},
+    ))
+    if curve.trend is not None:
+        grid = np.geomspace(min(sizes), 2 * curve.examples_now, 40)
+        figure.add_trace(go.Scatter(x=grid, y=[curve.trend.accuracy(size) for size in grid], mode="lines",
+                                    line={"dash": "dash"}, name="trend (power law)"))
+    figure.update_layout(xaxis_title="labelled examples per model", yaxis_title="accuracy", yaxis_tickformat=".0%",
+                         xaxis_type="log", height=320, margin={"t": 20, "b": 40, "l": 50, "r": 10})
+    return figure
+
+
+st.subheader("Would more data help?")
+if not 0 < int(run_info.get("num_groups") or 0) <= int(run_info.get("frozen_groups") or 0):
+    st.caption("The learning curve reruns feature extraction (every layer group frozen) on shares of your labels; "
+               "this run fine-tuned layer groups, so it is not drawn for it yet.")
+else:
+    curves = scratch.setdefault("learning_curves", {})
+    curve_key = f"{run_info.get('backbone')}|{dataset.fingerprint}"
+    if curve_key not in curves:
+        st.caption("Refits the head on 10, 25, 50 and 100 % of each fold's labels (cached features: seconds to a "
+                   "minute) and fits a trend, to say what more labelled examples of this kind would likely buy.")
+    if curve_key not in curves and st.button("Draw the learning curve", key="test_learning_curve"):
+        curve_bar = st.progress(0.0, text="Refitting the head on shares of your labels…")
+        try:
+            curves[curve_key] = insight.dataset_curve(
+                dataset, str(run_info.get("backbone")),
+                progress=lambda done, total: curve_bar.progress(done / total, text=f"Fitted {done} of {total} models"),
+            )
+        except (ValueError, OSError, RuntimeError) as error:
+            st.error(f"The learning curve could not be drawn: {error}")
+        finally:
+            curve_bar.empty()
+    if curve_key in curves:
+        curve = curves[curve_key]
+        st.plotly_chart(learning_curve_chart(curve), width="stretch", key="test_learning_curve_chart")
+        st.info(curve.sentence)
+        st.caption(" · ".join(f"{point.fraction:.0%} of the labels: {format_interval(point.accuracy, point.interval95)}"
+                              for point in curve.points) + f" · n = {curve.points[-1].n} each")
 
 
 # ---------------------------------------------------------------------------------------------------- per class

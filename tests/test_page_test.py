@@ -346,3 +346,37 @@ def test_live_preview_classifies_each_camera_photo_and_reports_an_unreadable_one
     assert not app.exception, app.exception
     assert any("could not be read" in error.value for error in app.error)
     assert not [chart for chart in app.get("plotly_chart") if "test_live_chart" in chart.proto.id]
+
+
+def test_the_learning_curve_is_not_offered_for_a_fine_tuned_run(seeded) -> None:
+    app, _ = seeded
+    app.run()
+    assert any("not drawn for it yet" in caption.value for caption in app.caption)
+    assert not [button for button in app.button if button.key == "test_learning_curve"]
+
+
+def test_would_more_data_help_draws_the_learning_curve_of_a_feature_extraction_run(seeded, monkeypatch) -> None:
+    from core import insight
+
+    app, state = seeded
+    info_path = Path(state.run_dir) / "run.json"
+    info = json.loads(info_path.read_text())
+    info.update(frozen_groups=3, num_groups=3)
+    info_path.write_text(json.dumps(info))
+    asked = []
+
+    def curve(dataset, backbone, progress=None):  # the real curve, on features that separate the colours
+        asked.append(backbone)
+        labels = [label for name in ("train", "val", "test") for label in dataset.split(name)[1]]
+        features = torch.nn.functional.one_hot(torch.tensor(labels), 3).float() + 0.3 * torch.randn(len(labels), 3)
+        return insight.learning_curve(features, torch.tensor(labels), 3, folds=3, fractions=(0.5, 1.0),
+                                      progress=progress)
+
+    monkeypatch.setattr(insight, "dataset_curve", curve)
+    app.run()
+    app.button(key="test_learning_curve").click().run()
+    assert not app.exception and asked == ["tiny_cnn"]
+    assert app.get("plotly_chart"), "the curve is drawn"
+    sentence = [alert.value for alert in app.info if "data" in alert.value and ("likely" in alert.value)]
+    assert sentence, [alert.value for alert in app.info]
+    assert any("50% of the labels" in caption.value and "95 % CI" in caption.value for caption in app.caption)
