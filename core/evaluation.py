@@ -718,7 +718,19 @@ def scratch_baseline(
     fresh = backbone_factory() if backbone_factory is not None else None
     # A store of its own: a baseline is not one of the user's runs and must not appear in the Train page's table.
     store = RunStore(_baseline_dir(run_info) / "baseline_runs.sqlite")
-    fit(dataset, config, run_dir, backbone=fresh, callbacks=callbacks, stop_event=stop_event, store=store)
+    result = fit(dataset, config, run_dir, backbone=fresh, callbacks=callbacks, stop_event=stop_event, store=store)
+    detail = (f"{config.backbone} without pretrained weights, {config.frozen_groups} group(s) frozen, "
+              f"{config.epochs} epoch(s)")
+    estimate = result.estimate or {}
+    if estimate.get("protocol") == "cross-validation":
+        # The same protocol and folds as the run: its out-of-fold estimate. (Its delivered model learned from every
+        # example, the test split's too, so scoring that model on the test split would be scoring it on its training.)
+        return BaselineResult(
+            name="scratch", title="Same architecture, random weights", accuracy=float(estimate["accuracy"]),
+            macro_f1=float(estimate["macro_f1"]), detail=detail + f"; scored by its {estimate['folds']}-fold "
+            "cross-validation", n=int(estimate["n"]), accuracy_interval95=list(estimate["accuracy_interval95"]),
+            protocol=f"cross-validation ({estimate['folds']} folds)",
+        )
     rebuilt = backbone_factory() if backbone_factory is not None else None
     model, preprocessor, _ = load_trained(run_dir, backbone=rebuilt)
     scored = evaluate(model, preprocessor, dataset, "test", device=config.device)
@@ -727,8 +739,9 @@ def scratch_baseline(
         title="Same architecture, random weights",
         accuracy=scored.accuracy,
         macro_f1=scored.macro_f1,
-        detail=f"{config.backbone} without pretrained weights, {config.frozen_groups} group(s) frozen, "
-        f"{config.epochs} epoch(s)",
+        detail=detail,
+        n=int(scored.metrics["n"]),
+        accuracy_interval95=list(scored.metrics["accuracy_interval95"]),
     )
 
 

@@ -216,7 +216,7 @@ with st.expander("Train a baseline", expanded=not baselines):
     recorded_epochs = int((run_info.get("config") or {}).get("epochs") or 5)
     baseline_epochs = st.number_input("Epochs for the from-scratch model", 1, 200, min(recorded_epochs, 10))
     if st.button("Train baseline", type="primary"):
-        with st.spinner("Training the baseline(s) on the same split…"):
+        with st.spinner("Training the baseline(s) on the same examples as this run…"):
             try:
                 evaluation.train_baselines(dataset, run_info, epochs=int(baseline_epochs), estimate=result)
             except ImportError as error:

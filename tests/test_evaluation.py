@@ -324,6 +324,17 @@ def test_scratch_baseline_trains_the_same_recipe_without_pretrained_weights(colo
     assert RunStore().list_runs() == [], "a baseline must not show up among the user's runs"
 
 
+def test_a_cross_validated_scratch_baseline_reports_its_out_of_fold_estimate(colour_dataset: Dataset) -> None:
+    """Under cross-validation the baseline's delivered model learned from the test split too: its own out-of-fold
+    estimate is what compares with the run, not that model scored on examples it trained on."""
+    info = {"run_id": "cv-scratch", "backbone": "tiny_cnn", "frozen_groups": 3,
+            "config": {"backbone": "tiny_cnn", "frozen_groups": 3, "device": "cpu"}}  # fmt: skip
+    result = evaluation.train_baselines(colour_dataset, info, kinds=["scratch"], backbone_factory=TinyCNN)[0]
+    assert result.protocol.startswith("cross-validation") and "cross-validation" in result.detail
+    assert result.n == len(colour_dataset.table), "every labelled example scored once, out of fold"
+    assert result.accuracy_interval95[0] <= result.accuracy <= result.accuracy_interval95[1]
+
+
 def test_train_baselines_saves_results_for_the_run() -> None:
     texts = _topic_texts()
     info = {"run_id": "text-run", "config": {"seed": 0}}

@@ -198,3 +198,18 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     assert len(table) == 2
     assert set(table["prediction"]) <= {"billing", "delivery", "technical problem", "praise", "not sure"}, table
     shot(page, "text-5-test")
+
+    # Does transfer help? The baselines train on the run's own folds and the page compares (table: interval, n).
+    click_button(page, "Train baseline", timeout_ms=TRAINING_TIMEOUT_MS)
+    verdict = main(page).get_by_test_id("stAlert").filter(has_text=re.compile(r"TF-IDF: \d+%"))
+    expect(verdict).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
+    verdict.scroll_into_view_if_needed()
+    shot(page, "text-5-baselines")
+
+    # Would more data help? The learning curve, with its sentence.
+    click_button(page, "Draw the learning curve", timeout_ms=TRAINING_TIMEOUT_MS)
+    sentence = main(page).get_by_test_id("stAlert").filter(has_text=re.compile("Doubling your labelled|unlikely"))
+    expect(sentence).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
+    expect(main(page).get_by_text(re.compile(r"10% of the labels: \d+\.\d%"))).to_be_visible()
+    sentence.scroll_into_view_if_needed()
+    shot(page, "text-5-learning-curve")
