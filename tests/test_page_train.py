@@ -139,14 +139,14 @@ def test_page_trains_shows_live_metrics_and_adopts_the_finished_run(colour_datas
 
 def test_a_fresh_session_reattaches_to_the_running_job(colour_dataset, tiny_fit):
     at = _app(colour_dataset)
-    _state(at).owner = "0123456789abcdef" * 2  # this browser's id, which the router keeps in the URL
+    _state(at).owner = "0123456789abcdef" * 2  # this browser's workspace code, which the router keeps in the URL
     at.run()
     _set(at, "Epochs", 2)
     at.button[0].click().run()
     job = _state(at).job
 
     fresh = AppTest.from_file(APP, default_timeout=60)  # a reload: a new session with empty state, same URL
-    fresh.query_params["browser"] = _state(at).owner
+    fresh.query_params["workspace"] = _state(at).owner
     fresh.run()
     fresh.switch_page(PAGE)
     fresh.run()
