@@ -725,23 +725,15 @@ def scratch_baseline(
     if estimate.get("protocol") == "cross-validation":
         # The same protocol and folds as the run: its out-of-fold estimate. (Its delivered model learned from every
         # example, the test split's too, so scoring that model on the test split would be scoring it on its training.)
-        return BaselineResult(
-            name="scratch", title="Same architecture, random weights", accuracy=float(estimate["accuracy"]),
-            macro_f1=float(estimate["macro_f1"]), detail=detail + f"; scored by its {estimate['folds']}-fold "
-            "cross-validation", n=int(estimate["n"]), accuracy_interval95=list(estimate["accuracy_interval95"]),
-            protocol=f"cross-validation ({estimate['folds']} folds)",
-        )
-    rebuilt = backbone_factory() if backbone_factory is not None else None
-    model, preprocessor, _ = load_trained(run_dir, backbone=rebuilt)
-    scored = evaluate(model, preprocessor, dataset, "test", device=config.device)
+        metrics, protocol = estimate, f"cross-validation ({estimate['folds']} folds)"
+        detail += f"; scored by its {estimate['folds']}-fold cross-validation"
+    else:
+        model, preprocessor, _ = load_trained(run_dir, backbone=backbone_factory() if backbone_factory else None)
+        metrics, protocol = evaluate(model, preprocessor, dataset, "test", device=config.device).metrics, "test split"
     return BaselineResult(
-        name="scratch",
-        title="Same architecture, random weights",
-        accuracy=scored.accuracy,
-        macro_f1=scored.macro_f1,
-        detail=detail,
-        n=int(scored.metrics["n"]),
-        accuracy_interval95=list(scored.metrics["accuracy_interval95"]),
+        name="scratch", title="Same architecture, random weights", accuracy=float(metrics["accuracy"]),
+        macro_f1=float(metrics["macro_f1"]), detail=detail, n=int(metrics["n"]),
+        accuracy_interval95=list(metrics["accuracy_interval95"]), protocol=protocol,
     )
 
 

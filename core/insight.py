@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from core import features as feature_cache
 from core import smalldata, stats
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,10 @@ def dataset_curve(dataset, backbone_name: str, device: str = "auto", seed: int =
     states = frozen_features(dataset, backbone_name, device)
     if states is None:
         raise ValueError(f"The backbone {backbone_name!r} does not take {dataset.modality} data.")
-    names = [name for name in ("train", "val", "test") if states.get(name) is not None and len(states[name])]
-    features = torch.cat([states[name].batch(torch.arange(len(states[name]))).float().cpu() for name in names])
-    labels = torch.cat([states[name].labels for name in names]).long().cpu()
-    return learning_curve(features, labels, dataset.num_classes, seed=seed, progress=progress)
+    examples = feature_cache.concatenate([states[name] for name in ("train", "val", "test")
+                                          if states.get(name) is not None and len(states[name])])
+    return learning_curve(examples.states.float().cpu(), examples.labels.long().cpu(), dataset.num_classes,
+                          seed=seed, progress=progress)
 
 
 def main_learning_curve(args: argparse.Namespace) -> int:

@@ -1167,8 +1167,8 @@ class _Trainer:
             fit_names = names
         else:
             fit_names = [name for name in names if name != "test"]
-        features = torch.cat([cache[name].batch(torch.arange(len(cache[name]))).float().cpu() for name in fit_names])
-        labels = torch.cat([cache[name].labels for name in fit_names]).long().cpu()
+        examples = feature_cache.concatenate([cache[name] for name in fit_names])
+        features, labels = examples.states.float().cpu(), examples.labels.long().cpu()
         items = [item for name in fit_names for item in self.dataset.split(name)[0]]
         grid_size = len(smalldata.l2_grid(self.backbone.spec.sentence_encoder))
 
