@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("core.export", "main_export"),
     "project": ("core.project", "main_project"),
     "learning-curve": ("core.insight", "main_learning_curve"),
+    "explain": ("core.explain", "main_explain"),
 }
 
 
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--device", default="auto")
     curve.add_argument("--seed", type=int, default=0)
     curve.add_argument("--json", action="store_true", help="print the points, trend and sentence as JSON")
+
+    explain = sub.add_parser("explain", help="why this prediction? an approximate heat map (images, sound) or word "
+                             "scores (texts) for the class the model predicts")
+    explain.add_argument("--model", required=True, help="a run folder (a bundle is TorchScript: nothing to look into)")
+    explain.add_argument("--input", required=True, help="an image or sound file, or a text (or a .txt file)")
+    explain.add_argument("--json", action="store_true", help="print the prediction and a 7x7 heat grid or the word "
+                         "scores as JSON")
     return parser
 
 

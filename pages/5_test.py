@@ -18,6 +18,7 @@ import streamlit as st
 from core import data, evaluation, insight
 from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
+from pages._explain import render_explain
 from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
@@ -444,6 +445,8 @@ else:
     )
 if len(examples) > GALLERY_SIZE:
     st.caption(f"Showing the {GALLERY_SIZE} most confident of {len(examples)}.")
+render_explain(model, preprocessor, classes, list(shown["item"]), "test_explain_gallery",
+               scored_answers=list(shown["predicted"]))
 
 
 # ---------------------------------------------------------------------------------------------------- confidence
@@ -568,6 +571,7 @@ if inputs:
         file_name=f"predictions-{run_info.get('run_id', 'model')}.csv",
         mime="text/csv",
     )
+    render_explain(model, preprocessor, classes, inputs, "test_explain_new", names=names)
 
 
 # ---------------------------------------------------------------------------------------------------- live preview
