@@ -397,7 +397,7 @@ def _check_entries(payload: bytes, name: str) -> None:
         names = {info.filename for info in archive.infolist() if not info.is_dir()}
         if "project.json" not in names:
             raise ProjectError(f"`{name}` is a zip but not a Transfer Studio project (it has no project.json). To "
-                               "load a zip of images, choose 'Upload a zip of images' instead.")
+                               "load a zip of images or sound clips, choose 'Upload a zip of class folders' instead.")
         for info in archive.infolist():
             if info.is_dir():
                 continue

@@ -86,7 +86,7 @@ def test_sample_texts_show_a_table(app: AppTest) -> None:
 
 
 def test_zip_upload_then_unsafe_zip_keeps_the_loaded_data(app: AppTest) -> None:
-    app.radio(key="data_source").set_value("Upload a zip of images").run()
+    app.radio(key="data_source").set_value("Upload a zip of class folders").run()
     app.file_uploader(key="data_zip_upload").set_value(("pets.zip", zip_of(pets()), "application/zip")).run()
     app.button(key="load_zip").click().run()
     assert not app.exception
@@ -104,7 +104,7 @@ def test_zip_upload_then_unsafe_zip_keeps_the_loaded_data(app: AppTest) -> None:
 
 def test_data_set_with_errors_does_not_replace_a_good_one(app: AppTest) -> None:
     app.button(key="load_sample_images").click().run()
-    app.radio(key="data_source").set_value("Upload a zip of images").run()
+    app.radio(key="data_source").set_value("Upload a zip of class folders").run()
     one_class = zip_of(pets(classes=("cats",)))
     app.file_uploader(key="data_zip_upload").set_value(("cats.zip", one_class, "application/zip")).run()
     app.button(key="load_zip").click().run()
@@ -116,7 +116,7 @@ def test_data_set_with_errors_does_not_replace_a_good_one(app: AppTest) -> None:
 
 
 def test_corrupt_zip_on_empty_session_shows_one_error(app: AppTest) -> None:
-    app.radio(key="data_source").set_value("Upload a zip of images").run()
+    app.radio(key="data_source").set_value("Upload a zip of class folders").run()
     app.file_uploader(key="data_zip_upload").set_value(("broken.zip", b"PK\x03\x04garbage", "application/zip")).run()
     app.button(key="load_zip").click().run()
     assert not app.exception
@@ -188,7 +188,7 @@ def _trained(app: AppTest) -> StudioState:
 
 
 def _load_zip(app: AppTest, name: str, content: bytes) -> None:
-    app.radio(key="data_source").set_value("Upload a zip of images").run()
+    app.radio(key="data_source").set_value("Upload a zip of class folders").run()
     app.file_uploader(key="data_zip_upload").set_value((name, content, "application/zip")).run()
     app.button(key="load_zip").click().run()
     assert not app.exception, app.exception

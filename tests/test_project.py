@@ -226,7 +226,7 @@ def test_a_zip_of_images_is_told_apart_from_a_project(tmp_path, monkeypatch):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("cats/1.png", b"x")
-    _refused(buffer.getvalue(), "no project.json.*Upload a zip of images", tmp_path, monkeypatch)
+    _refused(buffer.getvalue(), "no project.json.*Upload a zip of class folders", tmp_path, monkeypatch)
 
 
 def test_entries_that_climb_out_of_the_folder_are_refused(tmp_path, monkeypatch):

@@ -13,12 +13,15 @@ from tests.e2e.studio import choose_radio, click_button, main, shot, upload
 pytestmark = pytest.mark.e2e
 
 
+SAMPLE_EXAMPLES = {"images": 240, "texts": 160, "sound clips": 144}
+
+
 def load_sample(page: Page, kind: str = "images") -> None:
-    """Load a sample ("images" or "texts") from the Data page and wait for its check report."""
+    """Load a sample ("images", "texts" or "sound clips") from the Data page and wait for its check report."""
     choose_radio(page, f"Sample {kind}")
     click_button(page, f"Load sample {kind}")
     expect(main(page).get_by_role("heading", name="Check report")).to_be_visible()
-    expect_loaded(page, examples=240 if kind == "images" else 160)
+    expect_loaded(page, examples=SAMPLE_EXAMPLES[kind])
     # the sidebar summary is redrawn after the page ran, so it shows the new data at once
     expect(page.get_by_test_id("stSidebar")).to_contain_text("Data: Sample")
 
@@ -36,7 +39,7 @@ def expect_loaded(page: Page, examples: int) -> None:
 def test_bad_uploads_show_an_error_and_keep_the_earlier_data(page: Page, tmp_path: Path) -> None:
     load_sample_images(page)
 
-    choose_radio(page, "Upload a zip of images")
+    choose_radio(page, "Upload a zip of class folders")
     upload(page, zip_slip_archive(tmp_path))
     click_button(page, "Check and load")
     alerts = main(page).get_by_test_id("stAlert")
