@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--refit", choices=["auto", "on", "off"], default="auto",
                        help="fine-tuning: after early stopping, retrain on train + validation for the chosen number "
                        "of epochs and deliver that model (auto: for small data, where cross-validation would apply)")
+    train.add_argument("--lexical", choices=["auto", "off"], default="auto",
+                       help="texts with the logistic head: mix a TF-IDF n-gram model into the delivered probabilities "
+                       "(30 %%, estimated on the same folds; auto) or keep the head alone (off)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--out", help="folder for metrics.json and the best model")

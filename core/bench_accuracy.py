@@ -189,6 +189,8 @@ def _app_arm(arm: str, config: Any, folder: Path, dataset: Any, backbone: Any, f
     else:
         with torch.inference_mode():
             probabilities = torch.softmax(model.head(torch.as_tensor(features[test])), dim=1).numpy()
+        if getattr(model, "lexical", None) is not None:  # texts: the TF-IDF model mixed in, as the app delivers
+            probabilities = model.lexical.mix(probabilities, items[test].tolist())
         if check_parity:
             _check_parity(model, model_preprocessor, items[test[:8]].tolist(), probabilities[:8])
     accuracy = float((probabilities.argmax(1) == test_y).mean())

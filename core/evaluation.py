@@ -202,7 +202,8 @@ def predict_proba(
     """Class probabilities of `items` (image file paths, or texts), as an array [len(items), num_classes].
 
     The model is put in eval mode (dropout off, BatchNorm statistics fixed) and moved to `device`
-    ("auto"/None: the best one present). `progress(done, total)` is called after each batch.
+    ("auto"/None: the best one present). `progress(done, total)` is called after each batch. A text model that
+    carries a lexical model (`model.lexical`, `core.ngrams`) delivers the mix of both, as it was estimated.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -211,12 +212,16 @@ def predict_proba(
     model.eval()
     chunks: list[np.ndarray] = []
     total = len(items)
+    lexical = getattr(model, "lexical", None)
     with torch.inference_mode():
         for start in range(0, total, batch_size):
             loaded = [preprocessor.load(item, train=False) for item in items[start : start + batch_size]]
             batch = _to_device(preprocessor.collate(loaded), target)
             logits = model(batch)
-            chunks.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            if lexical is not None:
+                probabilities = lexical.mix(probabilities, list(items[start : start + batch_size])).astype(np.float32)
+            chunks.append(probabilities)
             if progress is not None:
                 progress(min(start + batch_size, total), total)
     if not chunks:
@@ -386,7 +391,7 @@ def recorded_estimate(run_dir: str | Path) -> Evaluation | None:
     result.where = list(recorded["where"])
     estimate = (read_run_info(run_dir).get("metrics") or {}).get("estimate") or {}
     for key in ("protocol", "protocol_reason", "folds", "refit_on_all", "calibration_error_before", "temperature",
-                "zero_shot", "sentence_tuning"):
+                "zero_shot", "sentence_tuning", "lexical"):
         if key in estimate:
             result.metrics[key] = estimate[key]
     return result

@@ -63,6 +63,7 @@ PARITY_FILE = "parity.json"
 README_FILE = "README.md"
 TOKENIZER_DIR = "tokenizer"
 AUDIO_FEATURES_FILE = "audio_features.py"  # core/audio.py, copied: predict.py makes spectrograms with the same code
+LEXICAL_MODULE_FILE = "lexical_model.py"  # core/ngrams.py, copied: predict.py mixes in the text run's TF-IDF model
 BACKBONE_CONFIG_DIR = "backbone_config"
 
 
@@ -629,6 +630,10 @@ def load_bundle(path: str | Path) -> tuple[BundleModel, BundlePreprocessor, dict
         raise BundleError(f"The bundle {folder} has an unreadable metadata file ({error}).") from error
     scripted = _jit_load(folder / TORCHSCRIPT_FILE)
     model = BundleModel(scripted, classes, config["modality"]).eval()
+    if config.get("lexical"):  # `core.evaluation.predict_proba` mixes it in, as the app and predict.py do
+        from core import ngrams
+
+        model.lexical = ngrams.load(folder / config["lexical"]["model"])
     info = {**info, "classes": classes, "modality": config["modality"], "parity": parity, "bundle": str(folder)}
     info["bundle_format"] = manifest.get("format")
     return model, BundlePreprocessor(folder, config), info
@@ -690,6 +695,13 @@ def check_parity(
     if reference is None:
         reference = _reference_probabilities(model, preprocessor, items, batch_size)
     batches = [_as_inputs(batch, modality) for batch in _batches(preprocessor, items, batch_size)]
+    lexical = getattr(model, "lexical", None)
+
+    def delivered(logits: torch.Tensor) -> np.ndarray:
+        """The network's probabilities, mixed with the bundle's lexical model for a text run that has one."""
+        probabilities = torch.softmax(logits.float(), dim=-1).numpy()
+        return lexical.mix(probabilities, items) if lexical is not None else probabilities
+
     rows: list[ParityRow] = []
     skipped: dict[str, str] = {}
 
@@ -711,13 +723,13 @@ def check_parity(
             session.run(None, {name: value.numpy() for name, value in zip(names, inputs, strict=True)})[0]
             for inputs in batches
         ]
-        return torch.softmax(torch.from_numpy(np.concatenate(outputs)).float(), dim=-1).numpy()
+        return delivered(torch.from_numpy(np.concatenate(outputs)))
 
     def torchscript_probabilities() -> np.ndarray:
         scripted = _jit_load(folder / TORCHSCRIPT_FILE)
         with torch.inference_mode():
             outputs = [scripted(*inputs).float() for inputs in batches]
-        return torch.softmax(torch.cat(outputs), dim=-1).numpy()
+        return delivered(torch.cat(outputs))
 
     run_rows("onnx", "ONNX (onnxruntime)", (ONNX_FILE,), onnx_probabilities)
     run_rows("torchscript", "TorchScript", (TORCHSCRIPT_FILE,), torchscript_probabilities)
@@ -852,6 +864,15 @@ def export_bundle(
         from core import audio
 
         shutil.copyfile(audio.__file__, out / AUDIO_FEATURES_FILE)
+    lexical = getattr(model, "lexical", None)
+    if lexical is not None:
+        from core import ngrams
+
+        lexical.save(out / ngrams.FILE)
+        shutil.copyfile(ngrams.__file__, out / LEXICAL_MODULE_FILE)
+        config["lexical"] = {"model": ngrams.FILE, "module": LEXICAL_MODULE_FILE, "share": lexical.share,
+                             "recipe": lexical.recipe}
+        (out / PREPROCESSING_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     recipe = _rebuild_recipe(cpu_model, example, out)
     architecture = {
         "backbone": spec.name,
@@ -989,6 +1010,17 @@ def _report_estimate(run_info: dict[str, Any], evaluation: Any) -> tuple[dict[st
     return {}, None, []
 
 
+def lexical_sentence(lexical: dict[str, Any]) -> str:
+    """One sentence on the TF-IDF model mixed into a text run (`core.ngrams`), with what each part scored alone."""
+    sentence = (f"{1 - lexical['share']:.0%} the network, {lexical['share']:.0%} a TF-IDF n-gram model "
+                f"({lexical.get('recipe') or 'chosen by inner cross-validation'}), estimated together on the same "
+                "examples")
+    if lexical.get("network_accuracy") is not None and lexical.get("alone_accuracy") is not None:
+        sentence += (f"; on those examples the network alone scored {lexical['network_accuracy']:.1%} and the "
+                     f"TF-IDF model alone {lexical['alone_accuracy']:.1%}")
+    return sentence + "."
+
+
 def _interval(interval: Sequence[float]) -> str:
     low, high = interval
     return f"{low:.1%}–{high:.1%}"
@@ -1021,6 +1053,9 @@ def _estimate_lines(estimate: dict[str, Any], legacy_accuracy: Any) -> list[str]
         cross_validated = estimate.get("protocol") == "cross-validation"
         folds = " Each cross-validation fold tuned its own copy." if cross_validated else ""
         lines.append(f"- Encoder: {tuning['reason']}{folds}")
+    lexical = estimate.get("lexical") or {}
+    if lexical:
+        lines.append(f"- Delivered probabilities: {lexical_sentence(lexical)}")
     lines.append(
         f"- {accuracy_label}: **{format_interval(estimate['accuracy'], estimate['accuracy_interval95'])}** "
         f"(Wilson interval), n = {estimate['n']} {scored}"
@@ -1536,8 +1571,28 @@ class OnnxModel:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
+def load_lexical(config: dict, bundle_dir: Path):
+    """A text run's TF-IDF n-gram model, by the bundle's own copy of the app's code (lexical_model.py), or None."""
+    import importlib.util
+
+    if not config.get("lexical"):
+        return None
+    path = bundle_dir / config["lexical"]["module"]
+    spec = importlib.util.spec_from_file_location("transfer_studio_lexical_model", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise BundleFileError(f"{path.name} is missing from the bundle {bundle_dir}.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module.load(bundle_dir / config["lexical"]["model"])
+
+
 class BundlePredictor:
-    """A loaded bundle: `predictor(items)` gives class probabilities [len(items), num_classes]."""
+    """A loaded bundle: `predictor(items)` gives class probabilities [len(items), num_classes].
+
+    A text run may carry a lexical model (TF-IDF n-grams, `lexical.safetensors`): its probabilities are mixed in
+    with the network's at the share recorded in preprocessing.json, exactly as in the app.
+    """
 
     def __init__(self, bundle_dir: str | Path = BUNDLE_DIR, engine: str = "torchscript", check: bool = True) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
@@ -1555,6 +1610,7 @@ class BundlePredictor:
             self.preprocessor = AudioPreprocessor(self.preprocessing, self.bundle_dir)
         else:
             self.preprocessor = TextPreprocessor(self.preprocessing, self.bundle_dir)
+        self.lexical = load_lexical(self.preprocessing, self.bundle_dir)
         if engine == "torchscript":
             self.model = torch.jit.load(str(self.bundle_dir / "model.torchscript.pt"), map_location="cpu").eval()
         elif engine == "safetensors":
@@ -1567,7 +1623,11 @@ class BundlePredictor:
         chunks = []
         for start in range(0, len(items), batch_size):
             logits = self.model(*self.preprocessor.batch(list(items[start : start + batch_size])))
-            chunks.append(torch.softmax(logits.float(), dim=-1))
+            probabilities = torch.softmax(logits.float(), dim=-1)
+            if self.lexical is not None:
+                mixed = self.lexical.mix(probabilities.numpy(), list(items[start : start + batch_size]))
+                probabilities = torch.from_numpy(mixed).float()
+            chunks.append(probabilities)
         if not chunks:
             return torch.zeros(0, len(self.classes))
         return torch.cat(chunks)

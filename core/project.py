@@ -50,6 +50,7 @@ FORMAT = "transfer-studio-project"
 FORMAT_VERSION = 1
 PROJECT_SUFFIX = ".tsproject.zip"
 MODEL_FILE = "model.safetensors"
+LEXICAL_FILE = "lexical.safetensors"  # core.ngrams.FILE: a text run's TF-IDF model, part of its delivered model
 _MB = 1024**2
 _JSON_MAX_BYTES = 256 * _MB
 _IMAGE_MAX_BYTES = 64 * _MB
@@ -102,6 +103,8 @@ CONTRACT = (
                 "core.evaluation.recorded_estimate", "the examples the run's estimate rests on"),
     ProjectFile("runs/<run id>/model.safetensors", rf"runs/{_RUN_ID}/model\.safetensors", _MODEL_MAX_BYTES,
                 "core.training", "core.training.load_trained", "the trained weights (safetensors only)"),
+    ProjectFile("runs/<run id>/lexical.safetensors", rf"runs/{_RUN_ID}/lexical\.safetensors", _MODEL_MAX_BYTES,
+                "core.training", "core.ngrams.load", "a text run's TF-IDF model mixed into its probabilities"),
 )
 _RUN_FILES = ("run.json", "metrics.json", "examples.json", MODEL_FILE)
 
@@ -238,8 +241,9 @@ def save_project(
             if examples:
                 examples["items"] = [item_names.get(str(item), str(item)) for item in examples.get("items", [])]
                 archive.writestr(f"runs/{name}/examples.json", json.dumps(examples))
-            if (folder / MODEL_FILE).is_file():
-                archive.write(folder / MODEL_FILE, f"runs/{name}/{MODEL_FILE}")
+            for weights in (MODEL_FILE, LEXICAL_FILE):
+                if (folder / MODEL_FILE).is_file() and (folder / weights).is_file():
+                    archive.write(folder / weights, f"runs/{name}/{weights}")
     log.info("Saved a project of %s with %d run(s)", dataset.name, len(runs))
     return manifest
 
@@ -591,6 +595,8 @@ def _read_runs(staging: Path, manifest: dict[str, Any], dataset: Dataset, name: 
         has_model = (staging / folder / MODEL_FILE).is_file()
         if has_model:
             _check_safetensors(staging / folder / MODEL_FILE, f"{folder}/{MODEL_FILE}", name)
+        if (staging / folder / LEXICAL_FILE).is_file():
+            _check_safetensors(staging / folder / LEXICAL_FILE, f"{folder}/{LEXICAL_FILE}", name)
         runs.append(_Run(folder, info, record, examples, has_model, bool(entry.get("chosen"))))
     return runs
 
@@ -622,6 +628,8 @@ def _import_run(
             (target / "examples.json").write_text(json.dumps(examples), encoding="utf-8")
         if run.has_model:
             shutil.move(staging / run.folder / MODEL_FILE, target / MODEL_FILE)
+            if (staging / run.folder / LEXICAL_FILE).is_file():
+                shutil.move(staging / run.folder / LEXICAL_FILE, target / LEXICAL_FILE)
         _record(store, run_id, target, info, run.record, dataset, owner, imported_from)
     finally:
         store.close()

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core import contrastive, smalldata
+from core import contrastive, ngrams, smalldata
 from core import distributed as scale_out
 from core import features as feature_cache
 from core.backbones import Backbone, Classifier
@@ -103,6 +103,9 @@ class TrainConfig:
             split, train again from the pretrained weights on train + validation for that many epochs, and deliver
             (and score on the test split) that model. "auto" does so where the data is small (the rule under which
             feature extraction cross-validates, `core.smalldata.choose_protocol`); "on" or "off".
+        lexical: texts with the logistic head: "auto" mixes a TF-IDF n-gram model into the delivered probabilities
+            (`core.ngrams`: 30 % lexical, 70 % the head; fitted and scored on the same folds); "off" keeps the
+            head alone.
     """
 
     backbone: str
@@ -129,6 +132,7 @@ class TrainConfig:
     multi_block: bool = True
     sentence_tuning: str = "auto"
     refit: str = "auto"
+    lexical: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on when a value is out of range."""
@@ -165,6 +169,8 @@ class TrainConfig:
             problems.append(f"sentence_tuning must be 'auto', 'on' or 'off', not {self.sentence_tuning!r}")
         if self.refit not in ("auto", "on", "off"):
             problems.append(f"refit must be 'auto', 'on' or 'off', not {self.refit!r}")
+        if self.lexical not in ("auto", "off"):
+            problems.append(f"lexical must be 'auto' or 'off', not {self.lexical!r}")
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
 
@@ -787,6 +793,8 @@ class _Trainer:
         temporary = self.run_dir / "model.tmp"
         save_file(_cpu_state(state), temporary)
         temporary.replace(self.run_dir / "model.safetensors")
+        if getattr(self, "lexical", None) is not None:
+            self.lexical.save(self.run_dir / ngrams.FILE)
 
     # -- caching ---------------------------------------------------------------------------------------------
 
@@ -1126,8 +1134,16 @@ class _Trainer:
         if temperature is None:
             val_logits, val_labels = self.split_logits("val", cache)
             temperature = stats.fit_temperature(val_logits, val_labels) if len(val_labels) else 1.0
+        probabilities, uncalibrated = stats.softmax(test_logits, temperature), stats.softmax(test_logits)
+        lexical = getattr(self, "lexical", None)
+        if lexical is not None:
+            self.lexical_record["network_accuracy"] = float((probabilities.argmax(1) == test_labels).mean())
+            lexical_probabilities = lexical.probabilities(list(self.test_items))
+            self.lexical_record["alone_accuracy"] = float((lexical_probabilities.argmax(1) == test_labels).mean())
+            probabilities = ngrams.mix(probabilities, lexical_probabilities, lexical.share)
+            uncalibrated = ngrams.mix(uncalibrated, lexical_probabilities, lexical.share)
         self.record_estimate(
-            test_labels, stats.softmax(test_logits, temperature), stats.softmax(test_logits),
+            test_labels, probabilities, uncalibrated,
             items=self.test_items, where=["test"] * len(test_labels), temperature=temperature,
         )
 
@@ -1140,6 +1156,8 @@ class _Trainer:
         self.estimate["temperature"] = temperature
         if getattr(self, "refit_record", None):
             self.estimate["refit"] = self.refit_record
+        if getattr(self, "lexical_record", None):
+            self.estimate["lexical"] = self.lexical_record
         self.test_accuracy = self.estimate["accuracy"]
         examples = {
             "protocol": self.protocol.name,
@@ -1218,9 +1236,16 @@ class _Trainer:
             self.store.log_epoch(self.run_id, index, record)
             self.events.emit("on_epoch_end", dict(record))
         self.flush_steps(force=True)
-        if self.protocol.name == "cross-validation":
+        cross_validated = self.protocol.name == "cross-validation"
+        lexical_oof = self.fit_lexical(items, labels.numpy(), result.fold_of if cross_validated else None)
+        if cross_validated:
+            probabilities, uncalibrated = result.oof_probabilities, stats.softmax(result.oof_logits)
+            if lexical_oof is not None:
+                self.lexical_record["network_accuracy"] = float((probabilities.argmax(1) == labels.numpy()).mean())
+                probabilities = ngrams.mix(result.oof_probabilities, lexical_oof, self.lexical.share)
+                uncalibrated = ngrams.mix(stats.softmax(result.oof_logits), lexical_oof, self.lexical.share)
             self.record_estimate(
-                labels.numpy(), result.oof_probabilities, stats.softmax(result.oof_logits), items,
+                labels.numpy(), probabilities, uncalibrated, items,
                 where=[f"fold {fold + 1}" for fold in result.fold_of], temperature=temperature,
             )
         else:
@@ -1238,6 +1263,45 @@ class _Trainer:
         log.info("Logistic head: L2 %.4g towards %s, temperature %.2f, %s accuracy %.3f", fitted.head.l2,
                  "the class names" if fitted.head.toward_names else "zero", temperature, self.protocol.name,
                  self.test_accuracy or 0.0)
+
+    def fit_lexical(self, items: Sequence[str], labels: np.ndarray, fold_of: np.ndarray | None) -> np.ndarray | None:
+        """The TF-IDF n-gram model mixed into a text run's probabilities (`core.ngrams`), fitted like the head.
+
+        Under cross-validation each fold's model learns from the other folds only (the same folds as the head), so
+        the mixed out-of-fold probabilities stay an honest estimate; they are returned. The delivered model then
+        learns from every example of `items`. None (and no lexical model) for other data, or when turned off.
+        """
+        self.lexical = None
+        if self.dataset.modality != "text" or self.config.lexical == "off":
+            return None
+        from core.evaluation import fit_tfidf
+
+        texts = [str(item) for item in items]
+        folds = sorted(set(fold_of.tolist())) if fold_of is not None else []
+        oof = np.zeros((len(texts), self.dataset.num_classes)) if fold_of is not None else None
+        for step, fold in enumerate([*folds, None]):
+            self.check_stop(lockstep=False)
+            self.events.emit("on_step_end", {
+                "phase": "train", "step": 0, "global_step": self.global_step, "epoch": 0, "progress": 0.95,
+                "note": f"TF-IDF n-gram model {step + 1} of {len(folds) + 1}",
+            })
+            learn = np.ones(len(texts), bool) if fold is None else fold_of != fold
+            pipeline, recipe = fit_tfidf([texts[i] for i in np.flatnonzero(learn)], labels[learn], self.config.seed)
+            model = ngrams.from_pipeline(pipeline, self.dataset.num_classes, recipe)
+            if fold is None:
+                self.lexical = model
+            else:
+                held = np.flatnonzero(~learn)
+                oof[held] = model.probabilities([texts[i] for i in held])
+        self.lexical_record = {
+            "share": self.lexical.share, "recipe": self.lexical.recipe, "method": "TF-IDF n-grams + logistic "
+            "regression, mixed into the probabilities", "file": ngrams.FILE,
+        }
+        if oof is not None:
+            self.lexical_record["alone_accuracy"] = float((oof.argmax(1) == labels).mean())
+        self.model.lexical = self.lexical
+        log.info("Lexical model (%s) mixed in at %.0f %%", self.lexical.recipe, 100 * self.lexical.share)
+        return oof
 
     def tuning_record(self) -> dict[str, Any] | None:
         """What run.json and metrics.json say about tuning the sentence encoder (None before it is planned)."""
@@ -1658,6 +1722,8 @@ def load_trained(
             f"The weights in {model_path} do not fit backbone {info['backbone']!r} "
             f"(missing {len(missing)}, unexpected {len(unexpected)} tensors), e.g. {(missing or unexpected)[:3]}."
         )
+    if (run_dir / ngrams.FILE).is_file():  # texts: the TF-IDF model mixed into the probabilities
+        model.lexical = ngrams.load(run_dir / ngrams.FILE)
     model.to(device).eval()
     return model, make_preprocessor(backbone.spec, "none"), info
 
@@ -1714,7 +1780,7 @@ def main_train(args: argparse.Namespace) -> int:
         protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5,
         head=getattr(args, "head", None) or "auto", multi_block=getattr(args, "multi_block", True),
         sentence_tuning=getattr(args, "sentence_tuning", None) or "auto", refit=getattr(args, "refit", None) or "auto",
-        **chosen,
+        lexical=getattr(args, "lexical", None) or "auto", **chosen,
     )
     out = Path(args.out)
     if scale_out.launched():  # one of several processes that `--processes` (or a launcher) started

@@ -143,6 +143,8 @@ def cli_command(state: StudioState, config: Any, run_dir: str) -> tuple[str, lis
         parts += ["--sentence-tuning", str(config.sentence_tuning)]
     if getattr(config, "refit", "auto") != "auto":
         parts += ["--refit", str(config.refit)]
+    if getattr(config, "lexical", "auto") != "auto":
+        parts += ["--lexical", str(config.lexical)]
     parts += ["--out", run_dir]
     for name, flag in (("warmup_fraction", "warm-up fraction"), ("grad_clip", "gradient clipping")):
         value, default = getattr(config, name, None), _ENGINE_DEFAULTS.get(name)
@@ -683,6 +685,15 @@ with st.form("train-settings"):
             "every label but the test split's, and the test split scores that model. About doubles the training "
             "time. Auto does it for small data sets (the rule the Data page states).",
         )
+    lexical = "auto"
+    if logistic and dataset.modality == "text":
+        lexical = "auto" if c3.checkbox(
+            "Mix in a TF-IDF word model", True, key="train_lexical",
+            help="Texts: the delivered probabilities are 70 % the network's and 30 % a TF-IDF n-gram model's "
+            "(words or character n-grams, chosen by cross-validation). It sees the exact characters (names, "
+            "hashtags, codes, misspellings) that a sentence encoder blurs; the estimate scores the mix on the same "
+            "folds. On the benchmark's tweets it added 1-3 points.",
+        ) else "off"
     label = "Train in the queue" if others_active and not active else "🚀 Train"
     submitted = st.form_submit_button(label, type="primary", disabled=active, key="train-submit")
 
@@ -715,6 +726,7 @@ values = {
     "protocol": state.scratch.get("protocol", "auto"),  # chosen on the Data page
     "sentence_tuning": sentence_tuning,
     "refit": refit,
+    "lexical": lexical,
 }
 
 if submitted and not active:

@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import data, evaluation, insight
+from core import data, evaluation, export, insight
 from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
 from pages._explain import render_explain
@@ -144,6 +144,9 @@ tuning = result.metrics.get("sentence_tuning") or {}
 if tuning.get("on"):
     st.caption(f"🎯 {tuning['reason']}" + (" Every fold tuned its own copy on its own training part only."
                                             if cross_validated else ""))
+if result.metrics.get("lexical"):
+    st.caption(f"🔤 Delivered probabilities: {export.lexical_sentence(result.metrics['lexical'])} "
+               "Turn this off under Train → Advanced settings.")
 accuracy_low, accuracy_high = result.metrics["accuracy_interval95"]
 f1_low, f1_high = result.metrics["macro_f1_interval95"]
 estimated_on = "Examples scored" if cross_validated else "Test examples"

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from core import export
+from core import export, ngrams
 from core.backbones import Classifier
 from core.dataset import Dataset
-from core.evaluation import predict_proba
+from core.evaluation import fit_tfidf, predict_proba
 from core.preprocess import make_preprocessor
 from tests.tiny import TINY_SPEC, TinyCNN, make_colour_dataset
 
@@ -393,11 +393,22 @@ def test_all_minilm_l6_v2_export_matches_with_real_weights(tmp_path: Path) -> No
     texts = ["The match ended in a draw after extra time.", "Shares fell  sharply\nafter the report.",
              "A quick note", "The striker scored twice in the second half of the final."]  # fmt: skip
     info = {"run_id": "minilm", "backbone": "all_minilm_l6_v2", "modality": "text", "classes": ["sport", "money"]}
+    # A text run delivers its network mixed with a TF-IDF model (core.ngrams): every engine must mix it the same.
+    pipeline, recipe = fit_tfidf([*texts, "A goal in the last minute", "Interest rates rose"], np.array([0, 1, 1, 0,
+                                 0, 1]), seed=0)  # fmt: skip
+    model.lexical = ngrams.from_pipeline(pipeline, 2, recipe)
     result = export.export_bundle(model, make_preprocessor(get_spec("all_minilm_l6_v2")), info,
                                   tmp_path / "bundle", texts, make_zip=False)  # fmt: skip
     assert result.parity.ok, str(result.parity)
     assert result.parity.row("predict.py:safetensors") is not None
     assert (result.bundle_dir / "tokenizer" / "tokenizer_config.json").is_file()
+    assert (result.bundle_dir / ngrams.FILE).is_file() and (result.bundle_dir / export.LEXICAL_MODULE_FILE).is_file()
+    bundled, preprocessor, _ = export.load_bundle(result.bundle_dir)
+    np.testing.assert_allclose(predict_proba(bundled, preprocessor, texts),
+                               predict_proba(model, make_preprocessor(get_spec("all_minilm_l6_v2")), texts), atol=1e-5)
+    del model.lexical
+    network_only = predict_proba(model, make_preprocessor(get_spec("all_minilm_l6_v2")), texts)
+    assert np.abs(predict_proba(bundled, preprocessor, texts) - network_only).max() > 1e-3  # the mix is really there
 
 
 # ----------------------------------------------------------------------------------------------------- page

@@ -115,6 +115,23 @@ def test_a_saved_project_reopens_elsewhere_with_the_same_runs_metrics_and_predic
         assert Path(old_dir, "checkpoint").exists()
 
 
+def test_a_text_runs_lexical_model_travels_with_its_weights(tmp_path, monkeypatch):
+    """A text run's delivered model is its network plus a TF-IDF model (core.ngrams): both files must travel."""
+    from core import ngrams
+    from core.evaluation import fit_tfidf
+
+    dataset = make_colour_dataset(tmp_path / "colours", per_class=6)
+    run_dir = _train(dataset, "alice")
+    pipeline, recipe = fit_tfidf(["refund now", "parcel lost", "refund please", "parcel late"], np.array([0, 1, 0, 1]),
+                                 seed=0)  # fmt: skip
+    ngrams.from_pipeline(pipeline, 2, recipe).save(Path(run_dir) / ngrams.FILE)
+    path = _saved(tmp_path, dataset, [run_dir])
+    _fresh_workspace(tmp_path, monkeypatch)
+    opened = open_project(path, owner="bob")
+    assert Path(opened.run_dirs[0], ngrams.FILE).read_bytes() == Path(run_dir, ngrams.FILE).read_bytes()
+    assert load_trained(opened.run_dirs[0], backbone=TinyCNN())[0].lexical.recipe == recipe
+
+
 def test_opening_takes_over_the_session_with_the_chosen_model(tmp_path, monkeypatch):
     dataset = make_colour_dataset(tmp_path / "colours")
     run_dir = _train(dataset, "alice")

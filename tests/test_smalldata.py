@@ -10,9 +10,10 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from core import smalldata, stats
+from core import ngrams, smalldata, stats
 from core.dataset import Dataset
-from core.training import TrainConfig, fit
+from core.evaluation import predict_proba
+from core.training import TrainConfig, fit, load_trained
 from tests.tiny import TinyCNN
 
 
@@ -194,6 +195,18 @@ def test_a_sentence_encoder_run_scores_the_class_names_alone_and_the_test_page_s
     assert low < zero_shot["accuracy"] < high
     assert {record["toward_names"] for record in result.history} == {True}  # the head shrinks towards the names
     assert [record["l2"] for record in result.history] == list(smalldata.NAMES_L2_GRID)
+    # The TF-IDF model is mixed in, estimated on the same folds, and delivered with the weights.
+    lexical = result.estimate["lexical"]
+    assert lexical["share"] == ngrams.MIX_SHARE and 0 < lexical["alone_accuracy"] <= 1
+    assert 0 < lexical["network_accuracy"] <= 1
+    model, preprocessor, _ = load_trained(result.run_dir)
+    assert model.lexical.recipe == lexical["recipe"]
+    new_texts = ["My parcel never came", "The app crashes on start", "You charged me twice"]
+    mixed = predict_proba(model, preprocessor, new_texts)
+    del model.lexical
+    network_only = predict_proba(model, preprocessor, new_texts)
+    model.lexical = ngrams.load(Path(result.run_dir) / ngrams.FILE)
+    np.testing.assert_allclose(mixed, model.lexical.mix(network_only, new_texts), atol=1e-5)
 
     state = StudioState(dataset=texts, backbone_name="all_minilm_l6_v2", frozen_groups=99, run_dir=result.run_dir)
     state.runs.append(result.run_dir)
