@@ -577,9 +577,10 @@ class BaselineResult:
     """A model trained without transfer learning, scored on the same test split.
 
     Attributes:
-        name: "scratch" (same architecture, random weights) or "tfidf" (TF-IDF + logistic regression).
+        name: "scratch" (same architecture, random weights), "tfidf" (TF-IDF + logistic regression) or "mfcc"
+            (MFCC statistics + logistic regression).
         title: how the Test page names it.
-        accuracy, macro_f1: on the test split.
+        accuracy, macro_f1: on what the run's own estimate is scored on (`protocol`).
         detail: what was trained, in a sentence.
     """
 
@@ -638,6 +639,61 @@ def fit_tfidf(texts: Sequence[str], targets: np.ndarray, seed: int) -> tuple[Any
     return search.best_estimator_, f"{recipe}, C={chosen['logistic__C']:g}"
 
 
+def _scored_parts(
+    dataset: Dataset, estimate: Evaluation | None
+) -> tuple[list[str], np.ndarray, list[tuple[int | None, np.ndarray, np.ndarray]], str]:
+    """What a baseline learns from and is scored on, as the run's own estimate was: (items, targets, parts, protocol).
+
+    Each part is (the run's fold index or None, learn mask, score mask) over the items. With `estimate` (the run's
+    `recorded_estimate`) under cross-validation the parts are the run's own folds, so a baseline compares like with
+    like and carries the same n; on a test split (or without `estimate`) one part learns from train + validation and
+    scores the test split.
+    """
+    if estimate is not None and any(where.startswith("fold ") for where in estimate.where):
+        groups = np.asarray(estimate.where)
+        folds = sorted(set(estimate.where), key=lambda where: int(where.split()[-1]))
+        parts = [(int(fold.split()[-1]) - 1, groups != fold, groups == fold) for fold in folds]
+        return (list(estimate.items), np.asarray(estimate.targets, dtype=np.int64), parts,
+                f"cross-validation ({len(parts)} folds, the run's own)")
+    train_items, train_targets = dataset.split("train")
+    val_items, val_targets = dataset.split("val")
+    test_items, test_targets = dataset.split("test")
+    if not test_items:
+        raise ValueError(f"The test split of '{dataset.name}' is empty: there is nothing to score the baseline on.")
+    items = [*train_items, *val_items, *test_items]
+    scored = np.arange(len(items)) >= len(train_items) + len(val_items)
+    targets = np.asarray([*train_targets, *val_targets, *test_targets], dtype=np.int64)
+    return items, targets, [(None, ~scored, scored)], "test split"
+
+
+def _baseline_on_parts(
+    dataset: Dataset,
+    estimate: Evaluation | None,
+    fit_and_predict: Callable[[list[str], np.ndarray, int | None, np.ndarray, np.ndarray], tuple[np.ndarray, str]],
+) -> tuple[Evaluation, list[str], str]:
+    """Score a baseline on the run's own parts (`_scored_parts`): `fit_and_predict(items, targets, fold, learn,
+    score)` fits on the learn mask and returns the probabilities of the scored examples [n, classes] and a few words
+    on what it chose. Returns the scored evaluation, each part's words and the protocol."""
+    items, targets, parts, protocol = _scored_parts(dataset, estimate)
+    probabilities = np.zeros((len(items), dataset.num_classes), dtype=np.float32)
+    chosen = []
+    for fold, learn, score in parts:
+        if len(np.unique(targets[learn])) < 2:
+            raise ValueError("The examples to learn from need at least two classes to fit a baseline.")
+        probabilities[score], words = fit_and_predict(items, targets, fold, learn, score)
+        chosen.append(words)
+    scored = np.logical_or.reduce([score for _, _, score in parts])
+    result = evaluate_probabilities(probabilities[scored], targets[scored], dataset.classes,
+                                    [items[i] for i in np.flatnonzero(scored)])
+    return result, chosen, protocol
+
+
+def _baseline_result(name: str, title: str, result: Evaluation, detail: str, protocol: str) -> BaselineResult:
+    return BaselineResult(name=name, title=title, accuracy=result.accuracy, macro_f1=result.macro_f1, detail=detail,
+                          n=int(result.metrics["n"]), accuracy_interval95=list(result.metrics["accuracy_interval95"]),
+                          protocol=protocol)
+
+
 def tfidf_baseline(dataset: Dataset, seed: int = 0, estimate: Evaluation | None = None) -> BaselineResult:
     """TF-IDF + logistic regression, scored on the very examples the run's own estimate rests on.
 
@@ -649,46 +705,67 @@ def tfidf_baseline(dataset: Dataset, seed: int = 0, estimate: Evaluation | None 
     """
     if dataset.modality != "text":
         raise ValueError(f"The TF-IDF baseline is for text data; '{dataset.name}' holds {dataset.modality}s.")
-    if estimate is not None and any(where.startswith("fold ") for where in estimate.where):
-        texts, targets = list(estimate.items), np.asarray(estimate.targets, dtype=np.int64)
-        groups = np.asarray(estimate.where)
-        parts = [(groups != fold, groups == fold) for fold in sorted(set(estimate.where))]
-        protocol = f"cross-validation ({len(parts)} folds, the run's own)"
-    else:
-        train_items, train_targets = dataset.split("train")
-        val_items, val_targets = dataset.split("val")
-        test_items, test_targets = dataset.split("test")
-        if not test_items:
-            raise ValueError(f"The test split of '{dataset.name}' is empty: there is nothing to score the baseline on.")
-        texts = [*train_items, *val_items, *test_items]
-        targets = np.asarray([*train_targets, *val_targets, *test_targets], dtype=np.int64)
-        scored = np.arange(len(texts)) >= len(train_items) + len(val_items)
-        parts = [(~scored, scored)]
-        protocol = "test split"
-    probabilities = np.zeros((len(texts), dataset.num_classes), dtype=np.float32)
-    recipes = []
-    for learn, score in parts:
-        if len(np.unique(targets[learn])) < 2:
-            raise ValueError("The examples to learn from need at least two classes to fit a baseline.")
+
+    def fit_and_predict(texts: list[str], targets: np.ndarray, fold: int | None, learn: np.ndarray,
+                        score: np.ndarray) -> tuple[np.ndarray, str]:
         model, recipe = fit_tfidf([texts[i] for i in np.flatnonzero(learn)], targets[learn], seed)
-        probabilities[np.ix_(np.flatnonzero(score), model.classes_)] = model.predict_proba(
-            [texts[i] for i in np.flatnonzero(score)])
-        recipes.append(recipe)
-    scored_mask = np.logical_or.reduce([score for _, score in parts])
-    result = evaluate_probabilities(probabilities[scored_mask], targets[scored_mask], dataset.classes,
-                                    [texts[i] for i in np.flatnonzero(scored_mask)])
+        probabilities = np.zeros((int(score.sum()), dataset.num_classes), dtype=np.float32)
+        probabilities[:, model.classes_] = model.predict_proba([texts[i] for i in np.flatnonzero(score)])
+        return probabilities, recipe
+
+    result, recipes, protocol = _baseline_on_parts(dataset, estimate, fit_and_predict)
     chosen = ", ".join(f"{count}x {recipe}" if count > 1 else recipe
                        for recipe, count in collections.Counter(recipes).most_common())
-    return BaselineResult(
-        name="tfidf",
-        title="TF-IDF + logistic regression",
-        accuracy=result.accuracy,
-        macro_f1=result.macro_f1,
-        detail=f"TF-IDF chosen by inner cross-validation ({chosen}); scored by {protocol}",
-        n=int(result.metrics["n"]),
-        accuracy_interval95=list(result.metrics["accuracy_interval95"]),
-        protocol=protocol,
-    )
+    return _baseline_result("tfidf", "TF-IDF + logistic regression", result,
+                            f"TF-IDF chosen by inner cross-validation ({chosen}); scored by {protocol}", protocol)
+
+
+def mfcc_baseline(dataset: Dataset, run_info: dict[str, Any], estimate: Evaluation | None = None) -> BaselineResult:
+    """MFCC statistics + the run's own logistic head, scored on the very clips the run's own estimate rests on.
+
+    The features are `core.audio_baseline`'s (20 MFCCs and their deltas, mean and spread over time), computed with
+    the run's spectrogram settings; the head is the transfer run's (L2 chosen by inner cross-validation on what it
+    learns from, the run's seed and class weights), so only the features differ. Under cross-validation each of the
+    run's folds is predicted by a head fitted on the other folds (with the seed the run's own fold used, so the
+    number equals the one `train` writes to metrics.json); on a test split the head learns from train + validation
+    and scores the test split.
+    """
+    from core import audio_baseline, smalldata
+
+    if dataset.modality != "audio":
+        raise ValueError(f"The MFCC baseline is for sound clips; '{dataset.name}' holds {dataset.modality}s.")
+    config = run_info.get("config") or {}
+    seed, balanced = int(config.get("seed", 0)), bool(config.get("class_weights", False))
+    features: dict[str, torch.Tensor] = {}
+
+    def fit_and_predict(items: list[str], targets: np.ndarray, fold: int | None, learn: np.ndarray,
+                        score: np.ndarray) -> tuple[np.ndarray, str]:
+        if "all" not in features:  # once: every part uses the same clips
+            features["all"] = audio_baseline.mfcc_features(items, _mel_settings(run_info))
+        fitted = smalldata.select_and_fit(features["all"][learn], torch.as_tensor(targets[learn]),
+                                          dataset.num_classes, seed=seed if fold is None else seed + fold + 1,
+                                          balanced=balanced)
+        logits = fitted.head.logits(features["all"][score]).numpy()
+        return stats.softmax(logits), f"{fitted.head.l2:g}"
+
+    result, strengths, protocol = _baseline_on_parts(dataset, estimate, fit_and_predict)
+    return _baseline_result(
+        "mfcc", audio_baseline.TITLE, result,
+        f"{features['all'].shape[1]} MFCC statistics per clip (20 coefficients and their deltas, mean and spread over "
+        f"time), L2 chosen by inner cross-validation ({', '.join(strengths)}); scored by {protocol}", protocol)
+
+
+def _mel_settings(run_info: dict[str, Any]) -> Any:
+    """The spectrogram settings of the run's backbone (sample rate, clip length), or the defaults for one the
+    catalogue does not know."""
+    from core import audio
+    from core.backbones import get_spec
+    from core.preprocess import audio_settings
+
+    try:
+        return audio_settings(get_spec(str(run_info.get("backbone"))))
+    except (KeyError, ValueError):
+        return audio.MelSettings()
 
 
 def scratch_baseline(
@@ -757,23 +834,26 @@ def train_baselines(
     Args:
         dataset: the data set the run was trained on (same split).
         run_info: the run's `run.json` record (backbone, frozen groups, config, run_id).
-        kinds: which baselines: "scratch" and, for text, "tfidf" (default: all that apply).
+        kinds: which baselines: "scratch" and, for text, "tfidf", for sound, "mfcc" (default: all that apply).
         epochs: epochs for the from-scratch baseline (default: the run's own).
         stop_event: set it to stop the from-scratch training early.
         callbacks: training callbacks for the from-scratch run (progress).
         backbone_factory: builds the backbone for the from-scratch run instead of the catalogue (tests).
-        estimate: the run's `recorded_estimate`; under cross-validation the TF-IDF baseline is scored on its folds.
+        estimate: the run's `recorded_estimate`; under cross-validation the TF-IDF and MFCC baselines are scored on
+            its folds.
 
     Returns:
         The results of this call; `load_baselines(run_info)` returns every baseline saved for the run.
     """
     if kinds is None:
-        kinds = ["scratch"] + (["tfidf"] if dataset.modality == "text" else [])
+        kinds = ["scratch"] + {"text": ["tfidf"], "audio": ["mfcc"]}.get(dataset.modality, [])
     results = []
     for kind in kinds:
         if kind == "tfidf":
             seed = int((run_info.get("config") or {}).get("seed", 0))
             results.append(tfidf_baseline(dataset, seed=seed, estimate=estimate))
+        elif kind == "mfcc":
+            results.append(mfcc_baseline(dataset, run_info, estimate=estimate))
         elif kind == "scratch":
             results.append(
                 scratch_baseline(
@@ -786,7 +866,7 @@ def train_baselines(
                 )
             )
         else:
-            raise ValueError(f"Unknown baseline '{kind}'; choose 'scratch' or 'tfidf'.")
+            raise ValueError(f"Unknown baseline '{kind}'; choose 'scratch', 'tfidf' (texts) or 'mfcc' (sound).")
     saved = {result.name: result for result in load_baselines(run_info)}
     saved.update({result.name: result for result in results})
     record = {
@@ -813,7 +893,7 @@ def load_baselines(run_info: dict[str, Any]) -> list[BaselineResult]:
         return []
 
 
-_SHORT_NAMES = {"scratch": "from scratch", "tfidf": "TF-IDF"}
+_SHORT_NAMES = {"scratch": "from scratch", "tfidf": "TF-IDF", "mfcc": "MFCC"}
 
 
 def transfer_verdict(

@@ -214,6 +214,10 @@ with st.expander("Train a baseline", expanded=not baselines):
             ", and **TF-IDF + logistic regression**, a classic text model without any pretraining (word or character "
             "n-grams, whichever cross-validation prefers), scored on the same examples as this run."
             if dataset.modality == "text"
+            else ", and **MFCC statistics + logistic regression**, the classic speech features without any "
+            "pretraining (20 coefficients and their deltas, mean and spread over time) in this run's own head, scored "
+            "on the same examples as this run."
+            if dataset.modality == "audio"
             else "."
         )  # fmt: skip
     )

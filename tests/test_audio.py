@@ -18,7 +18,7 @@ import pytest
 import soundfile
 import torch
 
-from core import audio, audio_baseline, export, smalldata
+from core import audio, audio_baseline, evaluation, export, smalldata
 from core.backbones import Classifier, get_spec
 from core.data import DataError, load_path, load_sample, load_zip
 from core.dataset import Dataset
@@ -399,3 +399,22 @@ def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
     assert not at.exception, at.exception
     at.audio_input(key="test_live_audio").set_value(("recording.wav", b"not sound", "audio/wav")).run()
     assert any("recording could not be read" in error.value for error in at.error)
+
+
+def test_the_test_pages_mfcc_baseline_is_scored_on_the_runs_own_folds(tmp_path: Path) -> None:
+    dataset = tones_dataset(tmp_path / "tones", per_class=6)
+    items, targets = [], []
+    for name in ("train", "val", "test"):
+        items += dataset.split(name)[0]
+        targets += dataset.split(name)[1]
+    fold_of = smalldata.stratified_folds(np.asarray(targets), 3, seed=0)  # how the run's logistic head splits
+    estimate = evaluation.evaluate_probabilities(np.full((len(items), 3), 1 / 3, dtype=np.float32), targets,
+                                                 dataset.classes, items)
+    estimate.where = [f"fold {fold + 1}" for fold in fold_of]
+    run_info = {"run_id": "cv-audio", "backbone": "efficientnet_lite0_audio", "config": {"seed": 0}}
+    saved = evaluation.train_baselines(dataset, run_info, kinds=["mfcc"], estimate=estimate)[0]
+    command_line = audio_baseline.mfcc_baseline(dataset, smalldata.Protocol("cross-validation", 3, True, "small"))
+    assert saved.n == command_line["n"] == len(items), "every clip is scored once, by a head that never heard it"
+    assert saved.accuracy == command_line["accuracy"] and saved.protocol.startswith("cross-validation (3 folds")
+    assert saved.accuracy_interval95 == pytest.approx(command_line["accuracy_interval95"])
+    assert evaluation.load_baselines(run_info)[0].title == audio_baseline.TITLE
