@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("core.export", "main_export"),
     "project": ("core.project", "main_project"),
     "learning-curve": ("core.insight", "main_learning_curve"),
+    "suggest-labels": ("core.suggest", "main_suggest_labels"),
     "explain": ("core.explain", "main_explain"),
 }
 
@@ -110,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--device", default="auto")
     curve.add_argument("--seed", type=int, default=0)
     curve.add_argument("--json", action="store_true", help="print the points, trend and sentence as JSON")
+
+    suggest = sub.add_parser("suggest-labels", help="what should I label next? rank unlabelled examples by the "
+                             "model's uncertainty, skipping look-alikes, and write the list")
+    suggest.add_argument("--model", required=True, help="a run folder or an exported bundle")
+    suggest.add_argument("--data", required=True, nargs="+", help="unlabelled images (files, folders or zips) or "
+                         "texts (a CSV with a text column, or a .txt with one text per line)")
+    suggest.add_argument("--top", type=int, default=20, help="how many examples to suggest (default 20)")
+    suggest.add_argument("--text-column", help="for a CSV: the column that holds the texts")
+    suggest.add_argument("--device", default="auto")
+    suggest.add_argument("--json", action="store_true", help="print the list (and what was skipped) as JSON")
+    suggest.add_argument("--out", help="also write the list as CSV to this file")
 
     explain = sub.add_parser("explain", help="why this prediction? an approximate heat map (images, sound) or word "
                              "scores (texts) for the class the model predicts")

@@ -19,6 +19,7 @@ from core import data, evaluation, export, insight
 from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
 from pages._explain import render_explain
+from pages._suggest import render_suggest_section
 from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
@@ -649,6 +650,8 @@ if live_inputs:
         )
         st.plotly_chart(_live_bars(live), key="test_live_chart")
 
+
+render_suggest_section(state, model, preprocessor, run_info)  # What should I label next? (pages/_suggest.py)
 
 # ---------------------------------------------------------------------------------------------------- export
 
