@@ -277,17 +277,23 @@ def explain(model: nn.Module, preprocessor: Any, item: str, classes: Sequence[st
         ExplanationUnsupported: a vision transformer or an exported bundle (the message says why).
         ValueError: the file cannot be read.
     """
+    from core.evaluation import predict_proba
+
     spec = _spec_of(model)
-    device = next(model.parameters()).device
-    model.eval()
-    loaded = preprocessor.load(item, train=False)
-    batch = preprocessor.collate([loaded])
-    batch = {key: value.to(device) for key, value in batch.items()} if isinstance(batch, dict) else batch.to(device)
-    with torch.no_grad():
-        probabilities = torch.softmax(model(batch).float(), dim=-1)[0].cpu().numpy()
+    # The answer exactly as the page and `predict` give it (a text model's mixed-in TF-IDF model included).
+    probabilities = predict_proba(model, preprocessor, [item], device=next(model.parameters()).device)[0]
     predicted = int(probabilities.argmax())
     name = classes[predicted] if predicted < len(classes) else str(predicted)
     method = supported(spec)[1]
+    taps = len(getattr(model.backbone, "tap_groups", ()))
+    if taps and spec.modality != "text":
+        method = method.replace(" block of ", f" block and the {taps} earlier blocks the head also reads, of ", 1)
+    lexical = getattr(model, "lexical", None)
+    if lexical is not None:
+        share = getattr(lexical, "share", None)
+        method += (" (the network's part only: a TF-IDF word model adds "
+                   + (f"{share:.0%} of" if isinstance(share, float) else "its share to") + " the probabilities)")
+    loaded = preprocessor.load(item, train=False)
     common = {"item": str(item), "predicted_class": predicted, "class_name": str(name),
               "probability": float(probabilities[predicted]), "method": method}
     if spec.modality == "text":
