@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("core.export", "main_export"),
     "project": ("core.project", "main_project"),
     "learning-curve": ("core.insight", "main_learning_curve"),
+    "recommend": ("core.recommend", "main_recommend"),
     "suggest-labels": ("core.suggest", "main_suggest_labels"),
     "explain": ("core.explain", "main_explain"),
 }
@@ -104,13 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--owner", help="the workspace (its code, as the app's sidebar shows it) whose runs "
                          "these become")
 
-    curve = sub.add_parser("learning-curve", help="would more data help? the small-data recipe on 10/25/50/100 %% "
-                           "of the labels, with a fitted trend")
-    curve.add_argument("--data", required=True, help="zip, folder or CSV/TSV, or 'sample-images' / 'sample-texts'")
+    probed = argparse.ArgumentParser(add_help=False)  # the commands that score the feature-extraction head on data
+    probed.add_argument("--data", required=True, help="zip, folder or CSV/TSV, or 'sample-images' / 'sample-texts'")
+    probed.add_argument("--device", default="auto")
+    probed.add_argument("--seed", type=int, default=0)
+
+    curve = sub.add_parser("learning-curve", parents=[probed], help="would more data help? the small-data recipe on "
+                           "10/25/50/100 %% of the labels, with a fitted trend")
     curve.add_argument("--backbone", help="catalogue name (default: the best offline one for the data)")
-    curve.add_argument("--device", default="auto")
-    curve.add_argument("--seed", type=int, default=0)
     curve.add_argument("--json", action="store_true", help="print the points, trend and sentence as JSON")
+
+    rank = sub.add_parser("recommend", parents=[probed], help="which backbone? every available one of the data's "
+                          "kind, scored on the data by the probe a feature-extraction run uses, with speed and size")
+    rank.add_argument("--backbone-names", help="comma-separated catalogue names (default: every available one)")
+    rank.add_argument("--json", action="store_true", help="print the ranking as JSON")
 
     suggest = sub.add_parser("suggest-labels", help="what should I label next? rank unlabelled examples by the "
                              "model's uncertainty, skipping look-alikes, and write the list")

@@ -1568,11 +1568,13 @@ def prepare_features(
 
 
 def frozen_features(
-    dataset: Dataset, backbone_name: str, device: str = "auto", stop_event: threading.Event | None = None
+    dataset: Dataset, backbone_name: str, device: str = "auto", stop_event: threading.Event | None = None,
+    emit: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, feature_cache.CachedStates] | None:
     """The features feature extraction trains on, per split: from the cache when a run or the warm-up made them.
 
-    None when the backbone is for another modality or `stop_event` was set while computing.
+    None when the backbone is for another modality or `stop_event` was set while computing. `emit` hears the
+    computation's progress ("on_step_end" with done / total examples); it is not called when the cache had them.
     """
     from core.backbones import load_backbone
     from core.preprocess import make_preprocessor
@@ -1593,7 +1595,7 @@ def frozen_features(
     states, _ = cached_states(
         backbone, splits, len(backbone.group_names), make_preprocessor(backbone.spec, "none"), dataset.fingerprint,
         torch_device, precision, channels_last, to_disk=True,
-        stop_requested=(stop_event.is_set if stop_event is not None else None),
+        stop_requested=(stop_event.is_set if stop_event is not None else None), emit=emit,
     )
     return states
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import jobs
+from core import jobs, recommend
 from core.backbones import availability, catalogue_rows, default_backbone, get_spec
 from pages._ui import require
 
@@ -40,17 +40,78 @@ if shown_modality != modality:
     st.warning(f"These are {shown_modality} backbones, but your data set holds {modality}s. Switch back to choose.")
     st.stop()
 
+
+def ranking_table(ranking: recommend.Ranking) -> pd.DataFrame:
+    """One row per backbone, best first: the run's estimate with its interval and n, speed, size."""
+    return pd.DataFrame([{
+        "Backbone": candidate.title + ("  ✅" if candidate.name == ranking.best else ""),
+        "Accuracy": f"{candidate.accuracy:.1%}",
+        "95 % interval": f"{candidate.interval95[0]:.1%}–{candidate.interval95[1]:.1%}",
+        "n": candidate.n,
+        "Examples/s": round(candidate.examples_per_second, 1),
+        "Parameters (M)": candidate.params_millions,
+    } for candidate in ranking.candidates])
+
+
+st.subheader("Which backbone for my data?")
+rankable = [row["name"] for row in catalogue_rows(modality) if row["available"]]
+scratch = state.scratch.setdefault("backbone", {})
+rankings = scratch.setdefault("rankings", {})
+rank_key = f"{state.dataset.fingerprint}|{','.join(rankable)}"
+if len(rankable) == 1:
+    st.info(f"Only one {modality} backbone is available here ({get_spec(rankable[0]).title}): there is nothing to "
+            "rank. Its probe still tells what a run with it would estimate on your data.")
+if rankable and rank_key not in rankings:
+    st.caption(f"Scores each of the {len(rankable)} available {modality} backbone(s) on your data with the probe a "
+               "feature-extraction run uses (its logistic head, cross-validated on small data), so each number is "
+               "what that run would report. Each backbone costs about what a training run costs (on a 2-core CPU, "
+               "minutes for a few hundred examples); its features are kept, so training afterwards starts sooner.")
+    if st.button("Rank for my data", key="backbone_rank"):
+        bar = st.progress(0.0, text="Computing features…")
+        try:
+            rankings[rank_key] = recommend.rank_backbones(
+                state.dataset, rankable,
+                progress=lambda fraction, note: bar.progress(min(max(fraction, 0.0), 1.0), text=note),
+            )
+            scratch["preselect"] = rankings[rank_key].best  # pre-selected once; the user's own choice wins after
+        except (ValueError, OSError, RuntimeError) as error:
+            st.error(f"The backbones could not be ranked: {error}")
+        finally:
+            bar.empty()
+if rank_key in rankings:
+    ranking = rankings[rank_key]
+    st.dataframe(ranking_table(ranking), hide_index=True, width="stretch")
+    first = ranking.candidates[0]
+    speed_note = ("while its features were computed" if all(c.speed_from == "feature pass" for c in ranking.candidates)
+                  else f"while the features were computed, or on {recommend.SPEED_EXAMPLES} of your examples where "
+                  "they were already cached")
+    st.caption(f"Accuracy: {first.protocol}, n = {first.n}, 95 % Wilson interval. Examples/s: the feature pass on "
+               f"this machine, preprocessing included, measured {speed_note}. ✅ pre-selected below.")
+    if modality == "text":
+        st.caption("A text run also mixes a TF-IDF word model into its answers; that part does not depend on the "
+                   "backbone, so the probe scores the backbone's own head (the run reports it as the network's "
+                   "accuracy).")
+    if first.n < 30:
+        st.warning(f"These accuracies rest on {first.n} examples (fewer than 30): read the order as a hint.")
+    st.success(ranking.sentence, icon="🏆")
+
 names = rows["name"].tolist()
 if not names:
     st.info("No backbone of this kind is available offline here. Turn off the filter to see how to get one.")
     st.stop()
 current = state.backbone_name if state.backbone_name in names else default_backbone(modality)
+preselect = scratch.pop("preselect", None)
+if preselect in names:
+    current = preselect
 if current not in names:
     current = names[0]
 titles = dict(zip(rows["name"], rows["title"], strict=True))
 chosen = st.selectbox(
     "Backbone", names, index=names.index(current), format_func=lambda n: f"{titles[n]}  ({n})",
-    help="Pre-selected: the best backbone for your data that works offline on this machine.",
+    # After a ranking the help (part of the widget's identity) changes, so the ranking's pre-selection shows.
+    help=("Pre-selected: the best of the ranking above (a smaller one inside the top one's interval wins)."
+          if rank_key in rankings else "Pre-selected: the best backbone for your data that works offline on this "
+          "machine."),
 )
 
 spec = get_spec(chosen)
