@@ -110,6 +110,7 @@ def learning_curve(
     class_embeddings: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    texts: Sequence[str] | None = None,
 ) -> LearningCurve:
     """The small-data recipe rerun on shares of the labels, each point an out-of-fold accuracy over all examples.
 
@@ -123,6 +124,8 @@ def learning_curve(
         class_embeddings: a sentence encoder's class-name embeddings, as the app's head uses them.
         progress: called with (done, total) fold fits.
         stop_requested: checked between fits; raises InterruptedError when it turns true.
+        texts: the examples' texts: each fit then mixes in a TF-IDF model learnt from the same share, as text
+            runs deliver (`core.ngrams`).
     """
     labels_np = labels.numpy()
     smallest = int(np.bincount(labels_np, minlength=num_classes)[np.unique(labels_np)].min())
@@ -140,7 +143,11 @@ def learning_curve(
             held = fold_of == fold
             fitted = smalldata.select_and_fit(features[train], labels[train], num_classes, seed=seed + fold + 1,
                                               class_embeddings=class_embeddings)
-            predictions[held] = fitted.head.logits(features[held].to(torch.float64)).argmax(dim=1).numpy()
+            scores = torch.softmax(fitted.head.logits(features[held].to(torch.float64)), dim=1).numpy()
+            if texts is not None:
+                held_texts = [texts[i] for i in np.flatnonzero(held)]
+                scores = _lexical(texts, labels_np, train, num_classes, seed).mix(scores, held_texts)
+            predictions[held] = scores.argmax(axis=1)
             sizes.append(len(train))
             done += 1
             if progress is not None:
@@ -155,9 +162,19 @@ def learning_curve(
     return LearningCurve(points, trend, len(labels_np), now, doubled, _sentence(trend, now, doubled))
 
 
+def _lexical(texts: Sequence[str], labels: np.ndarray, train: np.ndarray, num_classes: int, seed: int):
+    """The TF-IDF model a text run mixes in (`core.ngrams`), learnt from the examples `train` indexes."""
+    from core import ngrams
+    from core.evaluation import fit_tfidf
+
+    pipeline, recipe = fit_tfidf([str(texts[i]) for i in train], labels[train], seed)
+    return ngrams.from_pipeline(pipeline, num_classes, recipe)
+
+
 def dataset_curve(dataset, backbone_name: str, device: str = "auto", seed: int = 0,
-                  progress: Callable[[int, int], None] | None = None) -> LearningCurve:
-    """The learning curve of feature extraction with `backbone_name` on every labelled example of `dataset`."""
+                  progress: Callable[[int, int], None] | None = None, lexical: bool = True) -> LearningCurve:
+    """The learning curve of feature extraction with `backbone_name` on every labelled example of `dataset`
+    (texts: with the TF-IDF model mixed in, unless `lexical` is False, as the run's `--lexical off`)."""
     from core.training import frozen_features
 
     states = frozen_features(dataset, backbone_name, device)
@@ -165,8 +182,12 @@ def dataset_curve(dataset, backbone_name: str, device: str = "auto", seed: int =
         raise ValueError(f"The backbone {backbone_name!r} does not take {dataset.modality} data.")
     examples = feature_cache.concatenate([states[name] for name in ("train", "val", "test")
                                           if states.get(name) is not None and len(states[name])])
+    texts = None
+    if dataset.modality == "text" and lexical:
+        texts = [str(item) for name in ("train", "val", "test") if states.get(name) is not None and len(states[name])
+                 for item in dataset.split(name)[0]]
     return learning_curve(examples.states.float().cpu(), examples.labels.long().cpu(), dataset.num_classes,
-                          seed=seed, progress=progress)
+                          seed=seed, progress=progress, texts=texts)
 
 
 def main_learning_curve(args: argparse.Namespace) -> int:

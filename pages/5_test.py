@@ -274,6 +274,7 @@ else:
             curves[curve_key] = insight.dataset_curve(
                 dataset, str(run_info.get("backbone")),
                 progress=lambda done, total: curve_bar.progress(done / total, text=f"Fitted {done} of {total} models"),
+                lexical=bool(result.metrics.get("lexical")),  # texts: mixed as this run delivers, or not
             )
         except (ValueError, OSError, RuntimeError) as error:
             st.error(f"The learning curve could not be drawn: {error}")
