@@ -94,7 +94,9 @@ def _section(state: StudioState, model: Any, preprocessor: Any, run_info: dict[s
     st.caption(
         "Upload examples you have **not labelled yet**. The model ranks them by how unsure it is (the margin between "
         "its two most likely classes) and skips look-alikes of what it already picked, so each label you add "
-        "teaches it something new. Exact copies of your labelled examples are left out."
+        "teaches it something new. Exact copies of your labelled examples are left out. Measured on the sample "
+        "digits with 20 to 50 labels, labelling the top 20 did about as well as 20 picked at random (see the README): "
+        "use the list to see where the model hesitates, not as a promise of faster gains."
     )
     if modality == "image":
         uploads = st.file_uploader("Unlabelled images, or a zip of them (no class folders needed)",
