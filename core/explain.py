@@ -1,8 +1,8 @@
 """Why this prediction? Approximate pictures of what a delivered model's answer rested on.
 
 Images (and sound clips, through the spectrogram picture the network sees): Grad-CAM, from the `grad-cam` package,
-on the last convolutional block of a CNN backbone, and on the blocks whose pooled outputs feed the head directly
-(multi-block features), so the picture follows every path the evidence takes to the head. Texts: layer integrated
+on the last convolutional block of a CNN backbone (also with multi-block features: adding the tapped blocks' maps
+put less of the heat on the ink of the sample digits, 49 % against 54 %, n = 30). Texts: layer integrated
 gradients, from `captum`, on the word-embedding layer of the encoder, from a baseline of pad tokens (the same
 sentence with every word blanked), summed over each word's pieces.
 
@@ -84,7 +84,7 @@ def _spec_of(model: nn.Module) -> BackboneSpec:
 
 
 def target_layers(backbone: nn.Module) -> list[nn.Module]:
-    """The feature maps Grad-CAM weighs: the last convolutional block, after any tapped blocks the head also reads.
+    """The feature map Grad-CAM weighs: the last convolutional block (a list, as `pytorch_grad_cam` takes it).
 
     EfficientNet: `conv_head` + `bn2` (MobileNetV3 pools before its head conv, so its last stage); ResNet: stage 4;
     ConvNeXt: the last stage. Another CNN: its last `Conv2d`.
@@ -102,8 +102,7 @@ def target_layers(backbone: nn.Module) -> list[nn.Module]:
         if not convolutions:
             raise ExplanationUnsupported(f"{backbone.spec.title} has no convolution layer for Grad-CAM to look at.")
         last = convolutions[-1]
-    groups = backbone.groups()
-    return [*(groups[index] for index in getattr(backbone, "tap_groups", ())), last]
+    return [last]
 
 
 def heatmap(model: nn.Module, image: torch.Tensor, target_class: int) -> np.ndarray:
@@ -285,9 +284,6 @@ def explain(model: nn.Module, preprocessor: Any, item: str, classes: Sequence[st
     predicted = int(probabilities.argmax())
     name = classes[predicted] if predicted < len(classes) else str(predicted)
     method = supported(spec)[1]
-    taps = len(getattr(model.backbone, "tap_groups", ()))
-    if taps and spec.modality != "text":
-        method = method.replace(" block of ", f" block and the {taps} earlier blocks the head also reads, of ", 1)
     lexical = getattr(model, "lexical", None)
     if lexical is not None:
         share = getattr(lexical, "share", None)

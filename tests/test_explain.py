@@ -77,13 +77,13 @@ def test_vision_transformers_are_refused_plainly_and_cnns_are_offered() -> None:
                         torch.zeros(3, 32, 32), 0)
 
 
-def test_grad_cam_looks_at_the_last_block_and_the_blocks_the_head_reads() -> None:
+def test_grad_cam_looks_at_the_last_convolutional_block() -> None:
     from core.backbones import load_backbone
 
     lite = load_backbone("efficientnet_lite0", pretrained=False)
     assert explain.target_layers(lite) == [lite.network.bn2]
-    lite.set_feature_taps(get_spec("efficientnet_lite0").feature_taps)  # multi-block features: stages 5-7 too
-    assert explain.target_layers(lite) == [*lite.network.blocks[4:7], lite.network.bn2]
+    lite.set_feature_taps(get_spec("efficientnet_lite0").feature_taps)  # multi-block features: still the last block
+    assert explain.target_layers(lite) == [lite.network.bn2]
     resnet = load_backbone("resnet18", pretrained=False)
     assert explain.target_layers(resnet) == [resnet.network.layer4]
 
