@@ -95,6 +95,15 @@ def expect_finished(page: Page, timeout_ms: int = TRAINING_TIMEOUT_MS) -> None:
     expect(main(page).get_by_role("link", name=re.compile("Next: test your model"))).to_be_visible()
 
 
+def explain_first(page: Page, key: str) -> None:
+    """Why this prediction? Press Explain on the first example of the control keyed `key`; the note shows."""
+    section = main(page).locator(f".st-key-{key}")
+    with rerun(page, timeout_ms=120_000):
+        section.get_by_role("button", name="Explain", exact=True).click()
+    expect(section.get_by_text(re.compile("approximate: shows where the network looked", re.IGNORECASE))
+           ).to_be_visible()
+
+
 def test_image_walk(page: Page, tmp_path: Path) -> None:
     load_sample(page, "images")
     shot(page, "1-data")
@@ -148,6 +157,9 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
     upload(page, sample_digit(tmp_path))
     caption = main(page).get_by_text(re.compile(rf"^({DIGITS}) \(\d+%\)$"))
     expect(caption).to_be_visible()
+    # Why this prediction? The new image as the network saw it, and the heat map over it.
+    explain_first(page, "test_explain_new")
+    expect(main(page).locator(".st-key-test_explain_new").get_by_test_id("stImage")).to_have_count(2)
 
     # Export: the bundle is built, passes its parity check and downloads.
     click_button(page, "Build bundle", timeout_ms=TRAINING_TIMEOUT_MS)
@@ -198,6 +210,8 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     assert len(table) == 2
     assert set(table["prediction"]) <= {"billing", "delivery", "technical problem", "praise", "not sure"}, table
     shot(page, "text-5-test")
+    explain_first(page, "test_explain_new")  # the first message's words, coloured by how much they counted
+    expect(main(page).locator(".st-key-test_explain_new .explain-words")).to_be_visible()
 
     # Does transfer help? The baselines train on the run's own folds and the page compares (table: interval, n).
     click_button(page, "Train baseline", timeout_ms=TRAINING_TIMEOUT_MS)
