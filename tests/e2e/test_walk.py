@@ -6,16 +6,22 @@ Streamlit session). Each step is screenshotted (`UPDATE_SCREENSHOTS=1` refreshes
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image, ImageChops
 from playwright.sync_api import Page, expect
 
-from tests.e2e.files import sample_digit
+from tests.e2e.files import SAMPLE_IMAGES_ZIP, sample_digit
 from tests.e2e.studio import (
+    ARTIFACTS,
+    README_SCREENSHOTS,
     TRAINING_TIMEOUT_MS,
     chart_points,
     choose_radio,
@@ -104,6 +110,57 @@ def explain_first(page: Page, key: str) -> None:
            ).to_be_visible()
 
 
+def unlabelled_digits(folder: Path) -> Path:
+    """A zip of scans without class folders, as a user would collect them: blends of two digits (the model should
+    hesitate), digits shifted by a few pixels (new, but easy) and two exact copies of labelled scans."""
+    def scan(digit: str, index: int) -> Image.Image:
+        with zipfile.ZipFile(SAMPLE_IMAGES_ZIP) as archive:
+            return Image.open(io.BytesIO(archive.read(f"digits/{digit}/{digit}_{index:02d}.png"))).convert("RGB")
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    path = folder / "unlabelled.zip"
+    with zipfile.ZipFile(path, "w") as archive, zipfile.ZipFile(SAMPLE_IMAGES_ZIP) as sample:
+        for first, second in (("three", "eight"), ("one", "seven"), ("four", "nine"), ("five", "six"),
+                              ("zero", "six"), ("two", "seven")):
+            archive.writestr(f"blend-{first}-{second}.png", png(Image.blend(scan(first, 20), scan(second, 21), 0.5)))
+        for digit in ("zero", "two", "five", "nine"):
+            archive.writestr(f"shifted-{digit}.png", png(ImageChops.offset(scan(digit, 22), 3, 2)))
+        for digit in ("four", "eight"):
+            archive.writestr(f"copy-{digit}.png", sample.read(f"digits/{digit}/{digit}_05.png"))
+    return path
+
+
+def suggest_labelling(page: Page, path: Path, uploader_key: str) -> pd.DataFrame:
+    """The Test page's "What should I label next?": upload unlabelled examples, press Suggest, download the list."""
+    uploader = main(page).locator(f".st-key-{uploader_key}")
+    with rerun(page):
+        uploader.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(path))
+    expect(uploader.get_by_role("button", name=f"Remove {path.name}")).to_be_visible()
+    click_button(page, "Suggest", timeout_ms=TRAINING_TIMEOUT_MS)
+    expect(main(page).locator(".st-key-test_suggest_section").get_by_test_id("stDataFrame")).to_be_visible()
+    expect(main(page).get_by_test_id("stAlert").filter(has_text="exact copies of labelled ones")).to_be_visible()
+    with page.expect_download() as download_info:
+        main(page).get_by_role("button", name="Download the list (CSV)").click()
+    saved = path.with_name("to-label.csv")
+    download_info.value.save_as(saved)
+    wait_idle(page)
+    return pd.read_csv(saved)
+
+
+def shot_section(page: Page, key: str, step: str) -> None:
+    """`shot` of one keyed section of the page only, so that a README picture of one feature stays legible."""
+    section = main(page).locator(f".st-key-{key}")
+    section.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    section.screenshot(path=str(ARTIFACTS / f"{step}.png"), animations="disabled")
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(ARTIFACTS / f"{step}.png", README_SCREENSHOTS / f"{step}.png")
+
+
 def test_image_walk(page: Page, tmp_path: Path) -> None:
     load_sample(page, "images")
     shot(page, "1-data")
@@ -157,6 +214,11 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
     upload(page, sample_digit(tmp_path))
     caption = main(page).get_by_text(re.compile(rf"^({DIGITS}) \(\d+%\)$"))
     expect(caption).to_be_visible()
+
+    # What should I label next? The new scans are ranked; the copies of labelled scans are left out.
+    listed = suggest_labelling(page, unlabelled_digits(tmp_path), "test_suggest_files")
+    assert len(listed) == 10 and not listed["input"].str.startswith("copy-").any(), listed
+    shot_section(page, "test_suggest_section", "5-test-suggest")
     # Why this prediction? The new image as the network saw it, and the heat map over it.
     explain_first(page, "test_explain_new")
     expect(main(page).locator(".st-key-test_explain_new").get_by_test_id("stImage")).to_have_count(2)
@@ -210,6 +272,15 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     assert len(table) == 2
     assert set(table["prediction"]) <= {"billing", "delivery", "technical problem", "praise", "not sure"}, table
     shot(page, "text-5-test")
+
+    # What should I label next? New messages ranked; the one already labelled in the sample is left out.
+    new_messages = tmp_path / "new_messages.csv"
+    pd.DataFrame({"text": ["I was charged for a parcel that never came.", "The app logs me out and bills me again.",
+                           "Thanks, the courier was lovely but my invoice is wrong.", "Where is my order?",
+                           "The smart plug shows offline in the app but the light is on."]}).to_csv(new_messages,
+                                                                                                   index=False)
+    listed = suggest_labelling(page, new_messages, "test_suggest_texts")
+    assert len(listed) == 4 and "The smart plug shows offline" not in " ".join(listed["input"]), listed
     explain_first(page, "test_explain_new")  # the first message's words, coloured by how much they counted
     expect(main(page).locator(".st-key-test_explain_new .explain-words")).to_be_visible()
 
