@@ -365,8 +365,9 @@ def test_would_more_data_help_draws_the_learning_curve_of_a_feature_extraction_r
     info_path.write_text(json.dumps(info))
     asked = []
 
-    def curve(dataset, backbone, progress=None):  # the real curve, on features that separate the colours
+    def curve(dataset, backbone, progress=None, lexical=True):  # the real curve, on features that separate colours
         asked.append(backbone)
+        assert not lexical, "an image run has no TF-IDF model to mix in"
         labels = [label for name in ("train", "val", "test") for label in dataset.split(name)[1]]
         features = torch.nn.functional.one_hot(torch.tensor(labels), 3).float() + 0.3 * torch.randn(len(labels), 3)
         return insight.learning_curve(features, torch.tensor(labels), 3, folds=3, fractions=(0.5, 1.0),
