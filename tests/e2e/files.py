@@ -1,4 +1,5 @@
-"""Files a user would upload, made on the fly: a good image zip, a zip-slip archive, a zip with a broken JPEG."""
+"""Files a user would upload, made on the fly: a good image zip, a zip-slip archive, a zip with a broken JPEG, a
+sample scan or clip on its own."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.e2e.studio import REPO_ROOT
 
 SAMPLE_IMAGES_ZIP = REPO_ROOT / "assets" / "samples" / "digits.zip"
 SAMPLE_TEXTS_CSV = REPO_ROOT / "assets" / "samples" / "support_messages.csv"
+SAMPLE_AUDIO_ZIP = REPO_ROOT / "assets" / "samples" / "spoken_words.zip"
 
 
 def _jpeg_bytes(colour: tuple[int, int, int], size: int = 32) -> bytes:
@@ -26,6 +28,14 @@ def sample_digit(folder: Path, digit: str = "seven", index: int = 3) -> Path:
     path = folder / f"new_{digit}.png"
     with zipfile.ZipFile(SAMPLE_IMAGES_ZIP) as archive:
         path.write_bytes(archive.read(name))
+    return path
+
+
+def sample_clip(folder: Path, word: str = "left", index: int = 5) -> Path:
+    """One clip from the spoken-words sample, saved as its own file: a "new" clip to ask the trained model about."""
+    path = folder / f"new_{word}.flac"
+    with zipfile.ZipFile(SAMPLE_AUDIO_ZIP) as archive:
+        path.write_bytes(archive.read(f"spoken_words/{word}/{word}_{index:03d}.flac"))
     return path
 
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageChops
 from playwright.sync_api import Page, expect
 
-from tests.e2e.files import SAMPLE_IMAGES_ZIP, sample_digit
+from tests.e2e.files import SAMPLE_IMAGES_ZIP, sample_clip, sample_digit
 from tests.e2e.studio import (
     ARTIFACTS,
     README_SCREENSHOTS,
@@ -40,7 +40,8 @@ from tests.e2e.test_data import load_sample
 
 pytestmark = pytest.mark.e2e
 
-DEFAULT_BACKBONE = {"images": "efficientnet_lite0", "texts": "all_minilm_l6_v2"}
+DEFAULT_BACKBONE = {"images": "efficientnet_lite0", "texts": "all_minilm_l6_v2",
+                    "sound clips": "efficientnet_lite0_audio"}
 
 
 def choose_default_backbone(page: Page, kind: str) -> None:
@@ -48,7 +49,7 @@ def choose_default_backbone(page: Page, kind: str) -> None:
     go_to(page, "2 · Backbone")
     picker = main(page).get_by_role("combobox", name="Backbone", exact=True)
     expect(picker).to_have_value(re.compile(re.escape(f"({DEFAULT_BACKBONE[kind]})")))
-    expect(main(page).get_by_test_id("stAlert").filter(has_text="Available")).to_be_visible()
+    expect(main(page).get_by_test_id("stAlert").filter(has_text="Available:")).to_be_visible()
     expect(main(page).get_by_test_id("stException")).to_have_count(0)
 
 
@@ -161,6 +162,18 @@ def shot_section(page: Page, key: str, step: str) -> None:
         shutil.copyfile(ARTIFACTS / f"{step}.png", README_SCREENSHOTS / f"{step}.png")
 
 
+def download_predictions(page: Page, folder: Path) -> pd.DataFrame:
+    """Step 5: the predictions of the new examples, as the CSV a user downloads."""
+    download_button = main(page).get_by_role("button", name="Download predictions (CSV)")
+    expect(download_button).to_be_visible()
+    with page.expect_download() as download_info:
+        download_button.click()
+    predictions = folder / "predictions.csv"
+    download_info.value.save_as(predictions)
+    wait_idle(page)
+    return pd.read_csv(predictions)
+
+
 def test_image_walk(page: Page, tmp_path: Path) -> None:
     load_sample(page, "images")
     shot(page, "1-data")
@@ -261,14 +274,7 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     with rerun(page):
         texts.fill("I was charged twice for my subscription this month.\nThe parcel never arrived at my door.")
         texts.press("Control+Enter")
-    download_button = main(page).get_by_role("button", name="Download predictions (CSV)")
-    expect(download_button).to_be_visible()
-    with page.expect_download() as download_info:
-        download_button.click()
-    predictions = tmp_path / "predictions.csv"
-    download_info.value.save_as(predictions)
-    wait_idle(page)
-    table = pd.read_csv(predictions)
+    table = download_predictions(page, tmp_path)
     assert len(table) == 2
     assert set(table["prediction"]) <= {"billing", "delivery", "technical problem", "praise", "not sure"}, table
     shot(page, "text-5-test")
@@ -298,3 +304,46 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     expect(main(page).get_by_text(re.compile(r"10% of the labels: \d+\.\d%"))).to_be_visible()
     sentence.scroll_into_view_if_needed()
     shot(page, "text-5-learning-curve")
+
+WORDS = ("down", "left", "no", "right", "up", "yes")
+
+
+def test_audio_walk(page: Page, tmp_path: Path) -> None:
+    """Sound clips, cheaply: the spoken-words sample, the offline spectrogram backbone with every group frozen, the
+    logistic head with the page's defaults (seconds on cached features), then scores, baselines and a new clip."""
+    load_sample(page, "sound clips")
+    classes = main(page).get_by_test_id("stMetric").filter(has_text="Classes")
+    expect(classes.get_by_test_id("stMetricValue")).to_have_text("6")
+    expect(main(page).get_by_text(re.compile(r"every clip 1 s long"))).to_be_visible()
+    expect(main(page).get_by_text("No problems found.")).to_be_visible()
+    # each class's first clips as spectrogram pictures with a player under each
+    expect(main(page).get_by_test_id("stAudio")).to_have_count(6 * 4)
+    expect(main(page).get_by_test_id("stImage")).to_have_count(6 * 4)
+    shot(page, "audio-1-data")
+    choose_default_backbone(page, "sound clips")
+    expect(page.get_by_test_id("stSidebar")).to_contain_text("144 examples, 6 classes")
+    set_feature_extraction(page)
+
+    go_to(page, "4 · Train")
+    with rerun(page):
+        main(page).get_by_role("button", name=re.compile(r"Train$")).click()
+    expect_finished(page)
+
+    go_to(page, "5 · Test")
+    accuracy = main(page).get_by_test_id("stMetric").filter(has_text="Cross-validated accuracy")
+    expect(accuracy.get_by_test_id("stMetricValue")).to_have_text(PERCENT, timeout=120_000)
+    expect(main(page).get_by_text("Protocol: 5-fold cross-validation.")).to_be_visible()
+    expect(main(page).get_by_text(re.compile(r"95 % interval \d+\.\d%–\d+\.\d% · n = 144"))).to_be_visible()
+    # Does transfer help? The MFCC baseline (and the same network with random weights) on the run's own folds.
+    click_button(page, "Train baseline", timeout_ms=TRAINING_TIMEOUT_MS)
+    verdict = main(page).get_by_test_id("stAlert").filter(has_text=re.compile(r"MFCC: \d+%"))
+    expect(verdict).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
+
+    # A clip of the sample on its own, as a user would upload a new recording.
+    clip = sample_clip(tmp_path, "left")
+    uploaders = main(page).get_by_test_id("stFileUploader")
+    upload(page, clip, index=next(i for i in range(uploaders.count())
+                                  if "Sound clips to classify" in uploaders.nth(i).inner_text()))
+    table = download_predictions(page, tmp_path)
+    assert table["input"].tolist() == [clip.name] and table["prediction"].iloc[0] in (*WORDS, "not sure"), table
+    shot(page, "audio-5-test")
