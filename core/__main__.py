@@ -21,8 +21,8 @@ COMMANDS = {
     "project": ("core.project", "main_project"),
     "learning-curve": ("core.insight", "main_learning_curve"),
     "recommend": ("core.recommend", "main_recommend"),
-    "suggest-labels": ("core.suggest", "main_suggest_labels"),
     "explain": ("core.explain", "main_explain"),
+    "suggest-labels": ("core.suggest", "main_suggest_labels"),
 }
 
 
@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--backbone-names", help="comma-separated catalogue names (default: every available one)")
     rank.add_argument("--json", action="store_true", help="print the ranking as JSON")
 
+    explain = sub.add_parser("explain", help="why this prediction? an approximate heat map (images, sound) or word "
+                             "scores (texts) for the class the model predicts")
+    explain.add_argument("--model", required=True, help="a run folder (a bundle is TorchScript: nothing to look into)")
+    explain.add_argument("--input", required=True, help="an image or sound file, or a text (or a .txt file)")
+    explain.add_argument("--json", action="store_true", help="print the prediction and a 7x7 heat grid or the word "
+                         "scores as JSON")
+
     suggest = sub.add_parser("suggest-labels", help="what should I label next? rank unlabelled examples by the "
                              "model's uncertainty, skipping look-alikes, and write the list")
     suggest.add_argument("--model", required=True, help="a run folder or an exported bundle")
@@ -130,13 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--device", default="auto")
     suggest.add_argument("--json", action="store_true", help="print the list (and what was skipped) as JSON")
     suggest.add_argument("--out", help="also write the list as CSV to this file")
-
-    explain = sub.add_parser("explain", help="why this prediction? an approximate heat map (images, sound) or word "
-                             "scores (texts) for the class the model predicts")
-    explain.add_argument("--model", required=True, help="a run folder (a bundle is TorchScript: nothing to look into)")
-    explain.add_argument("--input", required=True, help="an image or sound file, or a text (or a .txt file)")
-    explain.add_argument("--json", action="store_true", help="print the prediction and a 7x7 heat grid or the word "
-                         "scores as JSON")
     return parser
 
 

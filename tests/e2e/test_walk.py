@@ -102,15 +102,6 @@ def expect_finished(page: Page, timeout_ms: int = TRAINING_TIMEOUT_MS) -> None:
     expect(main(page).get_by_role("link", name=re.compile("Next: test your model"))).to_be_visible()
 
 
-def explain_first(page: Page, key: str) -> None:
-    """Why this prediction? Press Explain on the first example of the control keyed `key`; the note shows."""
-    section = main(page).locator(f".st-key-{key}")
-    with rerun(page, timeout_ms=120_000):
-        section.get_by_role("button", name="Explain", exact=True).click()
-    expect(section.get_by_text(re.compile("approximate: shows where the network looked", re.IGNORECASE))
-           ).to_be_visible()
-
-
 def unlabelled_digits(folder: Path) -> Path:
     """A zip of scans without class folders, as a user would collect them: blends of two digits (the model should
     hesitate), digits shifted by a few pixels (new, but easy) and two exact copies of labelled scans."""
@@ -174,6 +165,15 @@ def download_predictions(page: Page, folder: Path) -> pd.DataFrame:
     return pd.read_csv(predictions)
 
 
+def explain_first(page: Page, key: str) -> None:
+    """Why this prediction? Press Explain on the first example of the control keyed `key`; the note shows."""
+    section = main(page).locator(f".st-key-{key}")
+    with rerun(page, timeout_ms=120_000):
+        section.get_by_role("button", name="Explain", exact=True).click()
+    expect(section.get_by_text(re.compile("approximate: shows where the network looked", re.IGNORECASE))
+           ).to_be_visible()
+
+
 def test_image_walk(page: Page, tmp_path: Path) -> None:
     load_sample(page, "images")
     shot(page, "1-data")
@@ -227,14 +227,15 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
     upload(page, sample_digit(tmp_path))
     caption = main(page).get_by_text(re.compile(rf"^({DIGITS}) \(\d+%\)$"))
     expect(caption).to_be_visible()
+    # Why this prediction? The new image as the network saw it, and the heat map over it.
+    explain_first(page, "test_explain_new")
+    expect(main(page).locator(".st-key-test_explain_new").get_by_test_id("stImage")).to_have_count(2)
+    shot_section(page, "test_explain_new", "5-test-explain")
 
     # What should I label next? The new scans are ranked; the copies of labelled scans are left out.
     listed = suggest_labelling(page, unlabelled_digits(tmp_path), "test_suggest_files")
     assert len(listed) == 10 and not listed["input"].str.startswith("copy-").any(), listed
     shot_section(page, "test_suggest_section", "5-test-suggest")
-    # Why this prediction? The new image as the network saw it, and the heat map over it.
-    explain_first(page, "test_explain_new")
-    expect(main(page).locator(".st-key-test_explain_new").get_by_test_id("stImage")).to_have_count(2)
 
     # Export: the bundle is built, passes its parity check and downloads.
     click_button(page, "Build bundle", timeout_ms=TRAINING_TIMEOUT_MS)
@@ -278,6 +279,8 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     assert len(table) == 2
     assert set(table["prediction"]) <= {"billing", "delivery", "technical problem", "praise", "not sure"}, table
     shot(page, "text-5-test")
+    explain_first(page, "test_explain_new")  # the first message's words, coloured by how much they counted
+    expect(main(page).locator(".st-key-test_explain_new .explain-words")).to_be_visible()
 
     # What should I label next? New messages ranked; the one already labelled in the sample is left out.
     new_messages = tmp_path / "new_messages.csv"
@@ -287,8 +290,6 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
                                                                                                    index=False)
     listed = suggest_labelling(page, new_messages, "test_suggest_texts")
     assert len(listed) == 4 and "The smart plug shows offline" not in " ".join(listed["input"]), listed
-    explain_first(page, "test_explain_new")  # the first message's words, coloured by how much they counted
-    expect(main(page).locator(".st-key-test_explain_new .explain-words")).to_be_visible()
 
     # Does transfer help? The baselines train on the run's own folds and the page compares (table: interval, n).
     click_button(page, "Train baseline", timeout_ms=TRAINING_TIMEOUT_MS)
@@ -304,6 +305,7 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     expect(main(page).get_by_text(re.compile(r"10% of the labels: \d+\.\d%"))).to_be_visible()
     sentence.scroll_into_view_if_needed()
     shot(page, "text-5-learning-curve")
+
 
 WORDS = ("down", "left", "no", "right", "up", "yes")
 
