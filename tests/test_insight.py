@@ -42,10 +42,14 @@ def test_labels_that_carry_no_signal_make_a_flat_curve_and_the_sentence_says_mor
     assert "unlikely to help" in curve.sentence
 
 
-def test_the_command_line_prints_the_curve_as_json(capsys) -> None:
+def test_the_command_line_prints_the_curve_as_json(capsys, tmp_path) -> None:
     from core.__main__ import main
+    from core.data import load_sample
 
-    assert main(["learning-curve", "--data", "sample-texts", "--json"]) == 0
+    sample, _ = load_sample("texts")  # 10 of each class: every fit of a text curve also fits a TF-IDF model
+    texts = sample.table.groupby("label", group_keys=False).head(10)[["item", "label"]]
+    texts.rename(columns={"item": "text"}).to_csv(tmp_path / "texts.csv", index=False)
+    assert main(["learning-curve", "--data", str(tmp_path / "texts.csv"), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [point["fraction"] for point in printed["points"]] == list(insight.FRACTIONS)
     assert printed["examples_now"] == printed["points"][0]["n"] and printed["sentence"]
