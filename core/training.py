@@ -1134,14 +1134,11 @@ class _Trainer:
         if temperature is None:
             val_logits, val_labels = self.split_logits("val", cache)
             temperature = stats.fit_temperature(val_logits, val_labels) if len(val_labels) else 1.0
-        probabilities, uncalibrated = stats.softmax(test_logits, temperature), stats.softmax(test_logits)
         lexical = getattr(self, "lexical", None)
-        if lexical is not None:
-            self.lexical_record["network_accuracy"] = float((probabilities.argmax(1) == test_labels).mean())
-            lexical_probabilities = lexical.probabilities(list(self.test_items))
-            self.lexical_record["alone_accuracy"] = float((lexical_probabilities.argmax(1) == test_labels).mean())
-            probabilities = ngrams.mix(probabilities, lexical_probabilities, lexical.share)
-            uncalibrated = ngrams.mix(uncalibrated, lexical_probabilities, lexical.share)
+        probabilities, uncalibrated = self.mix_lexical(
+            stats.softmax(test_logits, temperature), stats.softmax(test_logits), test_labels,
+            lexical.probabilities(list(self.test_items)) if lexical is not None else None,
+        )
         self.record_estimate(
             test_labels, probabilities, uncalibrated,
             items=self.test_items, where=["test"] * len(test_labels), temperature=temperature,
@@ -1239,11 +1236,8 @@ class _Trainer:
         cross_validated = self.protocol.name == "cross-validation"
         lexical_oof = self.fit_lexical(items, labels.numpy(), result.fold_of if cross_validated else None)
         if cross_validated:
-            probabilities, uncalibrated = result.oof_probabilities, stats.softmax(result.oof_logits)
-            if lexical_oof is not None:
-                self.lexical_record["network_accuracy"] = float((probabilities.argmax(1) == labels.numpy()).mean())
-                probabilities = ngrams.mix(result.oof_probabilities, lexical_oof, self.lexical.share)
-                uncalibrated = ngrams.mix(stats.softmax(result.oof_logits), lexical_oof, self.lexical.share)
+            probabilities, uncalibrated = self.mix_lexical(
+                result.oof_probabilities, stats.softmax(result.oof_logits), labels.numpy(), lexical_oof)
             self.record_estimate(
                 labels.numpy(), probabilities, uncalibrated, items,
                 where=[f"fold {fold + 1}" for fold in result.fold_of], temperature=temperature,
@@ -1297,11 +1291,21 @@ class _Trainer:
             "share": self.lexical.share, "recipe": self.lexical.recipe, "method": "TF-IDF n-grams + logistic "
             "regression, mixed into the probabilities", "file": ngrams.FILE,
         }
-        if oof is not None:
-            self.lexical_record["alone_accuracy"] = float((oof.argmax(1) == labels).mean())
         self.model.lexical = self.lexical
         log.info("Lexical model (%s) mixed in at %.0f %%", self.lexical.recipe, 100 * self.lexical.share)
         return oof
+
+    def mix_lexical(
+        self, probabilities: np.ndarray, uncalibrated: np.ndarray, labels: np.ndarray, lexical: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The estimate's probabilities (calibrated and not) with the lexical model's mixed in, recording what the
+        network and the lexical model each scored alone on the same examples; unchanged without a lexical model."""
+        if lexical is None or getattr(self, "lexical", None) is None:
+            return probabilities, uncalibrated
+        self.lexical_record["network_accuracy"] = float((probabilities.argmax(1) == labels).mean())
+        self.lexical_record["alone_accuracy"] = float((lexical.argmax(1) == labels).mean())
+        share = self.lexical.share
+        return ngrams.mix(probabilities, lexical, share), ngrams.mix(uncalibrated, lexical, share)
 
     def tuning_record(self) -> dict[str, Any] | None:
         """What run.json and metrics.json say about tuning the sentence encoder (None before it is planned)."""
