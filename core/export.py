@@ -1419,6 +1419,20 @@ def _read_json(bundle_dir: Path, name: str) -> dict:
     return json.loads((bundle_dir / name).read_text(encoding="utf-8"))
 
 
+def bundle_module(bundle_dir: Path, file_name: str, module_name: str):
+    """A module the bundle ships as a copy of the app's own code (audio_features.py, lexical_model.py)."""
+    import importlib.util
+
+    path = bundle_dir / file_name
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise BundleFileError(f"{path.name} is missing from the bundle {bundle_dir}.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
 class ImagePreprocessor:
     """Resize the shorter side, centre-crop, scale to [0, 1] and normalise, as at evaluation time in the app."""
 
@@ -1464,17 +1478,9 @@ class AudioPreprocessor:
     """Sound files as log-mel spectrogram pictures, by the bundle's own copy of the app's code (audio_features.py)."""
 
     def __init__(self, config: dict, bundle_dir: Path) -> None:
-        import importlib.util
-
-        path = bundle_dir / config.get("features_module", "audio_features.py")
-        spec = importlib.util.spec_from_file_location("transfer_studio_audio_features", path)
-        if spec is None or spec.loader is None:
-            raise BundleFileError(f"{path.name} is missing from the bundle {bundle_dir}.")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-        self.features = module
-        self.settings = module.MelSettings.from_dict(config)
+        self.features = bundle_module(bundle_dir, config.get("features_module", "audio_features.py"),
+                                      "transfer_studio_audio_features")
+        self.settings = self.features.MelSettings.from_dict(config)
 
     def load(self, path: str) -> torch.Tensor:
         return self.features.file_pixels(str(path), self.settings)
@@ -1573,17 +1579,9 @@ class OnnxModel:
 
 def load_lexical(config: dict, bundle_dir: Path):
     """A text run's TF-IDF n-gram model, by the bundle's own copy of the app's code (lexical_model.py), or None."""
-    import importlib.util
-
     if not config.get("lexical"):
         return None
-    path = bundle_dir / config["lexical"]["module"]
-    spec = importlib.util.spec_from_file_location("transfer_studio_lexical_model", path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise BundleFileError(f"{path.name} is missing from the bundle {bundle_dir}.")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
+    module = bundle_module(bundle_dir, config["lexical"]["module"], "transfer_studio_lexical_model")
     return module.load(bundle_dir / config["lexical"]["model"])
 
 
