@@ -104,7 +104,7 @@ class TrainConfig:
             (and score on the test split) that model. "auto" does so where the data is small (the rule under which
             feature extraction cross-validates, `core.smalldata.choose_protocol`); "on" or "off".
         lexical: texts with the logistic head: "auto" mixes a TF-IDF n-gram model into the delivered probabilities
-            (`core.ngrams`: 30 % lexical, 70 % the head; fitted and scored on the same folds); "off" keeps the
+            (`core.ngrams`: an equal vote of the two; fitted and scored on the same folds); "off" keeps the
             head alone.
     """
 

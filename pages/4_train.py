@@ -689,7 +689,7 @@ with st.form("train-settings"):
     if logistic and dataset.modality == "text":
         lexical = "auto" if c3.checkbox(
             "Mix in a TF-IDF word model", True, key="train_lexical",
-            help="Texts: the delivered probabilities are 70 % the network's and 30 % a TF-IDF n-gram model's "
+            help="Texts: the delivered probabilities are half the network's and half a TF-IDF n-gram model's "
             "(words or character n-grams, chosen by cross-validation). It sees the exact characters (names, "
             "hashtags, codes, misspellings) that a sentence encoder blurs; the estimate scores the mix on the same "
             "folds. On the benchmark's tweets it added 1-3 points.",

@@ -40,14 +40,15 @@ def test_a_class_the_fold_never_saw_gets_no_probability_and_the_model_round_trip
     np.testing.assert_allclose(loaded.probabilities(NEW), probabilities, atol=1e-12)
 
 
-def test_the_mix_is_a_probability_and_leans_on_the_network() -> None:
+def test_the_mix_is_a_probability_and_an_equal_vote() -> None:
     pipeline, _ = fit_tfidf(TEXTS, LABELS, seed=0)
     model = ngrams.from_pipeline(pipeline, 2)
     network = np.tile([0.9, 0.1], (len(NEW), 1))
     mixed = model.mix(network, NEW)
     np.testing.assert_allclose(mixed.sum(axis=1), 1.0)
     lexical = model.probabilities(NEW)
-    np.testing.assert_allclose(mixed, 0.7 * network + 0.3 * lexical)
+    np.testing.assert_allclose(mixed, 0.5 * network + 0.5 * lexical)
+    np.testing.assert_allclose(ngrams.from_pipeline(pipeline, 2, share=0.3).mix(network, NEW), 0.7 * network + 0.3 * lexical)
 
 
 def test_a_file_that_is_not_ours_is_refused(tmp_path: Path) -> None:
