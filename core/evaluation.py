@@ -897,11 +897,13 @@ _SHORT_NAMES = {"scratch": "from scratch", "tfidf": "TF-IDF", "mfcc": "MFCC"}
 
 
 def transfer_verdict(
-    model_accuracy: float, baselines: Sequence[BaselineResult], margin: float = 0.02
+    model_accuracy: float, baselines: Sequence[BaselineResult], margin: float = 0.02, subject: str = "Pretrained"
 ) -> tuple[str, str]:
     """Whether the pretrained model beats its baselines, as (level, sentence) with level "success" or "warning".
 
-    A pretrained model that does not beat a baseline by `margin` is said plainly, with what to try next.
+    A pretrained model that does not beat a baseline by `margin` is said plainly, with what to try next. A text
+    run that mixes in a TF-IDF model is judged by its network alone (`subject` says so): the mix would otherwise be
+    compared with a baseline it partly is.
     """
     if not baselines:
         return "info", "No baseline yet: train one to see what transfer learning adds."
@@ -909,12 +911,12 @@ def transfer_verdict(
     best = max(baselines, key=lambda b: b.accuracy)
     if model_accuracy >= best.accuracy + margin:
         return "success", (
-            f"Pretrained: {model_accuracy:.0%}, {comparison}. "
+            f"{subject}: {model_accuracy:.0%}, {comparison}. "
             f"Transfer learning adds {(model_accuracy - best.accuracy) * 100:.0f} points over the best baseline."
         )
     best_name = _SHORT_NAMES.get(best.name, best.title)
     return "warning", (
-        f"Pretrained: {model_accuracy:.0%}, {comparison}. The pretrained model does not clearly beat {best_name}: "
+        f"{subject}: {model_accuracy:.0%}, {comparison}. The pretrained model does not clearly beat {best_name}: "
         "its features may not fit this data (negative transfer, a domain gap). "
         "Try unfreezing more layer groups, training longer, or another backbone closer to your data."
     )

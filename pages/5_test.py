@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import data, evaluation, export, insight
+from core import data, evaluation, export, insight, stats
 from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
 from pages._explain import render_explain
@@ -188,12 +188,22 @@ if "zero_shot" in result.metrics:  # a sentence encoder: the class names alone a
         + (" The class names are embedded by the pretrained encoder, before any tuning." if tuning.get("on") else "")
     )
 baselines = evaluation.load_baselines(run_info)
-level, sentence = evaluation.transfer_verdict(result.accuracy, baselines)
+network_alone = (result.metrics.get("lexical") or {}).get("network_accuracy")  # texts: the mix holds TF-IDF too
+level, sentence = evaluation.transfer_verdict(
+    result.accuracy if network_alone is None else network_alone, baselines,
+    subject="Pretrained" if network_alone is None else "Pretrained network alone (without the TF-IDF model)",
+)
 {"success": st.success, "warning": st.warning}.get(level, st.info)(sentence)
 if baselines:
     rows = [{"model": f"Pretrained {run_info.get('backbone', '')}", "accuracy": result.accuracy,
              "interval": format_interval(result.accuracy, result.metrics["accuracy_interval95"]),
-             "n": len(result.targets), "macro_f1": result.macro_f1, "what": "this run"}]  # fmt: skip
+             "n": len(result.targets), "macro_f1": result.macro_f1,
+             "what": "this run" if network_alone is None else "this run: network + TF-IDF, as delivered"}]  # fmt: skip
+    if network_alone is not None:
+        correct = round(network_alone * len(result.targets))
+        rows.append({"model": f"Pretrained {run_info.get('backbone', '')}, network alone", "accuracy": network_alone,
+                     "interval": format_interval(network_alone, stats.wilson_interval(correct, len(result.targets))),
+                     "n": len(result.targets), "macro_f1": None, "what": "this run without its TF-IDF model"})
     rows += [{"model": b.title, "accuracy": b.accuracy, "n": b.n,
               "interval": format_interval(b.accuracy, b.accuracy_interval95) if b.accuracy_interval95 else "-",
               "macro_f1": b.macro_f1, "what": b.detail} for b in baselines]  # fmt: skip

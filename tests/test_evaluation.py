@@ -351,6 +351,10 @@ def test_transfer_verdict_says_plainly_when_pretraining_does_not_help() -> None:
     level, sentence = evaluation.transfer_verdict(0.44, baselines)
     assert level == "warning" and "negative transfer" in sentence and "unfreez" in sentence.lower()
     assert evaluation.transfer_verdict(0.9, [])[0] == "info"
+    # A text run that mixes in TF-IDF is judged by its network alone, and the sentence says whose number it is.
+    tfidf = [evaluation.BaselineResult("tfidf", "TF-IDF + logistic regression", 0.80, 0.8)]
+    level, sentence = evaluation.transfer_verdict(0.79, tfidf, subject="Pretrained network alone")
+    assert level == "warning" and sentence.startswith("Pretrained network alone: 79%") and "TF-IDF: 80%" in sentence
 
 
 # ------------------------------------------------------------------------------------------------ command line
