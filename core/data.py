@@ -46,7 +46,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from core import audio
 from core._zipsafe import UnsafeArchive, ZipLimits, extract_archive
 from core.dataset import SPLITS, Dataset, Modality
-from core.paths import assets_dir, data_root, workspace_subdir
+from core.paths import assets_dir, data_root, file_sha256, workspace_subdir
 
 logger = logging.getLogger(__name__)
 
@@ -1110,14 +1110,6 @@ def load_text_table(
 # --------------------------------------------------------------------------------------------------- entries
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def extract_zip(
     source: bytes | str | os.PathLike[str], name: str | None = None, limits: ZipLimits | None = None
 ) -> Path:
@@ -1140,7 +1132,7 @@ def extract_zip(
         except OSError as exc:
             raise DataError(f"`{name}` cannot be read: {exc.strerror or exc}.") from exc
         check_upload_size(size, name)
-        digest = _sha256_file(path)
+        digest = file_sha256(path)
         opened = path
     datasets = workspace_subdir("datasets")
     final = datasets / digest[:24]

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.paths import file_sha256
+
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
@@ -490,19 +492,11 @@ def _save_tokenizer(preprocessor: Any, model: nn.Module, folder: Path) -> None:
 # -------------------------------------------------------------------------------------------------- manifest
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(bundle_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Record the SHA-256 and size of every file in the bundle (except the manifest) in manifest.json."""
     folder = Path(bundle_dir)
     files = {
-        path.relative_to(folder).as_posix(): {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        path.relative_to(folder).as_posix(): {"sha256": file_sha256(path), "bytes": path.stat().st_size}
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != MANIFEST_FILE
     }
@@ -528,7 +522,7 @@ def verify_manifest(bundle_dir: str | Path) -> dict[str, Any]:
         path = folder / name
         if not path.is_file():
             raise BundleError(f"{name} is missing from the bundle {folder} (manifest.json lists it).")
-        if _sha256(path) != expected.get("sha256"):
+        if file_sha256(path) != expected.get("sha256"):
             raise BundleError(
                 f"{name} in {folder} was changed after export: its SHA-256 does not match manifest.json. "
                 "Export the model again, or restore the original file."

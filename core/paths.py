@@ -14,6 +14,7 @@ Code that runs without a workspace (the CLI, scripts) keeps everything at the to
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -100,3 +101,12 @@ def data_root() -> Path | None:
 def assets_dir() -> Path:
     """The repository's `assets/` folder (sample data sets, screenshots)."""
     return Path(__file__).resolve().parent.parent / "assets"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks: what uploads, bundles and copies are keyed or checked by."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -66,6 +66,7 @@ from torch import nn
 
 from core import data, evaluation
 from core.dataset import Dataset
+from core.paths import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -302,14 +303,6 @@ def _text_key(text: str) -> str:
     return " ".join(str(text).casefold().split())
 
 
-def _file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def labelled_copies(unlabelled: Unlabelled, labelled: Dataset) -> dict[int, str]:
     """Position in `unlabelled` -> label, for each example that is an exact copy of a labelled one.
 
@@ -332,13 +325,13 @@ def labelled_copies(unlabelled: Unlabelled, labelled: Dataset) -> dict[int, str]
     for item, label in rows:
         try:
             if os.stat(item).st_size in sizes:
-                known.setdefault(_file_digest(item), label)
+                known.setdefault(file_sha256(item), label)
         except OSError:  # a labelled file moved or deleted since: it cannot be compared
             continue
     copies = {}
     for positions in sizes.values():
         for position in positions:
-            label = known.get(_file_digest(unlabelled.items[position])) if known else None
+            label = known.get(file_sha256(unlabelled.items[position])) if known else None
             if label is not None:
                 copies[position] = label
     return copies
