@@ -23,6 +23,7 @@ COMMANDS = {
     "recommend": ("core.recommend", "main_recommend"),
     "explain": ("core.explain", "main_explain"),
     "suggest-labels": ("core.suggest", "main_suggest_labels"),
+    "baselines": ("core.evaluation", "main_baselines"),
 }
 
 
@@ -126,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--input", required=True, help="an image or sound file, or a text (or a .txt file)")
     explain.add_argument("--json", action="store_true", help="print the prediction and a 7x7 heat grid or the word "
                          "scores as JSON")
+
+    baselines = sub.add_parser("baselines", help="does transfer help? train models without pretraining on a run's own "
+                               "examples and compare, with the 95 %% interval of the difference")
+    baselines.add_argument("--model", required=True, help="a run folder")
+    baselines.add_argument("--data", help="the data the run was trained on (default: the data set its job.json "
+                           "recorded)")
+    baselines.add_argument("--kinds", nargs="+", choices=["scratch", "pixels", "tfidf", "mfcc"],
+                           help="which baselines (default: the same network with random weights, and raw pixels / "
+                           "TF-IDF / MFCC for images / texts / sound)")
+    baselines.add_argument("--epochs", type=int, help="epochs for the from-scratch model (default: the run's own)")
+    baselines.add_argument("--json", action="store_true", help="print the baselines and the verdict as JSON")
 
     suggest = sub.add_parser("suggest-labels", help="what should I label next? rank unlabelled examples by the "
                              "model's uncertainty, skipping look-alikes, and write the list")

@@ -9,19 +9,23 @@ Main entry points:
     `predict_proba(model, preprocessor, items)` -> class probabilities of new images / texts.
     `coverage_curve(probabilities, targets)` -> how accuracy and coverage trade off under a confidence threshold.
     `train_baselines(dataset, run_info)` -> what the same task gets without transfer learning.
+    `judge_transfer(estimate, baselines)` -> does transfer beat them, with the interval of the difference?
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -577,11 +581,15 @@ class BaselineResult:
     """A model trained without transfer learning, scored on the same test split.
 
     Attributes:
-        name: "scratch" (same architecture, random weights), "tfidf" (TF-IDF + logistic regression) or "mfcc"
-            (MFCC statistics + logistic regression).
+        name: "scratch" (same architecture, random weights), "pixels" (raw pixels + logistic regression), "tfidf"
+            (TF-IDF + logistic regression) or "mfcc" (MFCC statistics + logistic regression).
         title: how the Test page names it.
         accuracy, macro_f1: on what the run's own estimate is scored on (`protocol`).
         detail: what was trained, in a sentence.
+        correct: 1 / 0 per example the run's own estimate scored, in that estimate's order (`examples_digest` names
+            those examples): what pairs the two models example by example. None in records written before (or for a
+            run that recorded no examples); the verdict then compares the two accuracies unpaired.
+        examples_digest: `examples_digest` of the estimate's items that `correct` follows.
     """
 
     name: str
@@ -592,6 +600,37 @@ class BaselineResult:
     n: int | None = None
     accuracy_interval95: list[float] | None = None
     protocol: str = "test split"
+    correct: list[int] | None = None
+    examples_digest: str | None = None
+
+
+def examples_digest(items: Sequence[str]) -> str:
+    """A short fingerprint of which examples, in which order, an estimate scored (what a paired comparison needs)."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(str(item).encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _answers_on(estimate: Evaluation | None, scored: Evaluation) -> tuple[list[int] | None, str | None]:
+    """A baseline's right / wrong answers put in the order of the run's estimate, and that estimate's digest.
+
+    (None, None) when there is no estimate or the baseline did not score exactly the estimate's examples: then no
+    pairing is claimed.
+    """
+    if estimate is None or len(scored.items) != len(estimate.items):
+        return None, None
+    positions: dict[str, list[int]] = collections.defaultdict(list)
+    for position, item in enumerate(scored.items):
+        positions[str(item)].append(position)
+    right = np.asarray(scored.predictions) == np.asarray(scored.targets)
+    answers = []
+    for item in estimate.items:
+        queue = positions.get(str(item))
+        if not queue:
+            return None, None
+        answers.append(int(right[queue.pop(0)]))
+    return answers, examples_digest(estimate.items)
 
 
 def _baseline_dir(run_info: dict[str, Any]) -> Path:
@@ -688,10 +727,12 @@ def _baseline_on_parts(
     return result, chosen, protocol
 
 
-def _baseline_result(name: str, title: str, result: Evaluation, detail: str, protocol: str) -> BaselineResult:
+def _baseline_result(name: str, title: str, result: Evaluation, detail: str, protocol: str,
+                     estimate: Evaluation | None) -> BaselineResult:
+    correct, digest = _answers_on(estimate, result)
     return BaselineResult(name=name, title=title, accuracy=result.accuracy, macro_f1=result.macro_f1, detail=detail,
                           n=int(result.metrics["n"]), accuracy_interval95=list(result.metrics["accuracy_interval95"]),
-                          protocol=protocol)
+                          protocol=protocol, correct=correct, examples_digest=digest)
 
 
 def tfidf_baseline(dataset: Dataset, seed: int = 0, estimate: Evaluation | None = None) -> BaselineResult:
@@ -717,42 +758,149 @@ def tfidf_baseline(dataset: Dataset, seed: int = 0, estimate: Evaluation | None 
     chosen = ", ".join(f"{count}x {recipe}" if count > 1 else recipe
                        for recipe, count in collections.Counter(recipes).most_common())
     return _baseline_result("tfidf", "TF-IDF + logistic regression", result,
-                            f"TF-IDF chosen by inner cross-validation ({chosen}); scored by {protocol}", protocol)
+                            f"TF-IDF chosen by inner cross-validation ({chosen}); scored by {protocol}", protocol,
+                            estimate)
 
 
-def mfcc_baseline(dataset: Dataset, run_info: dict[str, Any], estimate: Evaluation | None = None) -> BaselineResult:
-    """MFCC statistics + the run's own logistic head, scored on the very clips the run's own estimate rests on.
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one thread while a few hundred examples' logistic heads are fitted, then as before.
 
-    The features are `core.audio_baseline`'s (20 MFCCs and their deltas, mean and spread over time), computed with
-    the run's spectrogram settings; the head is the transfer run's (L2 chosen by inner cross-validation on what it
-    learns from, the run's seed and class weights), so only the features differ. Under cross-validation each of the
-    run's folds is predicted by a head fitted on the other folds (with the seed the run's own fold used, so the
-    number equals the one `train` writes to metrics.json); on a test split the head learns from train + validation
-    and scores the test split.
+    Matrices this small gain nothing from threads, and on a busy machine a thread team waiting for a descheduled
+    member made each L-BFGS fit 50 times slower (0.72 s against 0.01 s for the same fit, measured at load 5 on two
+    cores). Under OpenMP the setting belongs to the calling thread, so a page's background thread changes only its
+    own.
     """
-    from core import audio_baseline, smalldata
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
-    if dataset.modality != "audio":
-        raise ValueError(f"The MFCC baseline is for sound clips; '{dataset.name}' holds {dataset.modality}s.")
+
+def _logistic_on_features(
+    dataset: Dataset, run_info: dict[str, Any], estimate: Evaluation | None,
+    featurise: Callable[[list[str]], torch.Tensor],
+    reduce: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None,
+) -> tuple[Evaluation, list[str], str, int]:
+    """The run's own logistic head on features without pretraining, scored on the run's own parts.
+
+    The head is the transfer run's (L2 chosen by inner cross-validation on what it learns from, the run's seed and
+    class weights), so only the features differ. Under cross-validation each of the run's folds is predicted by a
+    head fitted on the other folds (with the seed the run's own fold used); on a test split the head learns from
+    train + validation and scores the test split. `reduce(features, learn)` maps every example's features to
+    fewer, fitted on the learn mask alone (the pixels' principal components). Returns the scored evaluation, the L2
+    strength each part chose, the protocol and the number of features per example.
+    """
+    from core import smalldata
+
     config = run_info.get("config") or {}
     seed, balanced = int(config.get("seed", 0)), bool(config.get("class_weights", False))
     features: dict[str, torch.Tensor] = {}
 
     def fit_and_predict(items: list[str], targets: np.ndarray, fold: int | None, learn: np.ndarray,
                         score: np.ndarray) -> tuple[np.ndarray, str]:
-        if "all" not in features:  # once: every part uses the same clips
-            features["all"] = audio_baseline.mfcc_features(items, _mel_settings(run_info))
-        fitted = smalldata.select_and_fit(features["all"][learn], torch.as_tensor(targets[learn]),
-                                          dataset.num_classes, seed=seed if fold is None else seed + fold + 1,
-                                          balanced=balanced)
-        logits = fitted.head.logits(features["all"][score]).numpy()
+        if "all" not in features:  # once: every part uses the same examples
+            features["all"] = featurise(items)
+        part = features["all"] if reduce is None else reduce(features["all"], learn)
+        with _one_torch_thread():
+            fitted = smalldata.select_and_fit(part[learn], torch.as_tensor(targets[learn]),
+                                              dataset.num_classes, seed=seed if fold is None else seed + fold + 1,
+                                              balanced=balanced)
+        logits = fitted.head.logits(part[score]).numpy()
         return stats.softmax(logits), f"{fitted.head.l2:g}"
 
     result, strengths, protocol = _baseline_on_parts(dataset, estimate, fit_and_predict)
+    return result, strengths, protocol, int(features["all"].shape[1])
+
+
+def mfcc_baseline(dataset: Dataset, run_info: dict[str, Any], estimate: Evaluation | None = None) -> BaselineResult:
+    """MFCC statistics + the run's own logistic head, scored on the very clips the run's own estimate rests on.
+
+    The features are `core.audio_baseline`'s (20 MFCCs and their deltas, mean and spread over time), computed with
+    the run's spectrogram settings; the head and parts are the run's (`_logistic_on_features`), so the number equals
+    the one `train` writes to metrics.json.
+    """
+    from core import audio_baseline
+
+    if dataset.modality != "audio":
+        raise ValueError(f"The MFCC baseline is for sound clips; '{dataset.name}' holds {dataset.modality}s.")
+    result, strengths, protocol, width = _logistic_on_features(
+        dataset, run_info, estimate, lambda items: audio_baseline.mfcc_features(items, _mel_settings(run_info)))
     return _baseline_result(
         "mfcc", audio_baseline.TITLE, result,
-        f"{features['all'].shape[1]} MFCC statistics per clip (20 coefficients and their deltas, mean and spread over "
-        f"time), L2 chosen by inner cross-validation ({', '.join(strengths)}); scored by {protocol}", protocol)
+        f"{width} MFCC statistics per clip (20 coefficients and their deltas, mean and spread over "
+        f"time), L2 chosen by inner cross-validation ({', '.join(strengths)}); scored by {protocol}", protocol,
+        estimate)
+
+
+#: The raw-pixels baseline's image side: small enough that a few thousand images fit a logistic head in seconds,
+#: large enough that shapes survive (CIFAR's 32x32 is still recognisable to a person).
+PIXELS_SIDE = 32
+#: Principal components of the pixels the head sees (PCA + logistic regression, the classic MNIST baseline):
+#: thousands of raw pixel values, many nearly constant (a plain background), made the logistic fit crawl (minutes
+#: for 100 images), and the head standardises what it gets, so many small components would be amplified noise. On
+#: the digits sample (3-fold, 10 per class) 16 / 32 / 48 components scored 0.89 / 0.86 / 0.79, 32 fitting fastest.
+PIXELS_COMPONENTS = 32
+PIXELS_TITLE = "Raw pixels + logistic regression (no pretraining)"
+
+
+def pixel_features(paths: Sequence[str], side: int = PIXELS_SIDE) -> torch.Tensor:
+    """Each image turned upright (EXIF), resized to `side` x `side` RGB and flattened, as values in [0, 1].
+
+    Colour is kept: it can be what tells classes apart (ripe from unripe, one stain from another), and a grey
+    image would hide it from the baseline, making transfer look better than it is. The head standardises each
+    pixel, so no other normalisation is needed.
+    """
+    from PIL import Image, ImageOps
+
+    rows = np.empty((len(paths), side * side * 3), dtype=np.float32)
+    for row, path in enumerate(paths):
+        with Image.open(path) as image:
+            small = ImageOps.exif_transpose(image).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
+        rows[row] = np.asarray(small, dtype=np.float32).reshape(-1) / 255.0
+    return torch.from_numpy(rows)
+
+
+def principal_components(features: torch.Tensor, learn: np.ndarray, components: int = PIXELS_COMPONENTS
+                         ) -> torch.Tensor:
+    """Every example projected on the first principal components of the examples it learns from (`learn`).
+
+    Fitted on the learn mask alone, so the examples scored never shape the features (no labels are used either).
+    """
+    learned = features[torch.as_tensor(learn)].double()
+    centre = learned.mean(dim=0)
+    centred = learned - centre
+    kept = min(components, max(1, len(learned) - 1), centred.shape[1])
+    # From the smaller of the two Gram matrices: with fewer images than pixels (small data) an n x n eigenproblem,
+    # milliseconds where a full SVD of n x 3072 took 2 s on a busy machine.
+    if len(centred) < centred.shape[1]:
+        values, vectors = torch.linalg.eigh(centred @ centred.T)
+        top = torch.flip(vectors[:, -kept:], dims=[1]) / values[-kept:].flip(0).clamp(min=1e-12).sqrt()
+        directions = (centred.T @ top).T
+    else:
+        directions = torch.flip(torch.linalg.eigh(centred.T @ centred)[1][:, -kept:], dims=[1]).T
+    return ((features.double() - centre) @ directions.T).float()
+
+
+def pixels_baseline(dataset: Dataset, run_info: dict[str, Any], estimate: Evaluation | None = None) -> BaselineResult:
+    """Raw pixels + the run's own logistic head, scored on the very images the run's own estimate rests on.
+
+    The simplest model that sees the images without anything learnt elsewhere: where it does as well as the
+    pretrained features (small, centred, clean images such as 8x8 digits), transfer adds nothing and the user
+    should know. Same head, seed, class weights and parts as the run (`_logistic_on_features`), on the pixels'
+    `PIXELS_COMPONENTS` principal components (`principal_components`, fitted on what each part learns from).
+    """
+    if dataset.modality != "image":
+        raise ValueError(f"The raw-pixels baseline is for images; '{dataset.name}' holds {dataset.modality}s.")
+    result, strengths, protocol, width = _logistic_on_features(dataset, run_info, estimate, pixel_features,
+                                                               principal_components)
+    return _baseline_result(
+        "pixels", PIXELS_TITLE, result,
+        f"each image resized to {PIXELS_SIDE}x{PIXELS_SIDE} RGB ({width} pixel values), projected on its first "
+        f"{PIXELS_COMPONENTS} principal components (fitted on the examples learnt from), L2 chosen by inner "
+        f"cross-validation ({', '.join(strengths)}); scored by {protocol}", protocol, estimate)
 
 
 def _mel_settings(run_info: dict[str, Any]) -> Any:
@@ -775,12 +923,14 @@ def scratch_baseline(
     stop_event: threading.Event | None = None,
     callbacks: Sequence[Any] = (),
     backbone_factory: Callable[[], Any] | None = None,
+    run_estimate: Evaluation | None = None,
 ) -> BaselineResult:
     """The run's own recipe (backbone architecture, frozen groups, head, split) but random initial weights.
 
     What is left of the model's accuracy without pretraining is what the data alone teaches; the gap to
     the trained model is what transfer learning bought. `backbone_factory` builds the (randomly initialised)
-    backbone instead of the catalogue, for architectures the catalogue does not hold (tests' TinyCNN).
+    backbone instead of the catalogue, for architectures the catalogue does not hold (tests' TinyCNN). With the
+    run's `run_estimate` its answers are kept example by example, in the estimate's order, for the paired verdict.
     """
     from core.store import RunStore
     from core.training import TrainConfig, fit, load_trained
@@ -807,15 +957,20 @@ def scratch_baseline(
     if estimate.get("protocol") == "cross-validation":
         # The same protocol and folds as the run: its out-of-fold estimate. (Its delivered model learned from every
         # example, the test split's too, so scoring that model on the test split would be scoring it on its training.)
-        metrics, protocol = estimate, f"cross-validation ({estimate['folds']} folds)"
+        protocol = f"cross-validation ({estimate['folds']} folds)"
         detail += f"; scored by its {estimate['folds']}-fold cross-validation"
+        scored = recorded_estimate(run_dir)
+        metrics = estimate
     else:
         model, preprocessor, _ = load_trained(run_dir, backbone=backbone_factory() if backbone_factory else None)
-        metrics, protocol = evaluate(model, preprocessor, dataset, "test", device=config.device).metrics, "test split"
+        scored, protocol = evaluate(model, preprocessor, dataset, "test", device=config.device), "test split"
+        metrics = scored.metrics
+    correct, digest = _answers_on(run_estimate, scored) if scored is not None else (None, None)
     return BaselineResult(
         name="scratch", title="Same architecture, random weights", accuracy=float(metrics["accuracy"]),
         macro_f1=float(metrics["macro_f1"]), detail=detail, n=int(metrics["n"]),
-        accuracy_interval95=list(metrics["accuracy_interval95"]), protocol=protocol,
+        accuracy_interval95=list(metrics["accuracy_interval95"]), protocol=protocol, correct=correct,
+        examples_digest=digest,
     )
 
 
@@ -828,54 +983,88 @@ def train_baselines(
     callbacks: Sequence[Any] = (),
     backbone_factory: Callable[[], Any] | None = None,
     estimate: Evaluation | None = None,
+    progress: Callable[[float, str], None] | None = None,
 ) -> list[BaselineResult]:
     """Train the baselines of a run on the same split and save them next to the run's other baselines.
 
     Args:
         dataset: the data set the run was trained on (same split).
         run_info: the run's `run.json` record (backbone, frozen groups, config, run_id).
-        kinds: which baselines: "scratch" and, for text, "tfidf", for sound, "mfcc" (default: all that apply).
+        kinds: which baselines (`BASELINE_KINDS`); default: "scratch" and the classic model of the data's kind
+            ("pixels" for images, "tfidf" for texts, "mfcc" for sound).
         epochs: epochs for the from-scratch baseline (default: the run's own).
         stop_event: set it to stop the from-scratch training early.
         callbacks: training callbacks for the from-scratch run (progress).
         backbone_factory: builds the backbone for the from-scratch run instead of the catalogue (tests).
-        estimate: the run's `recorded_estimate`; under cross-validation the TF-IDF and MFCC baselines are scored on
-            its folds.
+        estimate: the run's `recorded_estimate`; under cross-validation the classic baselines are scored on its
+            folds, and every baseline keeps its answers on the estimate's examples for the paired verdict.
+        progress: called with (share done, what is being trained) before each baseline and as the from-scratch
+            model trains (a page's progress bar).
 
     Returns:
         The results of this call; `load_baselines(run_info)` returns every baseline saved for the run.
     """
     if kinds is None:
-        kinds = ["scratch"] + {"text": ["tfidf"], "audio": ["mfcc"]}.get(dataset.modality, [])
+        kinds = [*DEFAULT_CLASSIC_BASELINE.get(dataset.modality, []), "scratch"]  # the quick one first
+    unknown = [kind for kind in kinds if kind not in BASELINE_KINDS]
+    if unknown:
+        raise ValueError(f"Unknown baseline '{unknown[0]}'; choose from: "
+                         + ", ".join(f"'{kind}' ({what})" for kind, what in BASELINE_KINDS.items()) + ".")
+    report = progress or (lambda share, note: None)
     results = []
-    for kind in kinds:
+    for position, kind in enumerate(kinds):
+        report(position / len(kinds), f"Training {BASELINE_KINDS[kind]} ({position + 1} of {len(kinds)})…")
         if kind == "tfidf":
             seed = int((run_info.get("config") or {}).get("seed", 0))
             results.append(tfidf_baseline(dataset, seed=seed, estimate=estimate))
         elif kind == "mfcc":
             results.append(mfcc_baseline(dataset, run_info, estimate=estimate))
-        elif kind == "scratch":
-            results.append(
-                scratch_baseline(
-                    dataset,
-                    run_info,
-                    epochs,
-                    stop_event=stop_event,
-                    callbacks=callbacks,
-                    backbone_factory=backbone_factory,
-                )
-            )
+        elif kind == "pixels":
+            results.append(pixels_baseline(dataset, run_info, estimate=estimate))
         else:
-            raise ValueError(f"Unknown baseline '{kind}'; choose 'scratch', 'tfidf' (texts) or 'mfcc' (sound).")
-    saved = {result.name: result for result in load_baselines(run_info)}
-    saved.update({result.name: result for result in results})
+            listener = _ScratchProgress(report, position, len(kinds), BASELINE_KINDS[kind])
+            results.append(scratch_baseline(dataset, run_info, epochs, stop_event=stop_event,
+                                            callbacks=[*callbacks, listener], backbone_factory=backbone_factory,
+                                            run_estimate=estimate))
+        _save_baseline(dataset, run_info, results[-1])  # each as it is done: a later failure keeps it
+    report(1.0, "Done.")
+    return results
+
+
+def _save_baseline(dataset: Dataset, run_info: dict[str, Any], result: BaselineResult) -> None:
+    """Add (or replace) one baseline in the run's baselines.json."""
+    saved = {baseline.name: baseline for baseline in load_baselines(run_info)}
+    saved[result.name] = result
     record = {
         "run_id": run_info.get("run_id"),
         "dataset_fingerprint": dataset.fingerprint,
-        "baselines": [dataclasses.asdict(result) for result in saved.values()],
+        "baselines": [dataclasses.asdict(baseline) for baseline in saved.values()],
     }
     (_baseline_dir(run_info) / "baselines.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return results
+
+
+#: The baselines `train_baselines` knows, and what each is (the command line's choices).
+BASELINE_KINDS = {
+    "scratch": "the same network with random weights",
+    "pixels": "raw pixels + logistic regression (images)",
+    "tfidf": "TF-IDF + logistic regression (texts)",
+    "mfcc": "MFCC statistics + logistic regression (sound)",
+}
+#: The classic model without pretraining that each kind of data is compared with by default.
+DEFAULT_CLASSIC_BASELINE = {"image": ["pixels"], "text": ["tfidf"], "audio": ["mfcc"]}
+
+
+class _ScratchProgress:
+    """Turns the from-scratch training's step events into `train_baselines`' share of the whole work."""
+
+    def __init__(self, report: Callable[[float, str], None], position: int, total: int, what: str) -> None:
+        self.report, self.position, self.total, self.what = report, position, total, what
+
+    def on_step_end(self, metrics: dict[str, Any]) -> None:
+        if "progress" in metrics:
+            share = min(max(float(metrics["progress"]), 0.0), 1.0)
+            self.report((self.position + share) / self.total,
+                        f"Training {self.what} ({self.position + 1} of {self.total}): {share:.0%}")
 
 
 def load_baselines(run_info: dict[str, Any]) -> list[BaselineResult]:
@@ -893,33 +1082,158 @@ def load_baselines(run_info: dict[str, Any]) -> list[BaselineResult]:
         return []
 
 
-_SHORT_NAMES = {"scratch": "from scratch", "tfidf": "TF-IDF", "mfcc": "MFCC"}
+_SHORT_NAMES = {"scratch": "from scratch", "pixels": "raw pixels", "tfidf": "TF-IDF", "mfcc": "MFCC"}
+_NEXT_STEPS = ("The pretrained features may not fit this domain: try unfreezing more layer groups, or another "
+               "backbone closer to your data, or use the simpler model.")
+
+
+@dataclass
+class TransferVerdict:
+    """Whether the pretrained model beats its baselines: what the Test page and `python -m core baselines` say.
+
+    Attributes:
+        level: "success" (better than every baseline, the whole 95 % interval of the difference above 0), "warning"
+            (not clearly better than `baseline`), "worse" (`baseline` is better, the whole interval below 0) or
+            "info" (no baseline yet).
+        sentence: the verdict in words, with both accuracies, the difference, its interval and n.
+        baseline: the name of the baseline the verdict is about (the hardest to beat), or None.
+        model_accuracy, baseline_accuracy: the two accuracies compared.
+        difference: model minus baseline accuracy (a share: 0.05 is 5 points).
+        interval95: the 95 % interval of the difference, or None where only the old fixed margin could be used.
+        n: examples compared.
+        method: "paired bootstrap" (the same examples, answer by answer), "unpaired (Newcombe)" (per-example
+            answers not kept) or "fixed margin" (a record without n, from before intervals).
+        comparisons: the same numbers for every baseline, as dicts.
+    """
+
+    level: str
+    sentence: str
+    baseline: str | None = None
+    model_accuracy: float | None = None
+    baseline_accuracy: float | None = None
+    difference: float | None = None
+    interval95: list[float] | None = None
+    n: int | None = None
+    method: str | None = None
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _compare(model_accuracy: float, model_correct: list[int] | None, digest: str | None, n: int | None,
+             baseline: BaselineResult) -> dict[str, Any]:
+    """One baseline against the model: the difference with its interval, paired where the answers allow it."""
+    row: dict[str, Any] = {"baseline": baseline.name, "title": baseline.title,
+                           "short": _SHORT_NAMES.get(baseline.name, baseline.title), "model_accuracy": model_accuracy,
+                           "baseline_accuracy": baseline.accuracy, "difference": model_accuracy - baseline.accuracy,
+                           "interval95": None, "n": baseline.n or n, "method": "fixed margin"}
+    if model_correct is not None and baseline.correct is not None and digest == baseline.examples_digest:
+        row["difference"], row["interval95"] = stats.paired_difference_interval(model_correct, baseline.correct)
+        row["n"], row["method"] = len(model_correct), "paired bootstrap"
+    elif n and baseline.n:
+        row["difference"], row["interval95"] = stats.unpaired_difference_interval(
+            round(model_accuracy * n), n, round(baseline.accuracy * baseline.n), baseline.n)
+        row["method"] = "unpaired (Newcombe)"
+    return row
+
+
+def _points(share: float) -> str:
+    return f"{share * 100:+.1f}".replace("-", "−")
+
+
+def _difference_words(row: dict[str, Any]) -> str:
+    low, high = row["interval95"]
+    how = (f"paired on the same {row['n']} examples" if row["method"] == "paired bootstrap"
+           else f"n = {row['n']}, unpaired: the answers per example were not kept")
+    return f"{_points(row['difference'])} points (95 % interval {_points(low)} to {_points(high)}, {how})"
+
+
+def judge_transfer(
+    estimate: Evaluation | None,
+    baselines: Sequence[BaselineResult],
+    model_accuracy: float | None = None,
+    subject: str = "Pretrained",
+    margin: float = 0.02,
+) -> TransferVerdict:
+    """Whether the pretrained model beats its baselines, judged by the 95 % interval of the accuracy difference.
+
+    With the run's `estimate` and baselines that kept their answers on its examples, the interval is a paired
+    bootstrap over those examples (`stats.paired_difference_interval`): both models answered the same examples, so
+    the comparison is much sharper than two separate intervals. Without per-example answers on either side it is
+    Newcombe's unpaired interval; a record without n (written before intervals) falls back to a fixed `margin`.
+
+    `model_accuracy` replaces the estimate's own accuracy (and its per-example answers, which are not its own then):
+    a text run that mixes in a TF-IDF model is judged by its network alone (`subject` says so), since the mix would
+    otherwise be compared with a baseline it partly is.
+    """
+    if not baselines:
+        return TransferVerdict("info", "No baseline yet: train one to see what transfer learning adds.")
+    accuracy = model_accuracy if model_accuracy is not None else (estimate.accuracy if estimate is not None else 0.0)
+    paired = estimate is not None and model_accuracy is None
+    model_correct = [int(right) for right in estimate.predictions == estimate.targets] if paired else None
+    digest = examples_digest(estimate.items) if paired else None
+    n = len(estimate.targets) if estimate is not None else None
+    rows = [_compare(accuracy, model_correct, digest, n, baseline) for baseline in baselines]
+    comparison = ", ".join(f"{_SHORT_NAMES.get(b.name, b.title)}: {b.accuracy:.1%}" for b in baselines)
+    head = f"{subject}: {accuracy:.1%}; {comparison}."
+    verdict = functools.partial(TransferVerdict, model_accuracy=accuracy, comparisons=rows)
+    if any(row["interval95"] is None for row in rows):
+        return _margin_verdict(accuracy, baselines, margin, head, verdict)
+    below = [row for row in rows if row["interval95"][1] < 0]
+    if below:
+        row = min(below, key=lambda row: row["difference"])
+        return verdict(
+            "worse", f"{head} {row['title']} does better than the pretrained model: {row['baseline_accuracy']:.1%} "
+            f"against {accuracy:.1%}, {_difference_words(row)}. Transfer learning hurts here (negative transfer, a "
+            f"domain gap). {_NEXT_STEPS}", **_numbers(row))
+    unsure = [row for row in rows if row["interval95"][0] <= 0]
+    if unsure:
+        row = min(unsure, key=lambda row: row["difference"])
+        return verdict(
+            "warning", f"{head} The pretrained model does not clearly beat {row['short']}: the difference is "
+            f"{_difference_words(row)}, so it may be no better on new data of this kind. {_NEXT_STEPS}",
+            **_numbers(row))
+    row = min(rows, key=lambda row: row["interval95"][0])
+    return verdict("success", f"{head} Transfer learning adds {_difference_words(row)} over {row['short']}, the "
+                              "hardest baseline to beat.", **_numbers(row))
+
+
+def _numbers(row: dict[str, Any]) -> dict[str, Any]:
+    return {"baseline": row["baseline"], "baseline_accuracy": row["baseline_accuracy"],
+            "difference": row["difference"], "interval95": row["interval95"], "n": row["n"], "method": row["method"]}
+
+
+def _margin_verdict(accuracy: float, baselines: Sequence[BaselineResult], margin: float, head: str,
+                    verdict: Callable[..., TransferVerdict]) -> TransferVerdict:
+    """The verdict of records from before intervals (no n): better by `margin`, or not."""
+    best = max(baselines, key=lambda b: b.accuracy)
+    numbers = {"baseline": best.name, "baseline_accuracy": best.accuracy, "difference": accuracy - best.accuracy,
+               "method": "fixed margin"}
+    if accuracy >= best.accuracy + margin:
+        return verdict("success", f"{head} Transfer learning adds {(accuracy - best.accuracy) * 100:.0f} points over "
+                                  "the best baseline.", **numbers)
+    short = _SHORT_NAMES.get(best.name, best.title)
+    return verdict("warning", f"{head} The pretrained model does not clearly beat {short}: its features may not fit "
+                              "this data (negative transfer, a domain gap). Try unfreezing more layer groups, training "
+                              "longer, or another backbone closer to your data.", **numbers)
+
+
+def judge_run(estimate: Evaluation, baselines: Sequence[BaselineResult]) -> TransferVerdict:
+    """`judge_transfer` for a run's recorded estimate, as the Test page and the command line both judge it.
+
+    A text run that mixes in TF-IDF is judged by its network alone (metrics.json's `lexical.network_accuracy`).
+    """
+    network_alone = (estimate.metrics.get("lexical") or {}).get("network_accuracy")
+    if network_alone is None:
+        return judge_transfer(estimate, baselines)
+    return judge_transfer(estimate, baselines, model_accuracy=float(network_alone),
+                          subject="Pretrained network alone (without the TF-IDF model)")
 
 
 def transfer_verdict(
     model_accuracy: float, baselines: Sequence[BaselineResult], margin: float = 0.02, subject: str = "Pretrained"
 ) -> tuple[str, str]:
-    """Whether the pretrained model beats its baselines, as (level, sentence) with level "success" or "warning".
-
-    A pretrained model that does not beat a baseline by `margin` is said plainly, with what to try next. A text
-    run that mixes in a TF-IDF model is judged by its network alone (`subject` says so): the mix would otherwise be
-    compared with a baseline it partly is.
-    """
-    if not baselines:
-        return "info", "No baseline yet: train one to see what transfer learning adds."
-    comparison = ", ".join(f"{_SHORT_NAMES.get(b.name, b.title)}: {b.accuracy:.0%}" for b in baselines)
-    best = max(baselines, key=lambda b: b.accuracy)
-    if model_accuracy >= best.accuracy + margin:
-        return "success", (
-            f"{subject}: {model_accuracy:.0%}, {comparison}. "
-            f"Transfer learning adds {(model_accuracy - best.accuracy) * 100:.0f} points over the best baseline."
-        )
-    best_name = _SHORT_NAMES.get(best.name, best.title)
-    return "warning", (
-        f"{subject}: {model_accuracy:.0%}, {comparison}. The pretrained model does not clearly beat {best_name}: "
-        "its features may not fit this data (negative transfer, a domain gap). "
-        "Try unfreezing more layer groups, training longer, or another backbone closer to your data."
-    )
+    """(level, sentence) of `judge_transfer` for an accuracy alone (no per-example answers, no n: a fixed margin)."""
+    verdict = judge_transfer(None, baselines, model_accuracy=model_accuracy, subject=subject, margin=margin)
+    return verdict.level, verdict.sentence
 
 
 # --------------------------------------------------------------------------------------------------- command line
@@ -988,4 +1302,54 @@ def main_predict(args: argparse.Namespace) -> int:
         writer.writerow(table.columns)
         for row in table.itertuples(index=False):
             writer.writerow([f"{value:.4f}" if isinstance(value, float) else value for value in row])
+    return 0
+
+
+def main_baselines(args: argparse.Namespace) -> int:
+    """`python -m core baselines --model RUN_DIR`: does transfer help? Train the baselines of a run on its own
+    examples, print each with accuracy, interval and n, and the verdict with the interval of the difference."""
+    from core.data import DataError, load_path
+    from core.workers import read_job_file
+
+    run_dir = Path(args.model).expanduser()
+    run_info = read_run_info(run_dir)
+    try:
+        if not run_info:
+            raise ModelLoadError(f"{run_dir} holds no run.json: give a run folder (workspace/runs/<run_id>, or the "
+                                 "--out of `python -m core train`).")
+        dataset = load_path(args.data)[0] if args.data else read_job_file(run_dir).dataset
+        if [str(name) for name in run_info.get("classes") or dataset.classes] != list(dataset.classes):
+            raise ValueError(f"The data set's classes {dataset.classes} differ from the run's {run_info['classes']}: "
+                             "give the data the run was trained on.")
+        estimate = recorded_estimate(run_dir)
+        if estimate is None:
+            log.warning("%s recorded no examples.json (trained before runs did): the baselines are scored on the test "
+                        "split and compared without pairing.", run_dir)
+        train_baselines(dataset, run_info, kinds=args.kinds, epochs=args.epochs, estimate=estimate,
+                        progress=lambda share, note: log.info("%3.0f%% %s", 100 * share, note))
+    except (ModelLoadError, DataError, FileNotFoundError, ValueError, RuntimeError, OSError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    baselines = load_baselines(run_info)
+    if estimate is not None:
+        verdict = judge_run(estimate, baselines)
+    else:
+        verdict = judge_transfer(None, baselines, model_accuracy=float((run_info.get("metrics") or {}).get(
+            "test_accuracy") or 0.0))
+    if getattr(args, "json", False):
+        record = {"run": str(run_dir), "baselines": [
+            {key: value for key, value in dataclasses.asdict(baseline).items() if key != "correct"}
+            for baseline in baselines], "verdict": dataclasses.asdict(verdict)}  # fmt: skip
+        sys.stdout.write(json.dumps(record, indent=2) + "\n")
+        return 0
+    rows = {row["baseline"]: row for row in verdict.comparisons}
+    for baseline in baselines:
+        interval = (stats.format_interval(baseline.accuracy, baseline.accuracy_interval95)
+                    if baseline.accuracy_interval95 else f"{baseline.accuracy:.1%}")
+        line = f"{baseline.title}: {interval}, n = {baseline.n}"
+        row = rows.get(baseline.name)
+        if row is not None and row["interval95"] is not None:
+            line += f"; pretrained minus this: {_difference_words(row)}"
+        sys.stdout.write(line + "\n")
+    sys.stdout.write(f"\n{verdict.level.upper()}: {verdict.sentence}\n")
     return 0

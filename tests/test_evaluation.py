@@ -314,10 +314,11 @@ def test_scratch_baseline_trains_the_same_recipe_without_pretrained_weights(colo
             "config": {"backbone": "tiny_cnn", "frozen_groups": 0, "epochs": 9, "batch_size": 8, "lr": 0.01,
                        "device": "cpu", "patience": None}}  # fmt: skip
     results = evaluation.train_baselines(colour_dataset, info, epochs=2, backbone_factory=TinyCNN)
-    assert [r.name for r in results] == ["scratch"], "image data: no TF-IDF baseline"
-    assert 0.0 <= results[0].accuracy <= 1.0 and "2 epoch(s)" in results[0].detail
+    assert [r.name for r in results] == ["pixels", "scratch"], "image data: raw pixels, no TF-IDF baseline"
+    assert 0.0 <= results[1].accuracy <= 1.0 and "2 epoch(s)" in results[1].detail
+    assert results[0].n == results[1].n == len(colour_dataset.split("test")[0]), "both on the test split"
     saved = evaluation.load_baselines(info)
-    assert [(r.name, r.accuracy) for r in saved] == [("scratch", results[0].accuracy)]
+    assert [(r.name, r.accuracy) for r in saved] == [(r.name, r.accuracy) for r in results]
     scratch_run = workspace_subdir("baselines") / "tiny-run" / "scratch"
     recorded = json.loads((scratch_run / "run.json").read_text())
     assert recorded["config"]["pretrained"] is False and recorded["config"]["epochs"] == 2
@@ -344,17 +345,87 @@ def test_train_baselines_saves_results_for_the_run() -> None:
     assert evaluation.load_baselines({"run_id": "another"}) == []
 
 
+def _digits(per_class: int = 10) -> tuple[Dataset, evaluation.Evaluation]:
+    """The image sample (8x8 digits), `per_class` of each, with a run estimate on 3 folds that gets each third
+    example of every class wrong (a stand-in for a pretrained model that is no match for raw pixels here)."""
+    from core.data import load_sample
+
+    sample, _ = load_sample("images")
+    table = sample.table.groupby("label", group_keys=False).head(per_class).reset_index(drop=True)
+    digits = Dataset(name="digits", modality="image", table=table, classes=sample.classes, root=sample.root)
+    items = table["item"].tolist()
+    targets = [digits.classes.index(label) for label in table["label"]]
+    probabilities = np.full((len(items), digits.num_classes), 0.01, dtype=np.float32)
+    for row, target in enumerate(targets):
+        probabilities[row, (target + 1) % digits.num_classes if row % 3 == 0 else target] = 0.91
+    estimate = evaluation.evaluate_probabilities(probabilities, targets, digits.classes, items)
+    estimate.where = [f"fold {row % 3 + 1}" for row in range(len(items))]
+    return digits, estimate
+
+
+def test_raw_pixels_are_scored_on_the_runs_own_examples_and_kept_per_example() -> None:
+    digits, estimate = _digits()
+    info = {"run_id": "digits-run", "config": {"seed": 0}}
+    result = evaluation.train_baselines(digits, info, kinds=["pixels"], estimate=estimate)[0]
+    assert result.name == "pixels" and "Raw pixels" in result.title and "32x32 RGB" in result.detail
+    assert result.n == len(estimate.items) == 100 and result.protocol.startswith("cross-validation (3 folds")
+    assert result.accuracy > 0.7, "8x8 digits: raw pixels already do well"
+    assert len(result.correct) == 100 and sum(result.correct) == round(result.accuracy * 100)
+    assert result.examples_digest == evaluation.examples_digest(estimate.items)
+    saved = evaluation.load_baselines(info)[0]
+    assert (saved.name, saved.correct, saved.examples_digest) == ("pixels", result.correct, result.examples_digest)
+    verdict = evaluation.judge_transfer(estimate, [saved])
+    assert verdict.method == "paired bootstrap" and verdict.n == 100
+    with pytest.raises(ValueError, match="for images"):
+        evaluation.pixels_baseline(_topic_texts(), info)
+
+
+def _paired(name: str, correct: list[int], digest: str) -> evaluation.BaselineResult:
+    accuracy = sum(correct) / len(correct)
+    return evaluation.BaselineResult(name, evaluation.PIXELS_TITLE if name == "pixels" else name, accuracy, accuracy,
+                                     n=len(correct), accuracy_interval95=[0.0, 1.0], correct=correct,
+                                     examples_digest=digest)
+
+
+def test_transfer_verdict_reads_the_interval_of_the_paired_difference() -> None:
+    items = [f"image_{i}.png" for i in range(100)]
+    model_right = [1] * 90 + [0] * 10
+    estimate = evaluation.evaluate_probabilities(np.eye(2, dtype=np.float32)[[0] * 100], [0 if r else 1 for r in
+                                                 model_right], ["a", "b"], items)  # fmt: skip
+    digest = evaluation.examples_digest(items)
+    # Right on every example the baseline gets right, and on 20 more: the whole interval is above 0.
+    verdict = evaluation.judge_transfer(estimate, [_paired("pixels", [1] * 70 + [0] * 30, digest)])
+    assert verdict.level == "success" and verdict.method == "paired bootstrap" and verdict.interval95[0] > 0
+    assert verdict.difference == pytest.approx(0.2) and "paired on the same 100 examples" in verdict.sentence
+    # Two points apart on the same examples: not clearly better, said plainly, with the interval and n.
+    verdict = evaluation.judge_transfer(estimate, [_paired("pixels", [1] * 88 + [0] * 12, digest)])
+    assert verdict.level == "warning" and verdict.interval95[0] <= 0 <= verdict.interval95[1]
+    assert "does not clearly beat raw pixels" in verdict.sentence and "95 % interval" in verdict.sentence
+    assert "unfreezing" in verdict.sentence and "simpler model" in verdict.sentence
+    # Raw pixels better outside the interval (the digits case): the stronger wording names it.
+    verdict = evaluation.judge_transfer(estimate, [_paired("pixels", [1] * 100, digest)])
+    assert verdict.level == "worse" and verdict.baseline == "pixels" and verdict.interval95[1] < 0
+    assert verdict.sentence.startswith("Pretrained: 90.0%; raw pixels: 100.0%.")
+    assert "Raw pixels + logistic regression (no pretraining) does better than the pretrained model" in verdict.sentence
+    # Answers kept on other examples are not paired with these: Newcombe's unpaired interval, which says so.
+    verdict = evaluation.judge_transfer(estimate, [_paired("pixels", [1] * 70 + [0] * 30, "other examples")])
+    assert verdict.method == "unpaired (Newcombe)" and "unpaired" in verdict.sentence
+
+
 def test_transfer_verdict_says_plainly_when_pretraining_does_not_help() -> None:
     baselines = [evaluation.BaselineResult("scratch", "Same architecture, random weights", 0.43, 0.4)]
     level, sentence = evaluation.transfer_verdict(0.91, baselines)
-    assert level == "success" and "91%" in sentence and "43%" in sentence
+    assert level == "success" and "91.0%" in sentence and "43.0%" in sentence
     level, sentence = evaluation.transfer_verdict(0.44, baselines)
     assert level == "warning" and "negative transfer" in sentence and "unfreez" in sentence.lower()
     assert evaluation.transfer_verdict(0.9, [])[0] == "info"
     # A text run that mixes in TF-IDF is judged by its network alone, and the sentence says whose number it is.
     tfidf = [evaluation.BaselineResult("tfidf", "TF-IDF + logistic regression", 0.80, 0.8)]
     level, sentence = evaluation.transfer_verdict(0.79, tfidf, subject="Pretrained network alone")
-    assert level == "warning" and sentence.startswith("Pretrained network alone: 79%") and "TF-IDF: 80%" in sentence
+    assert level == "warning" and sentence.startswith("Pretrained network alone: 79.0%") and "TF-IDF: 80.0%" in sentence
+    # A record from before intervals (no n, no answers) is still judged, by the old fixed margin.
+    verdict = evaluation.judge_transfer(None, baselines, model_accuracy=0.44)
+    assert verdict.method == "fixed margin" and verdict.interval95 is None and verdict.level == "warning"
 
 
 # ------------------------------------------------------------------------------------------------ command line
