@@ -460,6 +460,34 @@ def test_cli_predict_prints_the_same_answers_as_the_library(
     assert record[0]["top_k"][0]["probability"] == pytest.approx(float(expected[0].max()), abs=1e-5)
 
 
+def test_cli_baselines_finds_the_runs_own_data_and_prints_the_verdict_as_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.__main__ import main
+    from core.workers import JobFile, write_job_file
+
+    digits, estimate = _digits(per_class=5)
+    run = tmp_path / "run"
+    write_job_file(run, JobFile(dataset=digits, config={"seed": 0}))  # what train writes: the data it trained on
+    (run / "run.json").write_text(json.dumps({"run_id": "digits-cli", "classes": digits.classes, "modality": "image",
+                                              "config": {"seed": 0}, "metrics": {}}))  # fmt: skip
+    (run / "examples.json").write_text(json.dumps({
+        "protocol": "cross-validation", "classes": digits.classes, "items": estimate.items,
+        "labels": estimate.targets.tolist(), "where": estimate.where, "probabilities": estimate.probabilities.tolist(),
+    }))
+    assert main(["baselines", "--model", str(run), "--kinds", "pixels", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert [(b["name"], b["n"]) for b in record["baselines"]] == [("pixels", 50)]
+    verdict = record["verdict"]
+    low, high = verdict["interval95"]
+    assert verdict["level"] == ("success" if low > 0 else "worse" if high < 0 else "warning")
+    assert verdict["baseline"] == "pixels" and verdict["n"] == 50
+    assert verdict["method"] == "paired bootstrap" and verdict["interval95"][0] < verdict["difference"]
+    assert "95 % interval" in verdict["sentence"] and verdict["model_accuracy"] == pytest.approx(estimate.accuracy)
+    assert main(["baselines", "--model", str(tmp_path / "nowhere")]) == 2
+    assert "run.json" in capsys.readouterr().err
+
+
 def test_cli_predict_reports_bad_inputs(
     tmp_path: Path,
     colour_dataset: Dataset,
