@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import data, evaluation, export, insight, stats
+from core import background, data, evaluation, export, insight, stats
 from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
 from pages._explain import render_explain
@@ -177,6 +177,54 @@ if result.metrics["small_sample"]:
 
 # ---------------------------------------------------------------------------------------------------- baselines
 
+BASELINE_TASK = "test_baseline_task"  # (run folder, core.background.BackgroundTask): one per session
+
+
+def _difference_cell(row: dict[str, Any]) -> str:
+    """'+4.6 points (−1.2 to +10.4)' for the table: pretrained minus the baseline, with its 95 % interval."""
+    low, high = row["interval95"]
+    return f"{row['difference'] * 100:+.1f} points ({low * 100:+.1f} to {high * 100:+.1f})".replace("-", "−")
+
+
+def _baseline_task() -> background.BackgroundTask | None:
+    """This session's baseline task, when it is for the run shown (another run's finished task is let go)."""
+    held = st.session_state.get(BASELINE_TASK)
+    if held is None:
+        return None
+    task_run, task = held
+    if task_run != run_dir and not task.is_running:
+        del st.session_state[BASELINE_TASK]
+        return None
+    return task if task_run == run_dir else None
+
+
+def _start_baselines(epochs: int) -> background.BackgroundTask:
+    """The baselines of the run shown, on a thread of their own (the page polls it: `_baseline_progress`)."""
+    data, info, estimate = dataset, run_info, result  # what the worker reads; it never touches the page
+
+    def work(progress: Any, stop_event: Any) -> list[evaluation.BaselineResult]:
+        return evaluation.train_baselines(data, info, epochs=epochs, estimate=estimate, progress=progress,
+                                          stop_event=stop_event)
+
+    return background.BackgroundTask(work, label=f"baselines-{info.get('run_id')}").start()
+
+
+@st.fragment(run_every=1.0)
+def _baseline_progress() -> None:
+    """Redrawn every second on its own while the baselines train; the whole page reruns once when they are done."""
+    task = _baseline_task()
+    if task is None:
+        return
+    snapshot = task.snapshot()
+    if snapshot.status != background.RUNNING:
+        st.rerun()  # the whole page once: the verdict and table above redraw with the new baselines
+    st.progress(snapshot.share, text=f"{snapshot.note} ({snapshot.seconds:.0f} s)")
+    if st.button("Stop the from-scratch training", key="test_baseline_stop",
+                 help="Stops after the current batch; the baselines already trained are kept."):
+        task.stop()
+        st.toast("Stopping after the current batch…")
+
+
 st.subheader("Does transfer learning help?")
 if "zero_shot" in result.metrics:  # a sentence encoder: the class names alone already make a classifier
     zero_shot = result.metrics["zero_shot"]
@@ -189,31 +237,38 @@ if "zero_shot" in result.metrics:  # a sentence encoder: the class names alone a
     )
 baselines = evaluation.load_baselines(run_info)
 network_alone = (result.metrics.get("lexical") or {}).get("network_accuracy")  # texts: the mix holds TF-IDF too
-level, sentence = evaluation.transfer_verdict(
-    result.accuracy if network_alone is None else network_alone, baselines,
-    subject="Pretrained" if network_alone is None else "Pretrained network alone (without the TF-IDF model)",
-)
-{"success": st.success, "warning": st.warning}.get(level, st.info)(sentence)
+verdict = evaluation.judge_run(result, baselines)
+{"success": st.success, "warning": st.warning, "worse": st.error}.get(verdict.level, st.info)(verdict.sentence)
 if baselines:
+    differences = {row["baseline"]: row for row in verdict.comparisons if row["interval95"] is not None}
     rows = [{"model": f"Pretrained {run_info.get('backbone', '')}", "accuracy": result.accuracy,
              "interval": format_interval(result.accuracy, result.metrics["accuracy_interval95"]),
-             "n": len(result.targets), "macro_f1": result.macro_f1,
+             "n": len(result.targets), "macro_f1": result.macro_f1, "difference": "",
              "what": "this run" if network_alone is None else "this run: network + TF-IDF, as delivered"}]  # fmt: skip
     if network_alone is not None:
         correct = round(network_alone * len(result.targets))
         rows.append({"model": f"Pretrained {run_info.get('backbone', '')}, network alone", "accuracy": network_alone,
                      "interval": format_interval(network_alone, stats.wilson_interval(correct, len(result.targets))),
-                     "n": len(result.targets), "macro_f1": None, "what": "this run without its TF-IDF model"})
+                     "n": len(result.targets), "macro_f1": None, "difference": "",
+                     "what": "this run without its TF-IDF model"})  # fmt: skip
     rows += [{"model": b.title, "accuracy": b.accuracy, "n": b.n,
               "interval": format_interval(b.accuracy, b.accuracy_interval95) if b.accuracy_interval95 else "-",
-              "macro_f1": b.macro_f1, "what": b.detail} for b in baselines]  # fmt: skip
+              "macro_f1": b.macro_f1, "what": b.detail,
+              "difference": _difference_cell(differences[b.name]) if b.name in differences else "-"}
+             for b in baselines]  # fmt: skip
     st.dataframe(
         pd.DataFrame(rows),
         hide_index=True,
+        key="test_baselines_table",
+        column_order=["model", "accuracy", "interval", "n", "difference", "macro_f1", "what"],
         column_config={
             "accuracy": st.column_config.ProgressColumn("Accuracy", format="percent", min_value=0, max_value=1),
             "interval": st.column_config.TextColumn("Accuracy with 95 % interval"),
             "n": st.column_config.NumberColumn("n (examples scored)"),
+            "difference": st.column_config.TextColumn(
+                "Pretrained minus this (95 % interval)",
+                help="Accuracy points the pretrained model scores above this baseline. Paired: both answered the "
+                "same examples, so the interval is of the difference itself; it is what the verdict above reads."),
             "macro_f1": st.column_config.NumberColumn("Macro-F1", format="%.3f"),
         },
     )
@@ -229,21 +284,26 @@ with st.expander("Train a baseline", expanded=not baselines):
             "pretraining (20 coefficients and their deltas, mean and spread over time) in this run's own head, scored "
             "on the same examples as this run."
             if dataset.modality == "audio"
-            else "."
+            else ", and **raw pixels + logistic regression**: each image shrunk to 32×32, its pixels (their main "
+            "patterns) in this run's own head, with no pretraining at all, scored on the same examples as this run."
         )  # fmt: skip
+        + " They train in the background: the rest of this page stays usable."
     )
     recorded_epochs = int((run_info.get("config") or {}).get("epochs") or 5)
     baseline_epochs = st.number_input("Epochs for the from-scratch model", 1, 200, min(recorded_epochs, 10))
-    if st.button("Train baseline", type="primary"):
-        with st.spinner("Training the baseline(s) on the same examples as this run…"):
-            try:
-                evaluation.train_baselines(dataset, run_info, epochs=int(baseline_epochs), estimate=result)
-            except ImportError as error:
-                st.error(f"The training engine is not available yet: {error}")
-            except (ValueError, RuntimeError, OSError) as error:
-                st.error(f"The baseline could not be trained: {error}")
-            else:
-                st.rerun()
+    task = _baseline_task()
+    if st.button("Train baseline", type="primary", disabled=task is not None and task.is_running):
+        st.session_state[BASELINE_TASK] = (run_dir, _start_baselines(int(baseline_epochs)))
+        task = _baseline_task()
+    if task is not None and task.is_running:
+        _baseline_progress()
+    elif task is not None:
+        finished = task.snapshot()
+        if finished.status == background.FAILED:  # kept on screen until the next try; the table above stays
+            st.error(f"The baseline could not be trained: {finished.error}. Any baseline trained before it is kept "
+                     "above; press Train baseline to try again.")
+        else:
+            del st.session_state[BASELINE_TASK]
 
 
 # ---------------------------------------------------------------------------------------------------- more data

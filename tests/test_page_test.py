@@ -226,6 +226,27 @@ def test_saved_baseline_is_reported_next_to_the_model(seeded) -> None:
     assert table.loc["Same architecture, random weights", "interval"] == "-", "an older record has no interval"
 
 
+def test_baselines_train_in_the_background_and_a_failure_keeps_what_was_trained(seeded) -> None:
+    """Train baseline starts a background task (the page returns at once, with a progress bar); when it ends the
+    page shows what it trained. Here raw pixels train and the from-scratch model fails (the tests' tiny network is
+    not in the catalogue): the error is said plainly and the raw-pixels row and its paired verdict stay."""
+    app, state = seeded
+    tested = len(state.dataset.split("test")[0])
+    app.run()
+    app.button[[b.label for b in app.button].index("Train baseline")].click().run()
+    assert not app.exception, app.exception
+    run_folder, task = app.session_state["test_baseline_task"]
+    task.join(60)
+    app.run()
+    assert not app.exception, app.exception
+    assert any("could not be trained: No backbone named 'tiny_cnn'" in error.value for error in app.error)
+    table = app.dataframe[0].value.set_index("model")
+    assert table.loc[evaluation.PIXELS_TITLE, "n"] == tested
+    assert table.loc[evaluation.PIXELS_TITLE, "difference"].endswith(")"), "pretrained minus pixels, with interval"
+    verdicts = [alert.value for kind in ("success", "warning", "error") for alert in app.get(kind)]
+    assert any(f"paired on the same {tested} examples" in verdict for verdict in verdicts), verdicts
+
+
 class _KeywordPreprocessor:
     """Texts -> counts of one keyword per class: a stand-in for a tokenizer in a text-model page test."""
 
