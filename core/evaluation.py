@@ -941,6 +941,8 @@ def scratch_baseline(
     settings.setdefault("backbone", run_info.get("backbone"))
     settings.setdefault("frozen_groups", run_info.get("frozen_groups", 0))
     settings["pretrained"] = False
+    if "lexical" in config_fields:  # random weights alone: a TF-IDF model mixed in would be a second baseline inside
+        settings["lexical"] = "off"
     if epochs is not None:
         settings["epochs"] = int(epochs)
     config = TrainConfig(**settings)
@@ -1140,10 +1142,11 @@ def _points(share: float) -> str:
 
 
 def _difference_words(row: dict[str, Any]) -> str:
+    """'(95 % interval −6.7 to +4.2 points; paired on the same 240 examples)'."""
     low, high = row["interval95"]
     how = (f"paired on the same {row['n']} examples" if row["method"] == "paired bootstrap"
            else f"n = {row['n']}, unpaired: the answers per example were not kept")
-    return f"{_points(row['difference'])} points (95 % interval {_points(low)} to {_points(high)}, {how})"
+    return f"(95 % interval {_points(low)} to {_points(high)} points; {how})"
 
 
 def judge_transfer(
@@ -1182,18 +1185,19 @@ def judge_transfer(
         row = min(below, key=lambda row: row["difference"])
         return verdict(
             "worse", f"{head} {row['title']} does better than the pretrained model: {row['baseline_accuracy']:.1%} "
-            f"against {accuracy:.1%}, {_difference_words(row)}. Transfer learning hurts here (negative transfer, a "
-            f"domain gap). {_NEXT_STEPS}", **_numbers(row))
+            f"against {accuracy:.1%}, {-row['difference'] * 100:.1f} points more {_difference_words(row)}. Transfer "
+            f"learning hurts here (negative transfer, a domain gap). {_NEXT_STEPS}", **_numbers(row))
     unsure = [row for row in rows if row["interval95"][0] <= 0]
     if unsure:
         row = min(unsure, key=lambda row: row["difference"])
         return verdict(
-            "warning", f"{head} The pretrained model does not clearly beat {row['short']}: the difference is "
-            f"{_difference_words(row)}, so it may be no better on new data of this kind. {_NEXT_STEPS}",
-            **_numbers(row))
+            "warning", f"{head} The pretrained model does not clearly beat {row['short']}: "
+            f"{_points(row['difference'])} points {_difference_words(row)}, so on new data of this kind it may be no "
+            f"better. {_NEXT_STEPS}", **_numbers(row))
     row = min(rows, key=lambda row: row["interval95"][0])
-    return verdict("success", f"{head} Transfer learning adds {_difference_words(row)} over {row['short']}, the "
-                              "hardest baseline to beat.", **_numbers(row))
+    return verdict("success", f"{head} Transfer learning adds {row['difference'] * 100:.1f} points over "
+                              f"{row['short']}, the hardest baseline to beat {_difference_words(row)}.",
+                   **_numbers(row))
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, Any]:
@@ -1349,7 +1353,7 @@ def main_baselines(args: argparse.Namespace) -> int:
         line = f"{baseline.title}: {interval}, n = {baseline.n}"
         row = rows.get(baseline.name)
         if row is not None and row["interval95"] is not None:
-            line += f"; pretrained minus this: {_difference_words(row)}"
+            line += f"; pretrained minus this: {_points(row['difference'])} points {_difference_words(row)}"
         sys.stdout.write(line + "\n")
     sys.stdout.write(f"\n{verdict.level.upper()}: {verdict.sentence}\n")
     return 0

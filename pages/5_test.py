@@ -256,19 +256,19 @@ if baselines:
               "macro_f1": b.macro_f1, "what": b.detail,
               "difference": _difference_cell(differences[b.name]) if b.name in differences else "-"}
              for b in baselines]  # fmt: skip
-    st.dataframe(
+    st.container(key="test_baselines_table").dataframe(
         pd.DataFrame(rows),
         hide_index=True,
-        key="test_baselines_table",
         column_order=["model", "accuracy", "interval", "n", "difference", "macro_f1", "what"],
         column_config={
             "accuracy": st.column_config.ProgressColumn("Accuracy", format="percent", min_value=0, max_value=1),
             "interval": st.column_config.TextColumn("Accuracy with 95 % interval"),
             "n": st.column_config.NumberColumn("n (examples scored)"),
             "difference": st.column_config.TextColumn(
-                "Pretrained minus this (95 % interval)",
-                help="Accuracy points the pretrained model scores above this baseline. Paired: both answered the "
-                "same examples, so the interval is of the difference itself; it is what the verdict above reads."),
+                "Pretrained − this",
+                help="Accuracy points the pretrained model scores above this baseline, with the 95 % interval of "
+                "that difference: both answered the same examples, so it is paired example by example. The verdict "
+                "above reads it."),
             "macro_f1": st.column_config.NumberColumn("Macro-F1", format="%.3f"),
         },
     )
