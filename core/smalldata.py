@@ -283,6 +283,19 @@ def _class_weight(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return counts.sum() / (num_classes * counts)
 
 
+def with_views(
+    features: torch.Tensor, labels: torch.Tensor, views: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples a head learns from: each example's features, then its augmented views' (`views`: [N, V, D],
+    row i holds the views of example i) with the same label. Views only ever join the fit of their own example:
+    callers index `views` with the same mask as `features`, so a held-out example's views stay out of the fold."""
+    if views is None or views.shape[1] == 0:
+        return features, labels
+    count = views.shape[1]
+    return (torch.cat([features, views.reshape(-1, features.shape[1]).to(features.dtype)]),
+            torch.cat([labels, labels.repeat_interleave(count)]))
+
+
 def select_and_fit(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -294,12 +307,15 @@ def select_and_fit(
     on_iteration: Callable[[int, float], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
     class_embeddings: torch.Tensor | None = None,
+    views: torch.Tensor | None = None,
 ) -> HeadFit:
     """Choose the L2 strength by `folds`-fold cross-validation (lowest log-loss), then fit on all examples.
 
     With `class_embeddings` (a sentence encoder's embedding of each class name) the head shrinks towards the
     class-name classifier rather than towards zero, over `NAMES_L2_GRID` (default grid: `L2_GRID`). With too few
-    examples per class for the inner folds, the strength is not chosen but taken as a moderate 0.1.
+    examples per class for the inner folds, the strength is not chosen but taken as a moderate 0.1. With `views`
+    (augmented views of each example, [N, V, D]) every fit also learns from the views of the examples it learns
+    from (`with_views`); the folds split examples, so a view never scores the example it was made from.
     """
     toward_names = class_embeddings is not None
     grid = grid if grid is not None else l2_grid(toward_names)
@@ -325,7 +341,8 @@ def select_and_fit(
                     raise InterruptedError
                 train, held = fold_of != fold, fold_of == fold
                 head = fit_logistic(
-                    features[train], labels[train], num_classes, l2, weight, previous[fold], prior=priors[fold]
+                    *with_views(features[train], labels[train], views[train] if views is not None else None),
+                    num_classes, l2, weight, previous[fold], prior=priors[fold],
                 )
                 previous[fold] = head
                 oof[held] = head.logits(features[held].to(torch.float64)).numpy()
@@ -343,7 +360,8 @@ def select_and_fit(
     else:
         chosen = 0.1
     prior = class_name_prior(features, labels, class_embeddings) if toward_names else None
-    head = fit_logistic(features, labels, num_classes, chosen, weight, on_iteration=on_iteration, prior=prior)
+    head = fit_logistic(*with_views(features, labels, views), num_classes, chosen, weight, on_iteration=on_iteration,
+                        prior=prior)
     oof_logits = oof_by_l2.get(chosen)
     if oof_logits is None:
         oof_logits = head.logits(features.to(torch.float64)).numpy()
@@ -387,6 +405,7 @@ def cross_validate_head(
     stop_requested: Callable[[], bool] | None = None,
     class_embeddings: torch.Tensor | None = None,
     featurize: Featurize | None = None,
+    views: torch.Tensor | None = None,
 ) -> CrossValidation:
     """Nested cross-validation of the head recipe, then the final refit on every example.
 
@@ -396,7 +415,8 @@ def cross_validate_head(
     With `featurize`, the features themselves are learned from the labels (an encoder tuned on them): each fold
     calls `featurize(its training mask)` for every example's features and the class-name embeddings from an
     encoder tuned on that fold's training part only, and the final call (every example) leaves the delivered
-    encoder behind. `features` and `class_embeddings` are then unused.
+    encoder behind. `features` and `class_embeddings` are then unused. `views` (augmented views of each example,
+    [N, V, D]) join the fits of the examples they were made from only, so each fold scores its examples unseen.
     """
     labels_np = labels.numpy()
     fold_of = stratified_folds(labels_np, folds, seed)
@@ -411,6 +431,7 @@ def cross_validate_head(
         fitted = select_and_fit(
             features[train], labels[train], num_classes, seed=seed + fold + 1, balanced=balanced,
             stop_requested=stop_requested, class_embeddings=class_embeddings,
+            views=views[train] if views is not None else None,
         )
         oof_logits[held] = fitted.head.logits(features[held].to(torch.float64)).numpy()
         fold_l2.append(fitted.head.l2)
@@ -420,7 +441,7 @@ def cross_validate_head(
         features, class_embeddings = featurize(np.ones(len(labels_np), dtype=bool))
     final = select_and_fit(
         features, labels, num_classes, seed=seed, balanced=balanced, on_iteration=on_iteration,
-        stop_requested=stop_requested, class_embeddings=class_embeddings,
+        stop_requested=stop_requested, class_embeddings=class_embeddings, views=views,
     )
     calibrated = np.zeros_like(oof_logits)
     for fold in range(folds):

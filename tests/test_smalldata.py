@@ -95,6 +95,24 @@ def test_cross_validated_head_on_real_digits_holds_the_truth_in_its_interval() -
     assert result.final.grid and result.final.head.l2 in smalldata.L2_GRID
 
 
+def test_augmented_views_never_score_the_example_they_were_made_from() -> None:
+    """Labels without signal, and views that are near copies of their example: a fold that learnt from the views of
+    the examples it scores would memorise them (near 100 %); kept with their own example it stays near chance."""
+    rng = np.random.default_rng(0)
+    features = torch.tensor(rng.normal(size=(40, 30)))
+    labels = torch.tensor(rng.integers(0, 2, 40))
+    views = features[:, None, :] + 0.01 * torch.tensor(rng.normal(size=(40, 2, 30)))
+    stacked, stacked_labels = smalldata.with_views(features, labels, views)
+    assert stacked.shape == (120, 30) and torch.equal(stacked_labels[40:], labels.repeat_interleave(2))
+    result = smalldata.cross_validate_head(features, labels, 2, folds=5, views=views)
+    assert (result.oof_logits.argmax(1) == labels.numpy()).mean() < 0.75
+    # What the test guards against: with the held-out examples' views in the fit, they are memorised.
+    train, held = result.fold_of != 0, result.fold_of == 0
+    leaky = smalldata.fit_logistic(torch.cat([features[train], views[held].reshape(-1, 30)]),
+                                   torch.cat([labels[train], labels[held].repeat_interleave(2)]), 2, 1e-3)
+    assert (leaky.logits(features[held]).argmax(1) == labels[held]).float().mean() > 0.95
+
+
 def test_linear_head_folds_standardisation_and_temperature_into_nn_linear() -> None:
     features, labels, rest_features, _ = _digits(8)
     head = smalldata.fit_logistic(features, labels, 10, l2=0.01)
