@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "of epochs and deliver that model (auto: for small data, where cross-validation would apply)")
     train.add_argument("--lexical", choices=["auto", "off"], default="auto",
                        help="texts with the logistic head: mix a TF-IDF n-gram model into the delivered probabilities "
-                       "(30 %%, estimated on the same folds; auto) or keep the head alone (off)")
+                       "(an equal vote, estimated on the same folds; auto) or keep the head alone (off)")
+    train.add_argument("--views", type=int, default=0, metavar="N",
+                       help="images with the logistic head: learn also from N augmented views of each image (crops, "
+                       "flips), computed once through the frozen backbone and cached; 0 = off (default)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--out", help="folder for metrics.json and the best model")

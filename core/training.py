@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 CACHE_MODES = ("features", "activations", "none")
 AUGMENTATIONS = ("none", "light", "strong")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_VIEWS = 16  # augmented views per image for the logistic head: each is one more pass over the labelled images
 STEP_FLUSH_SECONDS = 2.0
 ENCODE_BATCH = 64  # texts embedded at once when features are computed outside the cache (a tuned encoder)
 CHECKPOINT_DIR = "checkpoint"
@@ -103,6 +104,10 @@ class TrainConfig:
             split, train again from the pretrained weights on train + validation for that many epochs, and deliver
             (and score on the test split) that model. "auto" does so where the data is small (the rule under which
             feature extraction cross-validates, `core.smalldata.choose_protocol`); "on" or "off".
+        views: images with the logistic head: this many augmented views of each labelled image (random crops
+            keeping at least 60 %, flips: the "light" augmentation) go once through the frozen backbone, and the
+            head learns from them beside the originals (`smalldata.with_views`: a view only ever joins its own
+            image's fold). 0 = off.
         lexical: texts with the logistic head: "auto" mixes a TF-IDF n-gram model into the delivered probabilities
             (`core.ngrams`: an equal vote of the two; fitted and scored on the same folds); "off" keeps the
             head alone.
@@ -133,6 +138,7 @@ class TrainConfig:
     sentence_tuning: str = "auto"
     refit: str = "auto"
     lexical: str = "auto"
+    views: int = 0
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on when a value is out of range."""
@@ -171,6 +177,8 @@ class TrainConfig:
             problems.append(f"refit must be 'auto', 'on' or 'off', not {self.refit!r}")
         if self.lexical not in ("auto", "off"):
             problems.append(f"lexical must be 'auto' or 'off', not {self.lexical!r}")
+        if not 0 <= self.views <= MAX_VIEWS:
+            problems.append(f"views must be between 0 and {MAX_VIEWS}, not {self.views}")
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
 
@@ -614,6 +622,12 @@ class _Trainer:
         self.logistic = uses_logistic_head(config, self.cache_mode)
         if self.logistic and self.cache_mode != "features":
             raise ValueError("The logistic-regression head needs cached features: freeze every group, no augmentation.")
+        if config.views and not (self.logistic and dataset.modality == "image"):
+            raise ValueError(
+                f"Augmented views ({config.views} per image) are for images with the logistic head (every group "
+                "frozen, no augmentation): they are computed once and learnt from beside the originals. Set views to "
+                "0, or use the augmentation setting to augment while fine-tuning."
+            )
         if self.distributed is not None:
             if self.logistic:
                 raise ValueError(
@@ -818,6 +832,37 @@ class _Trainer:
         if not self.cache_reused:
             log.info("Cached %s in %.1f s", self.cache_mode, self.cache_seconds)
         return result
+
+    def augmented_views(self, items: list[str], labels: torch.Tensor) -> torch.Tensor | None:
+        """`config.views` augmented views of each image (light: crops and flips), through the frozen backbone once:
+        [N, views, D], row i the views of items[i]. Each view is seeded and cached on disk like the features, so a
+        second run on the same data reuses them."""
+        if not self.config.views:
+            return None
+        from core.preprocess import make_preprocessor
+
+        preprocessor = make_preprocessor(self.backbone.spec, "light")
+        views = []
+        for view in range(self.config.views):
+            seed = self.config.seed * 1009 + view
+            with torch.random.fork_rng(devices=[]):
+                state = random.getstate()
+                random.seed(seed)
+                torch.manual_seed(seed)
+                try:
+                    result, _ = cached_states(
+                        self.backbone, {"view": (items, labels.tolist())}, self.frozen, preprocessor,
+                        f"{self.fingerprint}|{self.protocol.name}|view {view} seed {seed}", self.device, self.precision,
+                        self.channels_last, to_disk=True, stop_requested=self.stop_requested, emit=self.events.emit,
+                        train=True,
+                    )
+                finally:
+                    random.setstate(state)
+            if result is None:
+                raise TrainingStopped
+            views.append(result["view"].states.float().cpu())
+        log.info("Learning from %d augmented views of each of %d images", self.config.views, len(items))
+        return torch.stack(views, dim=1)
 
     def check_cache_budget(self) -> None:
         """Fall back to no caching (and say why) when the stored states would not fit the memory cache."""
@@ -1202,13 +1247,14 @@ class _Trainer:
 
         balanced = self.config.class_weights
         names = self.class_name_embeddings()  # the pretrained encoder's: the zero-shot baseline (and the prior)
+        views = self.augmented_views(items, labels)
         featurize = self.tuned_features(items, labels.numpy()) if self.tuning.on else None
         try:
             if self.protocol.name == "cross-validation":
                 result = smalldata.cross_validate_head(
                     features, labels, self.dataset.num_classes, self.protocol.folds, seed=self.config.seed,
                     balanced=balanced, progress=progress, on_iteration=iteration, stop_requested=self.stop_requested,
-                    class_embeddings=names, featurize=featurize,
+                    class_embeddings=names, featurize=featurize, views=views,
                 )
                 fitted, temperature = result.final, result.temperature
             else:
@@ -1216,6 +1262,7 @@ class _Trainer:
                 fitted = smalldata.select_and_fit(
                     head_features, labels, self.dataset.num_classes, seed=self.config.seed, balanced=balanced,
                     on_iteration=iteration, stop_requested=self.stop_requested, class_embeddings=head_names,
+                    views=views,
                 )
                 temperature = stats.fit_temperature(fitted.oof_logits, labels.numpy())
         except (InterruptedError, contrastive.TuningStopped):
@@ -1473,8 +1520,12 @@ def cached_states(
     stop_requested: Callable[[], bool] | None = None,
     emit: Callable[[str, dict[str, Any]], None] | None = None,
     distributed: scale_out.Distributed | None = None,
+    train: bool = False,
 ) -> tuple[dict[str, feature_cache.CachedStates] | None, bool]:
     """The states after the first `boundary` groups for every split: from the cache, else computed and stored.
+
+    `train` loads the examples as for training (the preprocessor's augmentation): augmented views, whose
+    `fingerprint` must then name the view and its seed (the caller seeds the random generators).
 
     One computation per key at a time: a caller that finds another one computing the same key (the background
     warm-up of `prepare_features`, a second session) waits for it and reuses its result instead of doing it again.
@@ -1514,7 +1565,7 @@ def cached_states(
             if distributed is not None:  # this rank's share: every N-th example
                 share = distributed.eval_share(count).tolist()
                 items, labels = [items[index] for index in share], [labels[index] for index in share]
-            loader = _loader(items, labels, preprocessor, train=False, batch_size=batch_size)
+            loader = _loader(items, labels, preprocessor, train=train, batch_size=batch_size)
 
             def progress(
                 index: int, _total: int, offset: int = done, size: int = len(items), split: str = name
@@ -1786,7 +1837,7 @@ def main_train(args: argparse.Namespace) -> int:
         protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5,
         head=getattr(args, "head", None) or "auto", multi_block=getattr(args, "multi_block", True),
         sentence_tuning=getattr(args, "sentence_tuning", None) or "auto", refit=getattr(args, "refit", None) or "auto",
-        lexical=getattr(args, "lexical", None) or "auto", **chosen,
+        lexical=getattr(args, "lexical", None) or "auto", views=getattr(args, "views", None) or 0, **chosen,
     )
     out = Path(args.out)
     if scale_out.launched():  # one of several processes that `--processes` (or a launcher) started

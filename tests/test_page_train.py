@@ -316,7 +316,8 @@ def test_with_every_group_frozen_the_page_says_which_settings_the_chosen_head_us
     assert any("no epochs, batch size or learning rate apply" in m.value for m in at.markdown)
     labels = [e.label for e in at.expander]
     assert labels[:2] == ["Advanced", "Gradient-descent settings (not used by the logistic head)"]
-    assert _inputs(at.expander[0]) == ["Seed", "Device"]
+    assert sorted(_inputs(at.expander[0])) == ["Augmented views per image", "Device", "Seed"]  # views: images only
+    assert at.number_input(key="train_views").value == 0  # off unless asked for
     assert "Epochs" in _inputs(at.expander[1]) and "Learning rate" in _inputs(at.expander[1])
     assert [label for label in _inputs(at) if label not in _inputs(at.expander[0]) + _inputs(at.expander[1])] == [
         "Class weights"
@@ -326,6 +327,7 @@ def test_with_every_group_frozen_the_page_says_which_settings_the_chosen_head_us
     assert not at.exception, at.exception
     assert [e.label for e in at.expander][:1] == ["Advanced"]
     assert "Gradient-descent settings (not used by the logistic head)" not in [e.label for e in at.expander]
+    assert "Augmented views per image" not in _inputs(at)  # fine-tuning augments as it trains instead
     up_front = [label for label in _inputs(at) if label not in _inputs(at.expander[0])]
     assert up_front == ["Epochs", "Learning rate", "Batch size", "Augmentation", "Class weights"]
     assert next(w for w in at.number_input if w.label == "Learning rate").value == pytest.approx(1e-2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -145,6 +146,33 @@ def test_fit_keeps_the_test_split_when_asked(colour_dataset: Dataset, tmp_path: 
     assert result.estimate["protocol"] == "test split"
     assert result.estimate["n"] == len(colour_dataset.split("test")[0])
     assert not result.estimate["refit_on_all"]
+
+
+def test_augmented_views_go_through_the_backbone_once_and_are_reused(
+    colour_dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import training
+
+    passes = []
+    original = training.cached_states
+
+    def recording(*args, **kwargs):
+        states, reused = original(*args, **kwargs)
+        if kwargs.get("train"):
+            passes.append((len(args[1]["view"][0]), reused))
+        return states, reused
+
+    monkeypatch.setattr(training, "cached_states", recording)
+    config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", folds=3, views=2)
+    torch.manual_seed(0)
+    first = fit(colour_dataset, config, tmp_path / "first", backbone=TinyCNN())
+    assert first.status == "completed" and first.estimate["n"] == len(colour_dataset.table)
+    assert passes == [(len(colour_dataset.table), False)] * 2  # every labelled image, two views, computed
+    torch.manual_seed(0)  # the same random weights: the same features, so the same cache key
+    fit(colour_dataset, config, tmp_path / "second", backbone=TinyCNN())
+    assert passes[2:] == [(len(colour_dataset.table), True)] * 2  # the second run reads them from the cache
+    with pytest.raises(ValueError, match="Augmented views"):  # fine-tuning augments as it trains instead
+        fit(colour_dataset, dataclasses.replace(config, frozen_groups=1), tmp_path / "tuned", backbone=TinyCNN())
 
 
 def _named_classes(per_class: int, seed: int, names_agree: bool = True) -> tuple[torch.Tensor, ...]:
