@@ -44,6 +44,7 @@ HELD_OUT = 500
 MIN_HELD_OUT_PER_CLASS = 50
 POOL = 4000  # a set larger than this is subsampled (stratified, fixed seed) before drawing: one short feature pass
 SETS = ("digits", "lfw", "tweets")
+VIEWS = 4  # images: the "app, augmented views" arm learns from this many cached views of each labelled image
 
 
 def _write_pngs(images: np.ndarray, folder: Path) -> list[str]:
@@ -200,8 +201,11 @@ def _app_arm(arm: str, config: Any, folder: Path, dataset: Any, backbone: Any, f
 
 
 def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path, held_out: int = HELD_OUT,
-            min_held_out: int = MIN_HELD_OUT_PER_CLASS) -> list[dict[str, Any]]:
-    """One row per (size, draw, arm): held-out accuracy, and for the app arm its reported estimate."""
+            min_held_out: int = MIN_HELD_OUT_PER_CLASS, views: int = VIEWS) -> list[dict[str, Any]]:
+    """One row per (size, draw, arm): held-out accuracy, and for the app arms their reported estimate.
+
+    Images also get the app with `views` cached augmented views per labelled image (`TrainConfig.views`; 0 skips).
+    """
     from core import smalldata
     from core.backbones import default_backbone, load_backbone
     from core.dataset import Dataset
@@ -250,6 +254,10 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
                 rows.append(_app_arm(other[0], TrainConfig(backbone=name, frozen_groups=99, seed=seed,
                                                            sentence_tuning=other[1]),
                                      home / f"{data['name']}-{per_class}-{seed}-{other[1]}", **scoring)[0])
+            if data["modality"] == "image" and views:
+                augmented = TrainConfig(backbone=name, frozen_groups=99, seed=seed, views=views)
+                rows.append(_app_arm(f"app, {views} augmented view{'s' * (views != 1)}", augmented,
+                                     home / f"{data['name']}-{per_class}-{seed}-views", **scoring)[0])
             last = features[:, -final:]
             probe = _logistic(last[train], train_y, last[test], test_y, scale=True)
             rows.append({**base, "arm": "probe", "accuracy": probe})
@@ -304,7 +312,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def run(sizes: tuple[int, ...] = SIZES, draws: int = DRAWS, names: tuple[str, ...] = SETS, out: str | None = None,
-        pool: int = POOL, held_out: int = HELD_OUT, min_held_out: int = MIN_HELD_OUT_PER_CLASS
+        pool: int = POOL, held_out: int = HELD_OUT, min_held_out: int = MIN_HELD_OUT_PER_CLASS, views: int = VIEWS
         ) -> tuple[str, list[dict[str, Any]]]:
     """Runs every set (in a throw-away workspace) and returns the Markdown table and its rows."""
     with tempfile.TemporaryDirectory(prefix="transfer-studio-accuracy-") as work:
@@ -313,7 +321,7 @@ def run(sizes: tuple[int, ...] = SIZES, draws: int = DRAWS, names: tuple[str, ..
         try:
             rows = []
             for data in load_sets(Path(work), names, pool):
-                rows.extend(run_set(data, sizes, draws, Path(work) / "runs", held_out, min_held_out))
+                rows.extend(run_set(data, sizes, draws, Path(work) / "runs", held_out, min_held_out, views))
         finally:
             if previous is None:
                 os.environ.pop("TRANSFER_STUDIO_HOME", None)

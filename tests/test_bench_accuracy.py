@@ -32,9 +32,10 @@ def test_a_draw_leaves_enough_held_out_examples_or_none() -> None:
 @pytest.mark.integration
 def test_a_small_benchmark_scores_the_app_the_probe_and_the_no_transfer_baseline() -> None:
     text, rows = bench_accuracy.run(sizes=(8,), draws=1, names=("digits",), pool=260, held_out=100,
-                                        min_held_out=10)
+                                        min_held_out=10, views=1)
     arms = {row["arm"]: row for row in rows}
-    assert set(arms) == {"app defaults", "probe", "pixels (no transfer)"}
+    assert set(arms) == {"app defaults", "app, 1 augmented view", "probe", "pixels (no transfer)"}
+    assert arms["app, 1 augmented view"]["held_out"] == 100 and "1 augmented view minus probe" in text
     app = arms["app defaults"]
     assert app["held_out"] == 100 and 0.5 < app["accuracy"] <= 1.0  # 10 classes: chance is 0.1
     assert app["low"] <= app["reported"] <= app["high"] and isinstance(app["inside"], bool)
