@@ -299,7 +299,7 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     verdict = main(page).get_by_test_id("stAlert").filter(has_text=re.compile(r"TF-IDF: \d+\.\d%"))
     expect(verdict).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
     expect(verdict).to_contain_text(re.compile(r"95 % interval [−+]\d+\.\d to [−+]\d+\.\d points; n = \d+"))
-    expect(main(page).locator(".st-key-test_baselines_table")).to_contain_text("Pretrained − this")
+    expect(main(page).locator(".st-key-test_baselines_table").get_by_test_id("stDataFrame")).to_be_visible()
     verdict.scroll_into_view_if_needed()
     shot(page, "text-5-baselines")
 
