@@ -76,6 +76,8 @@ if rankable and rank_key not in rankings:
             scratch["preselect"] = rankings[rank_key].best  # pre-selected once; the user's own choice wins after
         except (ValueError, OSError, RuntimeError) as error:
             st.error(f"The backbones could not be ranked: {error}")
+        else:
+            st.rerun()  # draw the page with the ranking (and without the button that asked for it)
         finally:
             bar.empty()
 if rank_key in rankings:
