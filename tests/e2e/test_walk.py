@@ -255,6 +255,12 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
 def test_text_walk(page: Page, tmp_path: Path) -> None:
     load_sample(page, "texts")
     choose_default_backbone(page, "texts")
+    # Which backbone? Only MiniLM is offline here: the ranking says there is nothing to rank and still scores its
+    # probe on the data (its features are kept, so the run below starts from them).
+    click_button(page, "Rank for my data", timeout_ms=TRAINING_TIMEOUT_MS)
+    ranked = main(page).get_by_test_id("stAlert").filter(has_text="Its probe estimates")
+    expect(ranked).to_contain_text(re.compile(r"estimates \d+(\.\d)?\s?% \(.+\), n = 160"), timeout=TRAINING_TIMEOUT_MS)
+    shot(page, "text-2-backbone-rank")
     set_feature_extraction(page)
     go_to(page, "4 · Train")
     # The page offers tuning the sentence encoder on the texts first, and says why the default does not.
@@ -294,6 +300,8 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     # Does transfer help? The baselines train in the background on the run's own folds (the page stays usable, a
     # progress bar shows), then the page compares: the verdict reads the 95 % interval of the difference, and the
     # table gives each baseline's accuracy, interval, n and "pretrained minus this".
+    with rerun(page):  # the random-weights model: 2 epochs are enough to check the flow (the default is 10)
+        fill_number(page, "Epochs for the from-scratch model", 2)
     click_button(page, "Train baseline", timeout_ms=TRAINING_TIMEOUT_MS)
     expect(main(page).get_by_test_id("stProgress").filter(has_text="Training")).to_be_visible()
     verdict = main(page).get_by_test_id("stAlert").filter(has_text=re.compile(r"TF-IDF: \d+\.\d%"))
@@ -342,6 +350,8 @@ def test_audio_walk(page: Page, tmp_path: Path) -> None:
     expect(main(page).get_by_text("Protocol: 5-fold cross-validation.")).to_be_visible()
     expect(main(page).get_by_text(re.compile(r"95 % interval \d+\.\d%–\d+\.\d% · n = 144"))).to_be_visible()
     # Does transfer help? The MFCC baseline (and the same network with random weights) on the run's own folds.
+    with rerun(page):
+        fill_number(page, "Epochs for the from-scratch model", 2)
     click_button(page, "Train baseline", timeout_ms=TRAINING_TIMEOUT_MS)
     verdict = main(page).get_by_test_id("stAlert").filter(has_text=re.compile(r"MFCC: \d+\.\d%"))
     expect(verdict).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
