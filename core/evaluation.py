@@ -1137,7 +1137,8 @@ def _compare(model_accuracy: float, model_correct: list[int] | None, digest: str
     return row
 
 
-def _points(share: float) -> str:
+def format_points(share: float) -> str:
+    """A difference in accuracy (a share) as signed points with a true minus sign: 0.046 -> '+4.6'."""
     return f"{share * 100:+.1f}".replace("-", "−")
 
 
@@ -1146,7 +1147,7 @@ def _difference_words(row: dict[str, Any]) -> str:
     low, high = row["interval95"]
     how = (f"paired on the same {row['n']} examples" if row["method"] == "paired bootstrap"
            else f"n = {row['n']}, unpaired: the answers per example were not kept")
-    return f"(95 % interval {_points(low)} to {_points(high)} points; {how})"
+    return f"(95 % interval {format_points(low)} to {format_points(high)} points; {how})"
 
 
 def judge_transfer(
@@ -1192,8 +1193,8 @@ def judge_transfer(
         row = min(unsure, key=lambda row: row["difference"])
         return verdict(
             "warning", f"{head} The pretrained model does not clearly beat {row['short']}: "
-            f"{_points(row['difference'])} points {_difference_words(row)}, so on new data of this kind it may be no "
-            f"better. {_NEXT_STEPS}", **_numbers(row))
+            f"{format_points(row['difference'])} points {_difference_words(row)}, so on new data of this kind it may "
+            f"be no better. {_NEXT_STEPS}", **_numbers(row))
     row = min(rows, key=lambda row: row["interval95"][0])
     return verdict("success", f"{head} Transfer learning adds {row['difference'] * 100:.1f} points over "
                               f"{row['short']}, the hardest baseline to beat {_difference_words(row)}.",
@@ -1230,14 +1231,6 @@ def judge_run(estimate: Evaluation, baselines: Sequence[BaselineResult]) -> Tran
         return judge_transfer(estimate, baselines)
     return judge_transfer(estimate, baselines, model_accuracy=float(network_alone),
                           subject="Pretrained network alone (without the TF-IDF model)")
-
-
-def transfer_verdict(
-    model_accuracy: float, baselines: Sequence[BaselineResult], margin: float = 0.02, subject: str = "Pretrained"
-) -> tuple[str, str]:
-    """(level, sentence) of `judge_transfer` for an accuracy alone (no per-example answers, no n: a fixed margin)."""
-    verdict = judge_transfer(None, baselines, model_accuracy=model_accuracy, subject=subject, margin=margin)
-    return verdict.level, verdict.sentence
 
 
 # --------------------------------------------------------------------------------------------------- command line
@@ -1353,7 +1346,7 @@ def main_baselines(args: argparse.Namespace) -> int:
         line = f"{baseline.title}: {interval}, n = {baseline.n}"
         row = rows.get(baseline.name)
         if row is not None and row["interval95"] is not None:
-            line += f"; pretrained minus this: {_points(row['difference'])} points {_difference_words(row)}"
+            line += f"; pretrained minus this: {format_points(row['difference'])} points {_difference_words(row)}"
         sys.stdout.write(line + "\n")
     sys.stdout.write(f"\n{verdict.level.upper()}: {verdict.sentence}\n")
     return 0

@@ -183,7 +183,8 @@ BASELINE_TASK = "test_baseline_task"  # (run folder, core.background.BackgroundT
 def _difference_cell(row: dict[str, Any]) -> str:
     """'+4.6 points (−1.2 to +10.4)' for the table: pretrained minus the baseline, with its 95 % interval."""
     low, high = row["interval95"]
-    return f"{row['difference'] * 100:+.1f} points ({low * 100:+.1f} to {high * 100:+.1f})".replace("-", "−")
+    points = evaluation.format_points
+    return f"{points(row['difference'])} points ({points(low)} to {points(high)})"
 
 
 def _baseline_task() -> background.BackgroundTask | None:

@@ -414,15 +414,17 @@ def test_transfer_verdict_reads_the_interval_of_the_paired_difference() -> None:
 
 def test_transfer_verdict_says_plainly_when_pretraining_does_not_help() -> None:
     baselines = [evaluation.BaselineResult("scratch", "Same architecture, random weights", 0.43, 0.4)]
-    level, sentence = evaluation.transfer_verdict(0.91, baselines)
-    assert level == "success" and "91.0%" in sentence and "43.0%" in sentence
-    level, sentence = evaluation.transfer_verdict(0.44, baselines)
-    assert level == "warning" and "negative transfer" in sentence and "unfreez" in sentence.lower()
-    assert evaluation.transfer_verdict(0.9, [])[0] == "info"
+    verdict = evaluation.judge_transfer(None, baselines, model_accuracy=0.91)
+    assert verdict.level == "success" and "91.0%" in verdict.sentence and "43.0%" in verdict.sentence
+    verdict = evaluation.judge_transfer(None, baselines, model_accuracy=0.44)
+    assert verdict.level == "warning" and "negative transfer" in verdict.sentence
+    assert "unfreez" in verdict.sentence.lower()
+    assert evaluation.judge_transfer(None, [], model_accuracy=0.9).level == "info"
     # A text run that mixes in TF-IDF is judged by its network alone, and the sentence says whose number it is.
     tfidf = [evaluation.BaselineResult("tfidf", "TF-IDF + logistic regression", 0.80, 0.8)]
-    level, sentence = evaluation.transfer_verdict(0.79, tfidf, subject="Pretrained network alone")
-    assert level == "warning" and sentence.startswith("Pretrained network alone: 79.0%") and "TF-IDF: 80.0%" in sentence
+    verdict = evaluation.judge_transfer(None, tfidf, model_accuracy=0.79, subject="Pretrained network alone")
+    assert verdict.level == "warning" and verdict.sentence.startswith("Pretrained network alone: 79.0%")
+    assert "TF-IDF: 80.0%" in verdict.sentence
     # A record from before intervals (no n, no answers) is still judged, by the old fixed margin.
     verdict = evaluation.judge_transfer(None, baselines, model_accuracy=0.44)
     assert verdict.method == "fixed margin" and verdict.interval95 is None and verdict.level == "warning"
