@@ -10,7 +10,7 @@ from core import jobs, workspaces
 from core.paths import is_workspace_name, workspace_dir
 from core.session import StudioState, open_workspace
 from core.store import RunStore
-from pages._ui import PAGES, WORKSPACE_PARAM, draw_progress, draw_workspace, get_state
+from pages._ui import PAGES, WORKSPACE_PARAM, draw_progress, draw_workspace, get_state, url_path
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -48,7 +48,9 @@ except workspaces.WorkspaceError as error:
     st.stop()
 fresh_session = "studio" not in st.session_state
 state = _claim_workspace(get_state(), fresh_session, shared_workspace)
-navigation = st.navigation([st.Page(path, title=title, icon=icon) for path, title, icon in PAGES])
+navigation = st.navigation(
+    [st.Page(path, title=title, icon=icon, url_path=url_path(title)) for path, title, icon in PAGES]
+)
 draw_workspace(state, shared=shared_workspace is not None)
 
 # Drawn before the page (so a page that stops early still shows it) and again after it, in the same slot, so

@@ -789,4 +789,4 @@ _draw_resume(state, active)
 _draw_runs(state)
 
 if state.run_dir and not active:
-    st.page_link("pages/5_test.py", label="Next: test your model", icon="🎯")
+    st.page_link("pages/5_evaluate.py", label="Next: test your model", icon="🎯")

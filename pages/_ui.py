@@ -16,7 +16,7 @@ PAGES = [
     ("pages/2_backbone.py", "2 · Backbone", "🧠"),
     ("pages/3_freezing.py", "3 · Freezing", "🧊"),
     ("pages/4_train.py", "4 · Train", "🏋️"),
-    ("pages/5_test.py", "5 · Test", "🎯"),
+    ("pages/5_evaluate.py", "5 · Test", "🎯"),  # not 5_test.py: tools would take the page for a test file
 ]
 _PAGE_OF_STEP = {"Data": PAGES[0], "Backbone": PAGES[1], "Freezing": PAGES[2], "Train": PAGES[3]}
 _WHAT_TO_DO = {
@@ -25,6 +25,11 @@ _WHAT_TO_DO = {
     "Freezing": "choose how many layer groups stay frozen first",
     "Train": "train a model first",
 }
+
+
+def url_path(title: str) -> str:
+    """A step's URL comes from its title, not its file name: "5 · Test" -> /test."""
+    return title.split("·", 1)[-1].strip().lower().replace(" ", "_")
 
 
 def get_state() -> StudioState:

@@ -383,7 +383,7 @@ def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
             "dataset_fingerprint": dataset.fingerprint}
     monkeypatch.setattr(evaluation, "load_model", lambda path: (model, preprocessor, info))
     state = StudioState(dataset=dataset, backbone_name="tiny_audio", frozen_groups=0, run_dir=str(tmp_path))
-    at = AppTest.from_file(str(Path(APP).parent / "pages" / "5_test.py"), default_timeout=60)
+    at = AppTest.from_file(str(Path(APP).parent / "pages" / "5_evaluate.py"), default_timeout=60)
     at.session_state["studio"] = state
     at.run()
     assert not at.exception, at.exception

@@ -125,7 +125,7 @@ def test_a_run_tunes_the_encoder_per_fold_and_delivers_the_one_tuned_on_all(tmp_
     assert "- Encoder: The encoder is first fine-tuned on pairs" in report and "fold tuned its own copy" in report
     state = StudioState(dataset=data, backbone_name="all_minilm_l6_v2", frozen_groups=99, run_dir=result.run_dir)
     state.runs.append(result.run_dir)
-    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "5_test.py"), default_timeout=120)
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "5_evaluate.py"), default_timeout=120)
     app.session_state["studio"] = state
     app.run()
     assert not app.exception, app.exception

@@ -195,7 +195,7 @@ def test_the_test_page_explains_a_gallery_example_and_says_it_is_approximate(
 
     state = StudioState(dataset=colour_dataset, backbone_name="tiny_cnn", frozen_groups=0, run_dir=str(tiny_run))
     state.runs.append(str(tiny_run))
-    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "5_test.py"), default_timeout=60)
+    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "5_evaluate.py"), default_timeout=60)
     app.session_state["studio"] = state
     app.run()
     assert not app.exception, app.exception

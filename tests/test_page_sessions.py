@@ -20,7 +20,7 @@ from core.session import StudioState
 from tests.test_page_train import tiny_fit  # noqa: F401 - a fixture, shared with the Train page's tests
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-TRAIN, TEST = "pages/4_train.py", "pages/5_test.py"
+TRAIN, TEST = "pages/4_train.py", "pages/5_evaluate.py"
 ALICE, BOB = "amber-otter-11", "teal-heron-22"
 
 

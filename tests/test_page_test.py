@@ -20,7 +20,7 @@ from core.paths import workspace_subdir
 from core.session import StudioState
 from tests.test_evaluation import load_tiny_run, train_tiny, write_run
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_test.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_evaluate.py")
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def _outlined_cell(app: AppTest) -> tuple[int, int]:
 def test_page_asks_for_earlier_steps_first() -> None:
     # Through the router: the guard links to the Data page, which only exists inside `st.navigation`.
     app = AppTest.from_file(str(Path(PAGE).parent.parent / "app.py"), default_timeout=30).run()
-    app.switch_page("pages/5_test.py").run()
+    app.switch_page("pages/5_evaluate.py").run()
     assert not app.exception
     assert "earlier one" in app.info[0].value
 

@@ -257,7 +257,7 @@ def test_a_sentence_encoder_run_scores_the_class_names_alone_and_the_test_page_s
 
     state = StudioState(dataset=texts, backbone_name="all_minilm_l6_v2", frozen_groups=99, run_dir=result.run_dir)
     state.runs.append(result.run_dir)
-    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "5_test.py"), default_timeout=120)
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "5_evaluate.py"), default_timeout=120)
     app.session_state["studio"] = state
     app.run()
     assert not app.exception, app.exception

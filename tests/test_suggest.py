@@ -22,7 +22,7 @@ from tests.test_evaluation import load_tiny_run, tiny_preprocessor, train_tiny, 
 from tests.test_page_data import zip_of
 from tests.test_page_test import _text_model_page
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_test.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_evaluate.py")
 # The tiny model's classes are sorted: blue, green, red.
 RED, GREEN, BLUE = np.array((220, 40, 40)), np.array((40, 200, 60)), np.array((40, 60, 220))
 SHARES = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
