@@ -47,7 +47,8 @@ LR = 1e-3
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, torch version and what the engine will use here."""
-    from core.training import cpu_supports_bf16, pick_device
+    from core.devices import pick as pick_device
+    from core.training import cpu_supports_bf16
 
     model = platform.processor() or ""
     with contextlib.suppress(OSError):

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from core import stats
+from core import devices, stats
 from core.dataset import Dataset
 from core.paths import workspace_subdir
 
@@ -168,33 +168,6 @@ def confidence_at(probabilities: np.ndarray, targets: Sequence[int], threshold: 
 # --------------------------------------------------------------------------------------------------- prediction
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the one asked for, else CUDA, Apple MPS or CPU, whichever is present."""
-    if isinstance(device, torch.device):
-        return device
-    if device not in (None, "auto"):
-        return torch.device(device)
-    try:
-        from core.training import pick_device
-    except ImportError:
-        pick_device = None
-    if pick_device is not None:
-        return torch.device(pick_device("auto"))
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {key: _to_device(value, device) for key, value in batch.items()}
-    return batch
-
-
 def predict_proba(
     model: nn.Module,
     preprocessor: Any,
@@ -211,7 +184,7 @@ def predict_proba(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    target = resolve_device(device)
+    target = devices.pick(device)
     model.to(target)
     model.eval()
     chunks: list[np.ndarray] = []
@@ -220,7 +193,7 @@ def predict_proba(
     with torch.inference_mode():
         for start in range(0, total, batch_size):
             loaded = [preprocessor.load(item, train=False) for item in items[start : start + batch_size]]
-            batch = _to_device(preprocessor.collate(loaded), target)
+            batch = devices.to_device(preprocessor.collate(loaded), target)
             logits = model(batch)
             probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             if lexical is not None:

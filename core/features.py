@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core import devices
 from core.paths import workspace_subdir
 
 log = logging.getLogger(__name__)
@@ -185,17 +186,6 @@ def store_cached(key: str, splits: dict[str, CachedStates], to_disk: bool) -> No
     temporary.replace(path)
 
 
-def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.dim() == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    return batch
-
-
 def _store_dtype(tensor: torch.Tensor, keep_float32: bool) -> torch.Tensor:
     tensor = tensor.detach()
     if tensor.is_floating_point():
@@ -256,7 +246,7 @@ def compute_states(
     context = autocast or nullcontext
     for index, (batch, batch_labels) in enumerate(loader):
         with torch.inference_mode(), context():
-            inputs = _to_device(batch, device, channels_last)
+            inputs = devices.to_device(batch, device, channels_last)
             # The whole backbone is `forward` (which adds multi-block taps where set); a prefix is `forward_groups`.
             out = backbone(inputs) if boundary >= len(backbone.group_names) else backbone.forward_groups(
                 inputs, 0, boundary

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import devices
 from core.backbones import BackboneSpec, Classifier
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,6 @@ class CostEstimate:
     device: str = "cpu"
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
 def _rss_mb() -> float:
     """Current resident memory of this process, in MB (Linux /proc; peak RSS elsewhere)."""
     try:
@@ -146,12 +137,6 @@ def _rss_mb() -> float:
     except (OSError, ValueError, IndexError):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, dict):
-        return {k: v.to(device) for k, v in batch.items()}
-    return batch.to(device)
 
 
 def estimate_cost(
@@ -174,7 +159,7 @@ def estimate_cost(
         raise ValueError("There are no training examples to measure on; load a data set with a train split.")
     if batch_size < 1:
         raise ValueError(f"The batch size must be at least 1; got {batch_size}.")
-    target = _resolve_device(device)
+    target = devices.pick(device)
     work = copy.deepcopy(model).to(target)
     work.frozen_groups = getattr(model, "frozen_groups", 0)
     set_train_mode(work)
@@ -199,7 +184,8 @@ def estimate_cost(
     def step(index: int) -> None:
         nonlocal peak_rss
         chosen = batch_items(index)
-        batch = _to(preprocessor.collate([preprocessor.load(item, train=True) for item in chosen]), target)
+        loaded = [preprocessor.load(item, train=True) for item in chosen]
+        batch = devices.to_device(preprocessor.collate(loaded), target)
         labels = torch.randint(0, num_classes, (len(chosen),), generator=generator).to(target)
         loss = loss_fn(work(batch), labels)
         peak_rss = max(peak_rss, _rss_mb())  # activations are alive here

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core import devices, smalldata, stats
 from core import features as feature_cache
-from core import smalldata, stats
 from core.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -144,11 +144,11 @@ class _Encoder:
     def __init__(self, name: str, device: str) -> None:
         from core.backbones import load_backbone
         from core.preprocess import make_preprocessor
-        from core.training import autocast_factory, pick_device, resolve_precision, uses_channels_last
+        from core.training import autocast_factory, resolve_precision, uses_channels_last
 
         self.backbone = load_backbone(name, pretrained=True)
         self.preprocessor = make_preprocessor(self.backbone.spec, "none")
-        self.device = pick_device(device)
+        self.device = devices.pick(device)
         self.autocast = autocast_factory(self.device, resolve_precision("auto", self.device))
         self.channels_last = uses_channels_last(self.backbone.spec.modality, self.device)
         self.backbone.to(self.device)
@@ -156,10 +156,9 @@ class _Encoder:
             self.backbone.to(memory_format=torch.channels_last)
 
     def encode(self, items: list[str]) -> torch.Tensor:
-        from core.training import _to_device
 
         with torch.inference_mode(), self.autocast():
-            batch = _to_device(self.preprocessor.batch(items), self.device, self.channels_last)
+            batch = devices.to_device(self.preprocessor.batch(items), self.device, self.channels_last)
             features = self.backbone(batch).float().cpu()
         if self.device.type == "cuda":
             torch.cuda.synchronize()

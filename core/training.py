@@ -49,6 +49,8 @@ from core import distributed as scale_out
 from core import features as feature_cache
 from core.backbones import Backbone, Classifier
 from core.dataset import Dataset
+from core.devices import pick as pick_device
+from core.devices import to_device
 from core.paths import is_runs_folder, workspace_subdir
 from core.store import RunStore, new_run_id
 
@@ -247,27 +249,6 @@ class TrainingStopped(Exception):
 # ----------------------------------------------------------------------------------------------------- device
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """The torch device to train on: "auto" picks CUDA, then Apple MPS, then CPU; anything else is used as given.
-
-    Raises:
-        ValueError: when the requested device is not available on this machine.
-    """
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but no CUDA GPU is available here; use device 'auto' or 'cpu'.")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("Apple MPS was requested but is not available here; use device 'auto' or 'cpu'.")
-    return device
-
-
 def cpu_supports_bf16() -> bool:
     """Whether this CPU has native bfloat16 maths (AVX512-BF16 / AMX), where bf16 autocast is faster than fp32."""
     try:
@@ -341,10 +322,6 @@ def _loader(
         num_workers=0,
         collate_fn=collate,
     )
-
-
-def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
-    return feature_cache._to_device(batch, device, channels_last)
 
 
 def _batch_size_of(batch: Any) -> int:
@@ -881,7 +858,7 @@ class _Trainer:
     def _estimate_state_bytes(self, boundary: int, is_features: bool) -> int:
         loaded = self.eval_preprocessor.collate([self.eval_preprocessor.load(self.train_items[0], False)])
         with torch.inference_mode(), self.autocast():
-            out = self.backbone.eval().forward_groups(_to_device(loaded, self.device, self.channels_last), 0, boundary)
+            out = self.backbone.eval().forward_groups(to_device(loaded, self.device, self.channels_last), 0, boundary)
         tensors = out.values() if isinstance(out, dict) else [out]
         per_value = 4 if is_features or self.precision == "fp32" else 2
         return sum(t.numel() * (per_value if t.is_floating_point() else t.element_size()) for t in tensors)
@@ -965,7 +942,7 @@ class _Trainer:
         total_loss, correct, count = 0.0, 0, 0
         for batch, labels in self.eval_batches(split_name, cache, sharded=True):
             with torch.inference_mode(), self.autocast():
-                logits = self.forward(_to_device(batch, self.device, self.channels_last)).float()
+                logits = self.forward(to_device(batch, self.device, self.channels_last)).float()
             labels = labels.to(self.device)
             total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(dim=1) == labels).sum())
@@ -986,7 +963,7 @@ class _Trainer:
             factor = _lr_factor(self.global_step - self.schedule_start, self.schedule_steps, self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
-            batch = _to_device(batch, self.device, self.channels_last)
+            batch = to_device(batch, self.device, self.channels_last)
             labels = labels.to(self.device)
             with self.autocast():
                 logits = self.train_forward(batch)
@@ -1162,7 +1139,7 @@ class _Trainer:
         logits, labels = [], []
         for batch, batch_labels in self.eval_batches(split_name, cache):
             with torch.inference_mode(), self.autocast():
-                logits.append(self.forward(_to_device(batch, self.device, self.channels_last)).float().cpu())
+                logits.append(self.forward(to_device(batch, self.device, self.channels_last)).float().cpu())
             labels.append(batch_labels)
         if not logits:
             return np.zeros((0, self.dataset.num_classes)), np.zeros(0, dtype=np.int64)
@@ -1416,7 +1393,7 @@ class _Trainer:
         with torch.inference_mode(), self.autocast():
             for start in range(0, len(items), ENCODE_BATCH):
                 batch = self.eval_preprocessor.batch(list(items[start:start + ENCODE_BATCH]))
-                chunks.append(self.backbone(_to_device(batch, self.device, self.channels_last)).float().cpu())
+                chunks.append(self.backbone(to_device(batch, self.device, self.channels_last)).float().cpu())
         return torch.cat(chunks)
 
     def class_name_embeddings(self) -> torch.Tensor | None:
@@ -1426,7 +1403,7 @@ class _Trainer:
         self.model.eval()
         with torch.inference_mode(), self.autocast():
             texts = smalldata.class_name_texts(self.dataset.classes)
-            batch = _to_device(self.eval_preprocessor.batch(texts), self.device, self.channels_last)
+            batch = to_device(self.eval_preprocessor.batch(texts), self.device, self.channels_last)
             return self.model.backbone(batch).float().cpu()
 
     def restore_best(self) -> None:

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core import compare, freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
+from core import compare, devices, freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
 from core.backbones import get_spec
 from core.evaluation import read_run_info
 from core.session import StudioState
@@ -46,19 +46,6 @@ def _group_count(backbone_name: str) -> int | None:
     except (ImportError, KeyError, ValueError, AttributeError) as exc:
         log.info("No layer-group count for %s: %s", backbone_name, exc)
         return None
-
-
-def _devices() -> list[str]:
-    """Device choices on this machine: auto first, then what is really there."""
-    import torch
-
-    choices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        choices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        choices.append("mps")
-    return choices
 
 
 def _defaults(state: StudioState) -> dict[str, Any]:
@@ -677,7 +664,7 @@ with st.form("train-settings"):
                                 help="Largest gradient norm per step (0: no clipping); steadies fine-tuning.")
     c1, c2, c3 = advanced.columns(3)
     seed = c1.number_input("Seed", 0, 2**31 - 1, defaults["seed"], help="Same seed, same data, same result.")
-    device = c2.selectbox("Device", _devices(), help="'auto' uses a CUDA GPU, then Apple MPS, then the CPU.")
+    device = c2.selectbox("Device", devices.available(), help="'auto' uses a CUDA GPU, then Apple MPS, then the CPU.")
     refit = "auto"
     if not logistic:
         refit = c3.selectbox(
