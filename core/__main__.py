@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--class-weights", action=argparse.BooleanOptionalAction,
                        help="weight classes in the loss (default: on when the largest class is > 3x the smallest)")
     train.add_argument("--backbone-lr-factor", type=float)
+    # = core.preprocess.AUGMENTATIONS, spelled out to keep the CLI light (a test checks they agree)
     train.add_argument("--augmentation", choices=["none", "light", "strong"])
     train.add_argument("--patience", type=int)
     train.add_argument("--protocol", choices=["auto", "cross-validation", "test split"], default="auto",

@@ -40,7 +40,10 @@ def pick(name: str | torch.device | None = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps") if mps_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"Unknown device {name!r}: use 'auto', 'cpu', 'cuda' (or 'cuda:N') or 'mps'.") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but no CUDA GPU is available here; use device 'auto' or 'cpu'.")
     if device.type == "mps" and not mps_available():

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core import contrastive, ngrams, smalldata
+from core import contrastive, ngrams, preprocess, smalldata
 from core import distributed as scale_out
 from core import features as feature_cache
 from core.backbones import Backbone, Classifier
@@ -57,7 +57,7 @@ from core.store import RunStore, new_run_id
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("features", "activations", "none")
-AUGMENTATIONS = ("none", "light", "strong")
+AUGMENTATIONS = tuple(preprocess.AUGMENTATIONS)  # "none", "light", "strong": declared once, with their meaning
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_VIEWS = 16  # augmented views per image for the logistic head: each is one more pass over the labelled images
 STEP_FLUSH_SECONDS = 2.0

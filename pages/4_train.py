@@ -24,12 +24,11 @@ from core import compare, devices, freezing, jobs, preprocess  # noqa: F401 - im
 from core.backbones import get_spec
 from core.evaluation import read_run_info
 from core.session import StudioState
-from core.training import MAX_VIEWS, TrainConfig, sentence_tuning_plan, suggested_settings
+from core.training import AUGMENTATIONS, MAX_VIEWS, TrainConfig, sentence_tuning_plan, suggested_settings
 from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
 
-AUGMENTATIONS = ("none", "light", "strong")
 _ENGINE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _CLI_SPLIT = "70%/15%/15%, seed 0"  # how `python -m core train` splits data (core.data defaults)
 STATUS_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "stopped": "⏹️", "failed": "❌", "cancelled": "🛑",

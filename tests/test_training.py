@@ -257,6 +257,25 @@ def test_default_precision_trains_too(colour_dataset: Dataset, tmp_path: Path) -
     assert pick_device("cpu") == torch.device("cpu")
 
 
+
+def test_augmentation_choices_are_declared_once() -> None:
+    """The CLI (kept free of heavy imports) spells the choices out; they must be the preprocessing's own."""
+    from core.__main__ import build_parser
+    from core.preprocess import AUGMENTATIONS as DECLARED
+    from core.training import AUGMENTATIONS
+
+    train = next(action for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                 if action.dest == "augmentation")
+    assert list(train.choices) == list(DECLARED) == list(AUGMENTATIONS)
+
+
+def test_a_device_that_is_not_here_is_refused_with_a_sentence() -> None:
+    with pytest.raises(ValueError, match="Unknown device 'tpu-that-is-not-here'"):
+        pick_device("tpu-that-is-not-here")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is available here"):
+            pick_device("cuda")
+
 @pytest.mark.integration
 def test_efficientnet_lite0_feature_caching_via_the_cli(tmp_path: Path) -> None:
     from core.__main__ import build_parser
