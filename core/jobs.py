@@ -21,16 +21,15 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from core.dataset import Dataset
 from core.eta import TimeLeft
 from core.paths import check_in_workspace, workspace_subdir
+from core.store import RunStore, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,6 @@ def max_running_jobs() -> int:
     except ValueError:
         log.warning("TRANSFER_STUDIO_MAX_JOBS=%r is not a whole number; using 1", value)
         return 1
-
-
-def new_run_id(backbone: str) -> str:
-    """A run id that sorts by start time and says which backbone it trained: `20250101-120000-resnet18-1a2b3c`."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in backbone)[:40]
-    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{safe}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -704,7 +697,6 @@ def _close_record(run_dir: str, status: str, message: str | None) -> None:
     """Make sure the run store does not keep an ended run as "running" (the engine closes it itself unless its
     process was killed)."""
     try:
-        from core.store import RunStore
 
         store = RunStore()
         try:
@@ -754,7 +746,6 @@ def _record_owner(job: TrainingJob) -> None:
     if job.owner is None:
         return
     try:
-        from core.store import RunStore
 
         store = RunStore()
         try:
@@ -881,7 +872,6 @@ def recover(store: Any = None) -> dict[str, list[str]]:
         {"adopted": [run ids], "interrupted": [run ids]}.
     """
     from core import workers
-    from core.store import RunStore
 
     own_store = store is None
     store = store or RunStore()

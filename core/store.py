@@ -86,9 +86,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus a few random characters (e.g. `20250101-120000-a1b2c3`)."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+def new_run_id(label: str = "") -> str:
+    """A sortable, unique run id: UTC time, the label if any (the backbone a run trains), a few random characters.
+
+    `20250101-120000-a1b2c3`, or `20250101-120000-resnet18-a1b2c3` with a label; the id is also the run's folder
+    name, so the label keeps only letters, digits, `-` and `_`.
+    """
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40]
+    parts = (time.strftime("%Y%m%d-%H%M%S", time.gmtime()), safe, secrets.token_hex(3))
+    return "-".join(part for part in parts if part)
 
 
 def default_store_path() -> Path:
