@@ -352,7 +352,8 @@ class TrainingJob:
         self.isolation = "process" if self._worker_fit or self._runs_real_engine() else "thread"
         if self.resume:
             self._epochs = [dict(m) for m in _checkpoint_history(self.run_dir)]
-            self._best_epoch = _best_epoch(self._epochs)
+            kept = [m["best_epoch"] for m in self._epochs if m.get("best_epoch") is not None]
+            self._best_epoch = int(kept[-1]) if kept else None  # every epoch record says which epoch is kept
         _register(self)
         self.queued_at = _SLOTS.enqueue(self)
         if self.queued_at is None:
@@ -635,10 +636,8 @@ class TrainingJob:
             entry = {k: v for k, v in metrics.items() if _is_plain(v)}
             entry.setdefault("epoch", len(self._epochs) + 1)
             self._epochs.append(entry)
-            if entry.get("best_epoch") is not None:
+            if entry.get("best_epoch") is not None:  # the engine sends the epoch it keeps; never recomputed here
                 self._best_epoch = int(entry["best_epoch"])
-            else:
-                self._best_epoch = _best_epoch(self._epochs)
             self._phase = "training"
             epochs = _number(getattr(self.config, "epochs", None))
             if epochs:
@@ -679,18 +678,6 @@ def _whole(value: Any) -> int | None:
 
 def _is_plain(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str, list, tuple, dict))
-
-
-def _best_epoch(epochs: Sequence[dict[str, Any]]) -> int | None:
-    """The epoch with the lowest validation loss (what early stopping keeps), else the highest accuracy."""
-    scored = [(m.get("val_loss"), m.get("val_accuracy"), m.get("epoch")) for m in epochs]
-    with_loss = [(loss, epoch) for loss, _, epoch in scored if _number(loss) is not None]
-    if with_loss:
-        return int(min(with_loss, key=lambda pair: float(pair[0]))[1])
-    with_acc = [(acc, epoch) for _, acc, epoch in scored if _number(acc) is not None]
-    if with_acc:
-        return int(max(with_acc, key=lambda pair: float(pair[0]))[1])
-    return None
 
 
 def _close_record(run_dir: str, status: str, message: str | None) -> None:

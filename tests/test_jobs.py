@@ -56,7 +56,8 @@ class _FakeFit:
                     cb.on_step_end({"step": step, "total_steps": total, "epoch": epoch, "loss": 1.0 / step})
             for cb in callbacks:
                 cb.on_epoch_end({"epoch": epoch, "train_loss": 1.0 / epoch, "train_accuracy": 0.5,
-                                 "val_loss": abs(epoch - 2) + 0.1, "val_accuracy": 0.6})
+                                 "val_loss": abs(epoch - 2) + 0.1, "val_accuracy": 0.6,
+                                 "best_epoch": min(epoch, 2), "is_best": epoch <= 2})
         result = {"status": "completed", "best_epoch": 2}
         for cb in callbacks:
             cb.on_train_end(result)
