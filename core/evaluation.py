@@ -509,7 +509,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     `model.safetensors`) by `core.training.load_trained`.
 
     Raises:
-        ModelLoadError: the path is neither, or the module that reads it is missing.
+        ModelLoadError: the path is neither.
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -517,16 +517,12 @@ def load_model(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
             f"{folder} is not a folder. Give a run folder (workspace/runs/<run_id>) or an exported model bundle."
         )
     if (folder / "manifest.json").is_file():
-        try:
-            from core.export import load_bundle
-        except ImportError as error:
-            raise ModelLoadError(f"{folder} is a model bundle, but the export module cannot load: {error}") from error
+        from core.export import load_bundle  # export builds on this module: imported when a bundle is opened
+
         return load_bundle(folder)
     if (folder / "run.json").is_file():
-        try:
-            from core.training import load_trained
-        except ImportError as error:
-            raise ModelLoadError(f"{folder} is a run folder, but the training engine cannot load: {error}") from error
+        from core.training import load_trained  # the engine sits above this module: imported when a run is opened
+
         return load_trained(folder)
     raise ModelLoadError(
         f"{folder} holds no model: give a run folder with run.json and model.safetensors "

@@ -44,7 +44,9 @@ import torch
 from torch import nn
 
 from core import bundle_predict
+from core.evaluation import evaluate_probabilities, predict_proba
 from core.paths import file_sha256
+from core.training import load_trained
 
 log = logging.getLogger(__name__)
 
@@ -636,17 +638,7 @@ def load_bundle(path: str | Path) -> tuple[BundleModel, BundlePreprocessor, dict
 
 
 def _reference_probabilities(model: nn.Module, preprocessor: Any, items: Sequence[str], batch_size: int) -> np.ndarray:
-    try:
-        from core.evaluation import predict_proba
-    except ImportError:
-        predict_proba = None
-    if predict_proba is not None:
-        return predict_proba(model, preprocessor, list(items), device="cpu", batch_size=batch_size)
-    chunks = []
-    with torch.inference_mode():
-        for batch in _batches(preprocessor, items, batch_size):
-            chunks.append(torch.softmax(model(batch).float(), dim=-1).numpy())
-    return np.concatenate(chunks)
+    return predict_proba(model, preprocessor, list(items), device="cpu", batch_size=batch_size)
 
 
 def _run_predict_script(bundle_dir: Path, items: Sequence[str], engine: str, timeout: float) -> np.ndarray:
@@ -919,10 +911,6 @@ def _trace_items(items: Sequence[str], modality: str) -> list[str]:
 
 
 def _evaluate(probabilities: np.ndarray, targets: Sequence[int], classes: list[str], items: Sequence[str]) -> Any:
-    try:
-        from core.evaluation import evaluate_probabilities
-    except ImportError:
-        return None
     return evaluate_probabilities(probabilities, targets, classes, items)
 
 
@@ -1254,10 +1242,6 @@ def model_report(
 
 
 def _load_run(run_dir: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
-    try:
-        from core.training import load_trained
-    except ImportError as error:
-        raise ExportError(f"The training engine (core.training.load_trained) is not available: {error}") from error
     return load_trained(run_dir)
 
 
