@@ -1085,9 +1085,10 @@ class _Trainer:
         temperature = None
         if self.refit and self.best_epoch is not None:
             temperature = self.refit_on_train_and_val(cache)
-        _, self.test_accuracy = self.evaluate("test", cache)
+        if self.distributed is not None:  # every rank takes part in the summed pass; rank 0 then writes the estimate
+            _, self.test_accuracy = self.evaluate("test", cache)
         if self.distributed is None or self.distributed.is_main:
-            self.estimate_on_test_split(cache, temperature)
+            self.estimate_on_test_split(cache, temperature)  # sets test_accuracy: the test split is scored once
         self.status = "completed"
         return self.finish()
 
