@@ -4,6 +4,10 @@ Training a run needs a worker process, a queue and recovery after a restart (`co
 is redone with one click. A `BackgroundTask` runs one function on a daemon thread, hands it a `progress(share,
 note)` callback and a stop event, and keeps what a page polls (`snapshot()`) behind a lock. Pages keep the task in
 their session and poll it from `@st.fragment(run_every=...)`; the worker never touches the UI.
+
+A task started with `start_once(key, ...)` is also kept in this process under its key (e.g. the run folder it
+works for), so a reloaded page (a new browser session) finds it again with `running(key)` and shows its progress
+rather than losing it, and a second click, or a second tab on the same run, cannot start the same work twice.
 """
 
 from __future__ import annotations
@@ -93,4 +97,32 @@ class BackgroundTask:
         self._thread.join(timeout)
 
 
-__all__ = ["DONE", "FAILED", "RUNNING", "BackgroundTask", "TaskSnapshot"]
+_TASKS: dict[str, BackgroundTask] = {}
+_TASKS_LOCK = threading.Lock()
+
+
+def start_once(key: str, work: Callable[[Callable[[float, str], None], threading.Event], Any],
+               label: str) -> BackgroundTask:
+    """The task running under `key`, or a new one started with `work` when none is running there."""
+    with _TASKS_LOCK:
+        task = _TASKS.get(key)
+        if task is None or not task.is_running:
+            task = _TASKS[key] = BackgroundTask(work, label).start()
+        return task
+
+
+def running(key: str) -> BackgroundTask | None:
+    """The task still running under `key` (for a page that did not start it, e.g. after a reload), else None.
+
+    A finished task is let go here: what it made is saved by its work, and the session that started it keeps
+    its own reference for the outcome.
+    """
+    with _TASKS_LOCK:
+        task = _TASKS.get(key)
+        if task is not None and not task.is_running:
+            del _TASKS[key]
+            task = None
+        return task
+
+
+__all__ = ["DONE", "FAILED", "RUNNING", "BackgroundTask", "TaskSnapshot", "running", "start_once"]

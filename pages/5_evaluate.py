@@ -187,16 +187,26 @@ def _difference_cell(row: dict[str, Any]) -> str:
     return f"{points(row['difference'])} points ({points(low)} to {points(high)})"
 
 
+def _baseline_key() -> str:
+    """The baselines' task key in this server process: the run folder, so a reloaded page finds its task again."""
+    return f"baselines:{Path(run_dir).resolve()}"
+
+
 def _baseline_task() -> background.BackgroundTask | None:
-    """This session's baseline task, when it is for the run shown (another run's finished task is let go)."""
+    """The baseline task of the run shown: this session's, or one still running for the run (started before a
+    reload, or from another tab); another run's finished task is let go."""
     held = st.session_state.get(BASELINE_TASK)
-    if held is None:
-        return None
-    task_run, task = held
-    if task_run != run_dir and not task.is_running:
+    if held is not None:
+        task_run, task = held
+        if task_run == run_dir:
+            return task
+        if task.is_running:
+            return None  # this session's baselines of another run are still training
         del st.session_state[BASELINE_TASK]
-        return None
-    return task if task_run == run_dir else None
+    task = background.running(_baseline_key())
+    if task is not None:
+        st.session_state[BASELINE_TASK] = (run_dir, task)
+    return task
 
 
 def _start_baselines(epochs: int) -> background.BackgroundTask:
@@ -207,7 +217,7 @@ def _start_baselines(epochs: int) -> background.BackgroundTask:
         return evaluation.train_baselines(data, info, epochs=epochs, estimate=estimate, progress=progress,
                                           stop_event=stop_event)
 
-    return background.BackgroundTask(work, label=f"baselines-{info.get('run_id')}").start()
+    return background.start_once(_baseline_key(), work, label=f"baselines-{info.get('run_id')}")
 
 
 @st.fragment(run_every=1.0)

@@ -32,3 +32,25 @@ def test_a_task_reports_progress_and_keeps_its_result_or_its_error() -> None:
     failed = background.BackgroundTask(broken, label="broken").start()
     failed.join(10)
     assert (failed.snapshot().status, failed.snapshot().error) == (background.FAILED, "No backbone named 'x'.")
+
+
+def test_a_task_started_once_is_found_again_and_not_started_twice() -> None:
+    """What a reloaded page relies on: the running task under a key is found by a caller that did not start it,
+    a second start while it runs returns it, and once it has ended the key is free for a new one."""
+    release = threading.Event()
+    starts: list[int] = []
+
+    def work(progress: Callable[[float, str], None], stop_event: threading.Event) -> int:
+        starts.append(1)
+        release.wait(10)
+        return len(starts)
+
+    first = background.start_once("baselines:/runs/a", work, label="a")
+    assert background.start_once("baselines:/runs/a", work, label="a") is first
+    assert background.running("baselines:/runs/a") is first and background.running("baselines:/runs/b") is None
+    release.set()
+    first.join(10)
+    assert background.running("baselines:/runs/a") is None, "an ended task is let go"
+    again = background.start_once("baselines:/runs/a", work, label="a")
+    again.join(10)
+    assert again is not first and again.snapshot().result == 2

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import evaluation
+from core import background, evaluation
 from core.dataset import Dataset
 from core.paths import workspace_subdir
 from core.session import StudioState
@@ -245,6 +247,32 @@ def test_baselines_train_in_the_background_and_a_failure_keeps_what_was_trained(
     assert table.loc[evaluation.PIXELS_TITLE, "difference"].endswith(")"), "pretrained minus pixels, with interval"
     verdicts = [alert.value for kind in ("success", "warning", "error") for alert in app.get(kind)]
     assert any(f"paired on the same {tested} examples" in verdict for verdict in verdicts), verdicts
+
+
+
+def test_a_reloaded_page_finds_the_baselines_still_training(seeded) -> None:
+    """A fresh session on the same run (a reload, another tab) shows the running task's progress and cannot start
+    the same baselines a second time."""
+    app, state = seeded
+    release = threading.Event()
+
+    def work(progress: Any, stop_event: threading.Event) -> list:
+        progress(0.4, "Raw pixels: fold 2 of 5")
+        release.wait(30)
+        return []
+
+    key = f"baselines:{Path(state.run_dir).resolve()}"
+    task = background.start_once(key, work, label="reload")
+    try:
+        app.run()
+        assert not app.exception, app.exception
+        assert app.session_state["test_baseline_task"][1] is task
+        assert any("Raw pixels: fold 2 of 5" in bar.text for bar in app.get("progress")), "the progress is shown"
+        train = app.button[[b.label for b in app.button].index("Train baseline")]
+        assert train.disabled, "the same baselines cannot be started twice"
+    finally:
+        release.set()
+        task.join(10)
 
 
 class _KeywordPreprocessor:
