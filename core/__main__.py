@@ -23,7 +23,7 @@ COMMANDS = {
     "recommend": ("core.recommend", "main_recommend"),
     "explain": ("core.explain", "main_explain"),
     "suggest-labels": ("core.suggest", "main_suggest_labels"),
-    "baselines": ("core.evaluation", "main_baselines"),
+    "baselines": ("core.transfer_verdict", "main_baselines"),
 }
 
 

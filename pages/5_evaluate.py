@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import background, data, evaluation, export, insight, stats
+from core import background, data, evaluation, export, insight, no_transfer, stats, transfer_verdict
 from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
 from pages._explain import render_explain
@@ -183,7 +183,7 @@ BASELINE_TASK = "test_baseline_task"  # (run folder, core.background.BackgroundT
 def _difference_cell(row: dict[str, Any]) -> str:
     """'+4.6 points (−1.2 to +10.4)' for the table: pretrained minus the baseline, with its 95 % interval."""
     low, high = row["interval95"]
-    points = evaluation.format_points
+    points = transfer_verdict.format_points
     return f"{points(row['difference'])} points ({points(low)} to {points(high)})"
 
 
@@ -213,8 +213,8 @@ def _start_baselines(epochs: int) -> background.BackgroundTask:
     """The baselines of the run shown, on a thread of their own (the page polls it: `_baseline_progress`)."""
     data, info, estimate = dataset, run_info, result  # what the worker reads; it never touches the page
 
-    def work(progress: Any, stop_event: Any) -> list[evaluation.BaselineResult]:
-        return evaluation.train_baselines(data, info, epochs=epochs, estimate=estimate, progress=progress,
+    def work(progress: Any, stop_event: Any) -> list[no_transfer.BaselineResult]:
+        return no_transfer.train_baselines(data, info, epochs=epochs, estimate=estimate, progress=progress,
                                           stop_event=stop_event)
 
     return background.start_once(_baseline_key(), work, label=f"baselines-{info.get('run_id')}")
@@ -246,9 +246,9 @@ if "zero_shot" in result.metrics:  # a sentence encoder: the class names alone a
         f"same {zero_shot['n']} examples)."
         + (" The class names are embedded by the pretrained encoder, before any tuning." if tuning.get("on") else "")
     )
-baselines = evaluation.load_baselines(run_info)
+baselines = no_transfer.load_baselines(run_info)
 network_alone = (result.metrics.get("lexical") or {}).get("network_accuracy")  # texts: the mix holds TF-IDF too
-verdict = evaluation.judge_run(result, baselines)
+verdict = transfer_verdict.judge_run(result, baselines)
 {"success": st.success, "warning": st.warning, "worse": st.error}.get(verdict.level, st.info)(verdict.sentence)
 if baselines:
     differences = {row["baseline"]: row for row in verdict.comparisons if row["interval95"] is not None}

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import evaluation, export
+from core import evaluation, export, no_transfer
 from core.paths import check_in_workspace, workspace_subdir
 from core.session import StudioState
 
@@ -115,7 +115,7 @@ def render_export_section(state: StudioState) -> None:
     run_id = str(run_info.get("run_id") or Path(state.run_dir).name)
     scratch: dict[str, Any] = state.scratch.setdefault("export", {})
     result_of_test = _evaluation(state)
-    baselines = evaluation.load_baselines(run_info)
+    baselines = no_transfer.load_baselines(run_info)
     items, targets = state.dataset.split("test")
 
     if st.button("Build bundle", type="primary", key="export-build", disabled=not items):

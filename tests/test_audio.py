@@ -18,7 +18,7 @@ import pytest
 import soundfile
 import torch
 
-from core import audio, audio_baseline, evaluation, export, smalldata
+from core import audio, audio_baseline, evaluation, export, no_transfer, smalldata
 from core.backbones import Classifier, get_spec
 from core.data import DataError, load_path, load_sample, load_zip
 from core.dataset import Dataset
@@ -412,9 +412,9 @@ def test_the_test_pages_mfcc_baseline_is_scored_on_the_runs_own_folds(tmp_path: 
                                                  dataset.classes, items)
     estimate.where = [f"fold {fold + 1}" for fold in fold_of]
     run_info = {"run_id": "cv-audio", "backbone": "efficientnet_lite0_audio", "config": {"seed": 0}}
-    saved = evaluation.train_baselines(dataset, run_info, kinds=["mfcc"], estimate=estimate)[0]
+    saved = no_transfer.train_baselines(dataset, run_info, kinds=["mfcc"], estimate=estimate)[0]
     command_line = audio_baseline.mfcc_baseline(dataset, smalldata.Protocol("cross-validation", 3, True, "small"))
     assert saved.n == command_line["n"] == len(items), "every clip is scored once, by a head that never heard it"
     assert saved.accuracy == command_line["accuracy"] and saved.protocol.startswith("cross-validation (3 folds")
     assert saved.accuracy_interval95 == pytest.approx(command_line["accuracy_interval95"])
-    assert evaluation.load_baselines(run_info)[0].title == audio_baseline.TITLE
+    assert no_transfer.load_baselines(run_info)[0].title == audio_baseline.TITLE

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core import evaluation
+from core import evaluation, no_transfer, transfer_verdict
 from core.backbones import Classifier
 from core.dataset import Dataset
 from core.paths import workspace_subdir
@@ -261,7 +261,7 @@ def _topic_texts(per_class: int = 30, seed: int = 0) -> Dataset:
 
 
 def test_tfidf_baseline_beats_chance_on_a_small_text_set() -> None:
-    result = evaluation.tfidf_baseline(_topic_texts())
+    result = no_transfer.tfidf_baseline(_topic_texts())
     assert result.name == "tfidf"
     assert result.accuracy > 1 / 3 + 0.3
     assert 0.0 <= result.macro_f1 <= 1.0
@@ -280,7 +280,7 @@ def _suffix_texts(per_class: int = 30) -> Dataset:
 
 
 def test_tfidf_baseline_chooses_character_ngrams_where_words_never_repeat() -> None:
-    result = evaluation.tfidf_baseline(_suffix_texts())
+    result = no_transfer.tfidf_baseline(_suffix_texts())
     assert "character" in result.detail and result.protocol == "test split"
     assert result.accuracy >= 0.9, "character n-grams see the suffix that no whole word shares"
     assert result.n == 12 and result.accuracy_interval95[0] < result.accuracy <= result.accuracy_interval95[1]
@@ -296,28 +296,28 @@ def test_tfidf_baseline_is_scored_on_the_runs_own_folds() -> None:
     estimate = evaluation.evaluate_probabilities(np.full((len(items), 3), 1 / 3, dtype=np.float32), list(targets),
                                                  texts.classes, list(items))
     estimate.where = folds
-    result = evaluation.tfidf_baseline(texts, estimate=estimate)
+    result = no_transfer.tfidf_baseline(texts, estimate=estimate)
     assert result.n == len(items), "every example is scored once, by the fold model that did not learn from it"
     assert result.protocol.startswith("cross-validation (3 folds")
     assert result.accuracy > 1 / 3 + 0.3
-    saved = evaluation.train_baselines(texts, {"run_id": "cv-run"}, kinds=["tfidf"], estimate=estimate)
-    assert evaluation.load_baselines({"run_id": "cv-run"})[0].n == saved[0].n == len(items)
+    saved = no_transfer.train_baselines(texts, {"run_id": "cv-run"}, kinds=["tfidf"], estimate=estimate)
+    assert no_transfer.load_baselines({"run_id": "cv-run"})[0].n == saved[0].n == len(items)
 
 
 def test_tfidf_baseline_refuses_images(colour_dataset: Dataset) -> None:
     with pytest.raises(ValueError, match="text data"):
-        evaluation.tfidf_baseline(colour_dataset)
+        no_transfer.tfidf_baseline(colour_dataset)
 
 
 def test_scratch_baseline_trains_the_same_recipe_without_pretrained_weights(colour_dataset: Dataset) -> None:
     info = {"run_id": "tiny-run", "backbone": "tiny_cnn", "frozen_groups": 0,
             "config": {"backbone": "tiny_cnn", "frozen_groups": 0, "epochs": 9, "batch_size": 8, "lr": 0.01,
                        "device": "cpu", "patience": None}}  # fmt: skip
-    results = evaluation.train_baselines(colour_dataset, info, epochs=2, backbone_factory=TinyCNN)
+    results = no_transfer.train_baselines(colour_dataset, info, epochs=2, backbone_factory=TinyCNN)
     assert [r.name for r in results] == ["pixels", "scratch"], "image data: raw pixels, no TF-IDF baseline"
     assert 0.0 <= results[1].accuracy <= 1.0 and "2 epoch(s)" in results[1].detail
     assert results[0].n == results[1].n == len(colour_dataset.split("test")[0]), "both on the test split"
-    saved = evaluation.load_baselines(info)
+    saved = no_transfer.load_baselines(info)
     assert [(r.name, r.accuracy) for r in saved] == [(r.name, r.accuracy) for r in results]
     scratch_run = workspace_subdir("baselines") / "tiny-run" / "scratch"
     recorded = json.loads((scratch_run / "run.json").read_text())
@@ -330,7 +330,7 @@ def test_a_cross_validated_scratch_baseline_reports_its_out_of_fold_estimate(col
     estimate is what compares with the run, not that model scored on examples it trained on."""
     info = {"run_id": "cv-scratch", "backbone": "tiny_cnn", "frozen_groups": 3,
             "config": {"backbone": "tiny_cnn", "frozen_groups": 3, "device": "cpu"}}  # fmt: skip
-    result = evaluation.train_baselines(colour_dataset, info, kinds=["scratch"], backbone_factory=TinyCNN)[0]
+    result = no_transfer.train_baselines(colour_dataset, info, kinds=["scratch"], backbone_factory=TinyCNN)[0]
     assert result.protocol.startswith("cross-validation") and "cross-validation" in result.detail
     assert result.n == len(colour_dataset.table), "every labelled example scored once, out of fold"
     assert result.accuracy_interval95[0] <= result.accuracy <= result.accuracy_interval95[1]
@@ -339,10 +339,10 @@ def test_a_cross_validated_scratch_baseline_reports_its_out_of_fold_estimate(col
 def test_train_baselines_saves_results_for_the_run() -> None:
     texts = _topic_texts()
     info = {"run_id": "text-run", "config": {"seed": 0}}
-    results = evaluation.train_baselines(texts, info, kinds=["tfidf"])
+    results = no_transfer.train_baselines(texts, info, kinds=["tfidf"])
     assert [r.name for r in results] == ["tfidf"]
-    assert [r.name for r in evaluation.load_baselines(info)] == ["tfidf"]
-    assert evaluation.load_baselines({"run_id": "another"}) == []
+    assert [r.name for r in no_transfer.load_baselines(info)] == ["tfidf"]
+    assert no_transfer.load_baselines({"run_id": "another"}) == []
 
 
 def _digits(per_class: int = 10) -> tuple[Dataset, evaluation.Evaluation]:
@@ -366,23 +366,23 @@ def _digits(per_class: int = 10) -> tuple[Dataset, evaluation.Evaluation]:
 def test_raw_pixels_are_scored_on_the_runs_own_examples_and_kept_per_example() -> None:
     digits, estimate = _digits()
     info = {"run_id": "digits-run", "config": {"seed": 0}}
-    result = evaluation.train_baselines(digits, info, kinds=["pixels"], estimate=estimate)[0]
+    result = no_transfer.train_baselines(digits, info, kinds=["pixels"], estimate=estimate)[0]
     assert result.name == "pixels" and "Raw pixels" in result.title and "32x32 RGB" in result.detail
     assert result.n == len(estimate.items) == 100 and result.protocol.startswith("cross-validation (3 folds")
     assert result.accuracy > 0.7, "8x8 digits: raw pixels already do well"
     assert len(result.correct) == 100 and sum(result.correct) == round(result.accuracy * 100)
-    assert result.examples_digest == evaluation.examples_digest(estimate.items)
-    saved = evaluation.load_baselines(info)[0]
+    assert result.examples_digest == no_transfer.examples_digest(estimate.items)
+    saved = no_transfer.load_baselines(info)[0]
     assert (saved.name, saved.correct, saved.examples_digest) == ("pixels", result.correct, result.examples_digest)
-    verdict = evaluation.judge_transfer(estimate, [saved])
+    verdict = transfer_verdict.judge_transfer(estimate, [saved])
     assert verdict.method == "paired bootstrap" and verdict.n == 100
     with pytest.raises(ValueError, match="for images"):
-        evaluation.pixels_baseline(_topic_texts(), info)
+        no_transfer.pixels_baseline(_topic_texts(), info)
 
 
-def _paired(name: str, correct: list[int], digest: str) -> evaluation.BaselineResult:
+def _paired(name: str, correct: list[int], digest: str) -> no_transfer.BaselineResult:
     accuracy = sum(correct) / len(correct)
-    return evaluation.BaselineResult(name, evaluation.PIXELS_TITLE if name == "pixels" else name, accuracy, accuracy,
+    return no_transfer.BaselineResult(name, no_transfer.PIXELS_TITLE if name == "pixels" else name, accuracy, accuracy,
                                      n=len(correct), accuracy_interval95=[0.0, 1.0], correct=correct,
                                      examples_digest=digest)
 
@@ -392,41 +392,41 @@ def test_transfer_verdict_reads_the_interval_of_the_paired_difference() -> None:
     model_right = [1] * 90 + [0] * 10
     estimate = evaluation.evaluate_probabilities(np.eye(2, dtype=np.float32)[[0] * 100], [0 if r else 1 for r in
                                                  model_right], ["a", "b"], items)  # fmt: skip
-    digest = evaluation.examples_digest(items)
+    digest = no_transfer.examples_digest(items)
     # Right on every example the baseline gets right, and on 20 more: the whole interval is above 0.
-    verdict = evaluation.judge_transfer(estimate, [_paired("pixels", [1] * 70 + [0] * 30, digest)])
+    verdict = transfer_verdict.judge_transfer(estimate, [_paired("pixels", [1] * 70 + [0] * 30, digest)])
     assert verdict.level == "success" and verdict.method == "paired bootstrap" and verdict.interval95[0] > 0
     assert verdict.difference == pytest.approx(0.2) and "paired on the same 100 examples" in verdict.sentence
     # Two points apart on the same examples: not clearly better, said plainly, with the interval and n.
-    verdict = evaluation.judge_transfer(estimate, [_paired("pixels", [1] * 88 + [0] * 12, digest)])
+    verdict = transfer_verdict.judge_transfer(estimate, [_paired("pixels", [1] * 88 + [0] * 12, digest)])
     assert verdict.level == "warning" and verdict.interval95[0] <= 0 <= verdict.interval95[1]
     assert "does not clearly beat raw pixels" in verdict.sentence and "95 % interval" in verdict.sentence
     assert "unfreezing" in verdict.sentence and "simpler model" in verdict.sentence
     # Raw pixels better outside the interval (the digits case): the stronger wording names it.
-    verdict = evaluation.judge_transfer(estimate, [_paired("pixels", [1] * 100, digest)])
+    verdict = transfer_verdict.judge_transfer(estimate, [_paired("pixels", [1] * 100, digest)])
     assert verdict.level == "worse" and verdict.baseline == "pixels" and verdict.interval95[1] < 0
     assert verdict.sentence.startswith("Pretrained: 90.0%; raw pixels: 100.0%.")
     assert "Raw pixels + logistic regression (no pretraining) does better than the pretrained model" in verdict.sentence
     # Answers kept on other examples are not paired with these: Newcombe's unpaired interval, which says so.
-    verdict = evaluation.judge_transfer(estimate, [_paired("pixels", [1] * 70 + [0] * 30, "other examples")])
+    verdict = transfer_verdict.judge_transfer(estimate, [_paired("pixels", [1] * 70 + [0] * 30, "other examples")])
     assert verdict.method == "unpaired (Newcombe)" and "unpaired" in verdict.sentence
 
 
 def test_transfer_verdict_says_plainly_when_pretraining_does_not_help() -> None:
-    baselines = [evaluation.BaselineResult("scratch", "Same architecture, random weights", 0.43, 0.4)]
-    verdict = evaluation.judge_transfer(None, baselines, model_accuracy=0.91)
+    baselines = [no_transfer.BaselineResult("scratch", "Same architecture, random weights", 0.43, 0.4)]
+    verdict = transfer_verdict.judge_transfer(None, baselines, model_accuracy=0.91)
     assert verdict.level == "success" and "91.0%" in verdict.sentence and "43.0%" in verdict.sentence
-    verdict = evaluation.judge_transfer(None, baselines, model_accuracy=0.44)
+    verdict = transfer_verdict.judge_transfer(None, baselines, model_accuracy=0.44)
     assert verdict.level == "warning" and "negative transfer" in verdict.sentence
     assert "unfreez" in verdict.sentence.lower()
-    assert evaluation.judge_transfer(None, [], model_accuracy=0.9).level == "info"
+    assert transfer_verdict.judge_transfer(None, [], model_accuracy=0.9).level == "info"
     # A text run that mixes in TF-IDF is judged by its network alone, and the sentence says whose number it is.
-    tfidf = [evaluation.BaselineResult("tfidf", "TF-IDF + logistic regression", 0.80, 0.8)]
-    verdict = evaluation.judge_transfer(None, tfidf, model_accuracy=0.79, subject="Pretrained network alone")
+    tfidf = [no_transfer.BaselineResult("tfidf", "TF-IDF + logistic regression", 0.80, 0.8)]
+    verdict = transfer_verdict.judge_transfer(None, tfidf, model_accuracy=0.79, subject="Pretrained network alone")
     assert verdict.level == "warning" and verdict.sentence.startswith("Pretrained network alone: 79.0%")
     assert "TF-IDF: 80.0%" in verdict.sentence
     # A record from before intervals (no n, no answers) is still judged, by the old fixed margin.
-    verdict = evaluation.judge_transfer(None, baselines, model_accuracy=0.44)
+    verdict = transfer_verdict.judge_transfer(None, baselines, model_accuracy=0.44)
     assert verdict.method == "fixed margin" and verdict.interval95 is None and verdict.level == "warning"
 
 

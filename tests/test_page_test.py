@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import background, evaluation
+from core import background, evaluation, no_transfer
 from core.dataset import Dataset
 from core.paths import workspace_subdir
 from core.session import StudioState
@@ -243,8 +243,8 @@ def test_baselines_train_in_the_background_and_a_failure_keeps_what_was_trained(
     assert not app.exception, app.exception
     assert any("could not be trained: No backbone named 'tiny_cnn'" in error.value for error in app.error)
     table = app.dataframe[0].value.set_index("model")
-    assert table.loc[evaluation.PIXELS_TITLE, "n"] == tested
-    assert table.loc[evaluation.PIXELS_TITLE, "difference"].endswith(")"), "pretrained minus pixels, with interval"
+    assert table.loc[no_transfer.PIXELS_TITLE, "n"] == tested
+    assert table.loc[no_transfer.PIXELS_TITLE, "difference"].endswith(")"), "pretrained minus pixels, with interval"
     verdicts = [alert.value for kind in ("success", "warning", "error") for alert in app.get(kind)]
     assert any(f"paired on the same {tested} examples" in verdict for verdict in verdicts), verdicts
 
