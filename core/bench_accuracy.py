@@ -247,7 +247,7 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
             row, result = _app_arm("app defaults", TrainConfig(backbone=name, frozen_groups=99, seed=seed),
                                    home / f"{data['name']}-{per_class}-{seed}", **scoring)
             rows.append(row)
-            held_out_accuracy, estimate, seconds = row["accuracy"], result.estimate or {}, row["seconds"]
+            estimate, seconds = result.estimate or {}, row["seconds"]
             if backbone.spec.sentence_encoder:  # the other choice of tuning the encoder on the texts first
                 tuned = bool((estimate.get("sentence_tuning") or {}).get("on"))
                 other = ("app, encoder not tuned", "off") if tuned else ("app, encoder tuned (SetFit-style)", "on")
@@ -273,8 +273,10 @@ def run_set(data: dict[str, Any], sizes: tuple[int, ...], draws: int, home: Path
             if names is not None:
                 score = smalldata.zero_shot_score(torch.as_tensor(features[test]), test_y, names)
                 rows.append({**base, "arm": "zero-shot (class names)", "accuracy": score["accuracy"]})
-            log.info("%s %d/class seed %d: app %.3f (reported %s), probe %.3f, %.0f s", data["name"], per_class, seed,
-                     held_out_accuracy, estimate.get("accuracy"), probe, seconds)
+            drawn_rows = [row for row in rows if (row["per_class"], row["seed"]) == (per_class, seed)]
+            log.info("%s %d/class seed %d (app reported %s, %.0f s): %s", data["name"], per_class, seed,
+                     estimate.get("accuracy"), seconds,
+                     "; ".join(f"{row['arm']} {row['accuracy']:.3f}" for row in drawn_rows))  # every arm, as it goes
     return rows
 
 
