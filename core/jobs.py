@@ -119,16 +119,12 @@ class JobSnapshot:
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
-    """Engine events may be dicts, dataclasses or simple objects; the log keeps plain dicts."""
+    """An engine event (a dict) or a run's result (fit's `FitResult`, or the dict a worker process sends) as a dict."""
     if value is None:
         return {}
-    if isinstance(value, dict):
-        return dict(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if hasattr(value, "__dict__"):
-        return {k: v for k, v in vars(value).items() if not k.startswith("_")}
-    return {"value": value}
+    return dict(value)
 
 
 def _number(value: Any) -> float | None:
@@ -140,8 +136,7 @@ def _number(value: Any) -> float | None:
 
 
 def _is_cache_phase(metrics: dict[str, Any]) -> bool:
-    phase = str(metrics.get("phase", "")).lower()
-    return phase in {"features", "feature", "cache", "caching", "activations", "feature_cache"}
+    return metrics.get("phase") == "features"  # the engine's one name for the feature / activation cache pass
 
 
 def fair_order(waiting: Sequence[Any], last_served: Mapping[str | None, int]) -> list[Any]:
@@ -652,12 +647,10 @@ class TrainingJob:
                 self._best_epoch = int(summary["best_epoch"])
 
     def _update_progress(self, metrics: dict[str, Any]) -> None:
-        """Progress from whatever the engine reports: `progress`, or `step`/`total_steps`; never goes back."""
+        """Progress as the engine reports it: `progress`, else `step` of `total_steps`; never goes back."""
         progress = _number(metrics.get("progress"))
         if progress is None:
-            step, total = _number(metrics.get("global_step", metrics.get("step"))), None
-            for key in ("total_steps", "steps_total", "num_steps"):
-                total = total or _number(metrics.get(key))
+            step, total = _number(metrics.get("step")), _number(metrics.get("total_steps"))
             if step is not None and total:
                 progress = step / total
         if progress is not None and not _is_cache_phase(metrics):
