@@ -14,13 +14,12 @@ Main entry points:
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,23 +183,6 @@ def tfidf_baseline(dataset: Dataset, seed: int = 0, estimate: Evaluation | None 
                             estimate)
 
 
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Torch on one thread while a few hundred examples' logistic heads are fitted, then as before.
-
-    Matrices this small gain nothing from threads, and on a busy machine a thread team waiting for a descheduled
-    member made each L-BFGS fit 50 times slower (0.72 s against 0.01 s for the same fit, measured at load 5 on two
-    cores). Under OpenMP the setting belongs to the calling thread, so a page's background thread changes only its
-    own.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _logistic_on_features(
     dataset: Dataset, run_info: dict[str, Any], estimate: Evaluation | None,
     featurise: Callable[[list[str]], torch.Tensor],
@@ -226,10 +208,8 @@ def _logistic_on_features(
         if "all" not in features:  # once: every part uses the same examples
             features["all"] = featurise(items)
         part = features["all"] if reduce is None else reduce(features["all"], learn)
-        with _one_torch_thread():
-            fitted = smalldata.select_and_fit(part[learn], torch.as_tensor(targets[learn]),
-                                              dataset.num_classes, seed=seed if fold is None else seed + fold + 1,
-                                              balanced=balanced)
+        fitted = smalldata.select_and_fit(part[learn], torch.as_tensor(targets[learn]), dataset.num_classes,
+                                          seed=seed if fold is None else seed + fold + 1, balanced=balanced)
         logits = fitted.head.logits(part[score]).numpy()
         return stats.softmax(logits), f"{fitted.head.l2:g}"
 

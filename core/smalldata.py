@@ -24,9 +24,10 @@ examples to choose well).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,6 +297,25 @@ def with_views(
             torch.cat([labels, labels.repeat_interleave(count)]))
 
 
+@contextlib.contextmanager
+def one_torch_thread(rows: int) -> Iterator[None]:
+    """Torch on one thread while the logistic heads of small data (`rows` examples) are fitted, then as before.
+
+    Matrices this small gain nothing from threads, and on a busy machine a thread team waiting for a descheduled
+    member made each L-BFGS fit far slower: a baseline's fit took 0.72 s against 0.01 s (load 5, two cores), and a
+    run's whole head (digits, 20 per class, 1,904 features, inner 3-fold choice of L2) 27-65 s on 2 threads against
+    5.7 s on one, on a machine running a benchmark beside it. Under OpenMP the setting belongs to the calling
+    thread, so a page's background thread changes only its own. Large data keeps its threads.
+    """
+    threads = torch.get_num_threads()
+    if rows <= SMALL_DATA_EXAMPLES:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def select_and_fit(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -316,7 +336,18 @@ def select_and_fit(
     examples per class for the inner folds, the strength is not chosen but taken as a moderate 0.1. With `views`
     (augmented views of each example, [N, V, D]) every fit also learns from the views of the examples it learns
     from (`with_views`); the folds split examples, so a view never scores the example it was made from.
+    Small data is fitted on one torch thread (`one_torch_thread`).
     """
+    with one_torch_thread(len(labels)):
+        return _select_and_fit(features, labels, num_classes, folds, seed, balanced, grid, on_iteration,
+                               stop_requested, class_embeddings, views)
+
+
+def _select_and_fit(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, folds: int, seed: int, balanced: bool,
+    grid: Sequence[float] | None, on_iteration: Callable[[int, float], None] | None,
+    stop_requested: Callable[[], bool] | None, class_embeddings: torch.Tensor | None, views: torch.Tensor | None,
+) -> HeadFit:
     toward_names = class_embeddings is not None
     grid = grid if grid is not None else l2_grid(toward_names)
     labels_np = labels.numpy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -263,3 +264,27 @@ def test_a_sentence_encoder_run_scores_the_class_names_alone_and_the_test_page_s
     assert not app.exception, app.exception
     line = next(block.value for block in app.markdown if block.value.startswith("**0 examples**"))
     assert f"{zero_shot['accuracy']:.1%}" in line and f"{result.estimate['accuracy']:.1%}" in line
+
+
+def test_small_heads_fit_on_one_torch_thread_and_the_setting_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads only slow a small L-BFGS fit down (a busy machine made it 5-10x slower); large data keeps them."""
+    seen: list[int] = []
+    fit = smalldata.fit_logistic
+
+    def watched(*args: Any, **kwargs: Any) -> smalldata.LinearHead:
+        seen.append(torch.get_num_threads())
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(smalldata, "fit_logistic", watched)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        features, labels = torch.randn(60, 5, generator=generator), torch.arange(60) % 3
+        smalldata.select_and_fit(features, labels, 3)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        with smalldata.one_torch_thread(smalldata.SMALL_DATA_EXAMPLES + 1):
+            assert torch.get_num_threads() == 2, "large data keeps its threads"
+    finally:
+        torch.set_num_threads(before)
