@@ -794,9 +794,7 @@ def _finish(
                 report.info["split_source"] += f"; {missing} carved from train ({share:.0%}, seed {seed})"
     else:
         table["split"] = split_examples(table["label"].tolist(), table["hash"].tolist(), fractions, seed)
-        report.info["split_source"] = (
-            f"random, stratified (train/val/test {fractions[0]:.0%}/{fractions[1]:.0%}/{fractions[2]:.0%}, seed {seed})"
-        )
+        report.info["split_source"] = random_split_source(fractions, seed)
     _check_duplicates(table, modality, report, split_given)
     _check_classes(table, modality, report, split_given)
     dataset = Dataset(
@@ -1225,14 +1223,26 @@ def load_folder(
 
 
 def load_sample(kind: str, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple[Dataset, dict]:
-    """A built-in sample: "images" (handwritten digits), "texts" (support messages) or "audio" (spoken words)."""
+    """A built-in sample: "images" (handwritten digits), "texts" (support messages) or "audio" (spoken words).
+
+    Its report's `info["sample"]` is `kind`: the command line loads it as `--data sample-<kind>`.
+    """
     if kind not in SAMPLES:
         raise DataError(f"Unknown sample `{kind}`; choose one of: {', '.join(SAMPLES)}.")
     filename, title = SAMPLES[kind]
     path = assets_dir() / "samples" / filename
     if kind in ("images", "audio"):
-        return load_zip(path, name=title, seed=seed, fractions=fractions)
-    return load_text_table(path, name=title, text_column="text", label_column="label", seed=seed, fractions=fractions)
+        dataset, report = load_zip(path, name=title, seed=seed, fractions=fractions)
+    else:
+        dataset, report = load_text_table(path, name=title, text_column="text", label_column="label", seed=seed,
+                                          fractions=fractions)
+    report["info"]["sample"] = kind
+    return dataset, report
+
+
+def random_split_source(fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0) -> str:
+    """How a report names a random split: "random, stratified (train/val/test 70%/15%/15%, seed 0)"."""
+    return f"random, stratified (train/val/test {fractions[0]:.0%}/{fractions[1]:.0%}/{fractions[2]:.0%}, seed {seed})"
 
 
 def lists_images(frame: pd.DataFrame) -> bool:

@@ -1789,34 +1789,66 @@ class _LogProgress:
             log.info("%.0f%%: %s", 100 * metrics["progress"], metrics["note"])
 
 
-def main_train(args: argparse.Namespace) -> int:
-    """`python -m core train`: train exactly as the Train page does; write metrics.json and the model to --out."""
-    from core import data as data_module
-    from core.backbones import default_backbone, load_backbone
+#: TrainConfig fields `python -m core train` has no option for (it uses their defaults).
+NOT_ON_THE_COMMAND_LINE = ("warmup_fraction", "grad_clip", "pretrained", "precision", "cache")
 
-    if args.data in ("sample-images", "sample-texts"):
-        dataset, _report = data_module.load_sample("images" if args.data == "sample-images" else "texts")
-    else:
-        options = {k: v for k, v in (("text_column", args.text_column), ("label_column", args.label_column)) if v}
-        loaded = data_module.load_path(args.data, **options)
-        dataset = loaded[0] if isinstance(loaded, tuple) else loaded
-    backbone_name = args.backbone or default_backbone(dataset.modality)
-    backbone = load_backbone(backbone_name, pretrained=True)
-    frozen = args.frozen_groups if args.frozen_groups is not None else len(backbone.group_names)
-    settings = suggested_settings(dataset, len(backbone.group_names), frozen)  # the Train page's defaults
+
+def train_arguments(config: TrainConfig, data: str, out: str, text_column: str | None = None,
+                    label_column: str | None = None) -> list[str]:
+    """The `python -m core train` arguments that train exactly `config` on `data` (the Train page shows them).
+
+    `config_from_args` reads them back to the same TrainConfig (a test checks), except `NOT_ON_THE_COMMAND_LINE`.
+    """
+    parts = ["--data", data]
+    for flag, value in (("--text-column", text_column), ("--label-column", label_column)):
+        if value:
+            parts += [flag, value]
+    parts += ["--backbone", str(config.backbone), "--frozen-groups", str(config.frozen_groups)]
+    parts += ["--epochs", str(config.epochs), "--batch-size", str(config.batch_size), "--lr", f"{config.lr:g}"]
+    parts += ["--weight-decay", f"{config.weight_decay:g}", "--label-smoothing", f"{config.label_smoothing:g}"]
+    parts.append("--class-weights" if config.class_weights else "--no-class-weights")
+    parts += ["--backbone-lr-factor", f"{config.backbone_lr_factor:g}", "--augmentation", str(config.augmentation)]
+    parts += ["--patience", str(config.patience or 0)]  # 0: no early stopping
+    parts += ["--seed", str(config.seed), "--device", str(config.device)]
+    parts += ["--head", str(config.head), "--protocol", str(config.protocol)]
+    defaults = TrainConfig(config.backbone, config.frozen_groups)
+    for name in ("folds", "sentence_tuning", "refit", "lexical", "views"):
+        if getattr(config, name) != getattr(defaults, name):
+            parts += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
+    if not config.multi_block:
+        parts.append("--no-multi-block")
+    return [*parts, "--out", out]
+
+
+def config_from_args(args: argparse.Namespace, dataset: Dataset, backbone_name: str, num_groups: int) -> TrainConfig:
+    """The TrainConfig `python -m core train` trains: its options, and the Train page's defaults for the rest."""
+    frozen = args.frozen_groups if args.frozen_groups is not None else num_groups
+    settings = suggested_settings(dataset, num_groups, frozen)  # the Train page's defaults
     names = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "backbone_lr_factor", "augmentation",
              "patience")
     chosen = {name: getattr(args, name, None) if getattr(args, name, None) is not None else settings[name]
               for name in names}
     class_weights = getattr(args, "class_weights", None)
     chosen["class_weights"] = settings["class_weights"] if class_weights is None else bool(class_weights)
-    config = TrainConfig(
+    return TrainConfig(
         backbone=backbone_name, frozen_groups=frozen, seed=args.seed, device=args.device,
         protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5,
         head=getattr(args, "head", None) or "auto", multi_block=getattr(args, "multi_block", True),
         sentence_tuning=getattr(args, "sentence_tuning", None) or "auto", refit=getattr(args, "refit", None) or "auto",
         lexical=getattr(args, "lexical", None) or "auto", views=getattr(args, "views", None) or 0, **chosen,
     )
+
+
+def main_train(args: argparse.Namespace) -> int:
+    """`python -m core train`: train exactly as the Train page does; write metrics.json and the model to --out."""
+    from core import data as data_module
+    from core.backbones import default_backbone, load_backbone
+
+    options = {k: v for k, v in (("text_column", args.text_column), ("label_column", args.label_column)) if v}
+    dataset = data_module.load_path(args.data, **options)[0]  # a file, a folder or a sample ("sample-images")
+    backbone_name = args.backbone or default_backbone(dataset.modality)
+    backbone = load_backbone(backbone_name, pretrained=True)
+    config = config_from_args(args, dataset, backbone_name, len(backbone.group_names))
     out = Path(args.out)
     if scale_out.launched():  # one of several processes that `--processes` (or a launcher) started
         with scale_out.from_environment(config.device) as distributed:
@@ -1831,7 +1863,7 @@ def main_train(args: argparse.Namespace) -> int:
         log.error("--processes must be 1 or more, not %d.", processes)
         return 2
     if (processes or 1) > 1 or accelerate_config:
-        cache_mode, _ = _cache_plan(config, frozen, len(backbone.group_names))
+        cache_mode, _ = _cache_plan(config, config.frozen_groups, len(backbone.group_names))
         if uses_logistic_head(config, cache_mode):
             log.warning(
                 "The logistic head is a full-batch convex fit (L-BFGS on cached features) that runs in one process: "

@@ -22,15 +22,22 @@ from plotly.subplots import make_subplots
 
 from core import compare, devices, freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
 from core.backbones import get_spec
+from core.data import random_split_source
 from core.evaluation import read_run_info
 from core.session import StudioState
-from core.training import AUGMENTATIONS, MAX_VIEWS, TrainConfig, sentence_tuning_plan, suggested_settings
+from core.training import (
+    AUGMENTATIONS,
+    MAX_VIEWS,
+    TrainConfig,
+    sentence_tuning_plan,
+    suggested_settings,
+    train_arguments,
+)
 from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
 
 _ENGINE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-_CLI_SPLIT = "70%/15%/15%, seed 0"  # how `python -m core train` splits data (core.data defaults)
 STATUS_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "stopped": "⏹️", "failed": "❌", "cancelled": "🛑",
                 "interrupted": "⚡"}
 
@@ -98,49 +105,29 @@ def _data_argument(state: StudioState) -> tuple[str, list[str]]:
     """What `--data` is for this data set on the command line, plus any notes about it."""
     dataset = state.dataset
     info = (state.data_report or {}).get("info", {}) if isinstance(state.data_report, dict) else {}
-    source = str(info.get("source", "")).lower()
-    if source.startswith("sample") or dataset.name.lower().startswith("sample"):
-        return {"image": "sample-images", "audio": "sample-audio"}.get(dataset.modality, "sample-texts"), []
+    if info.get("sample"):  # written by core.data.load_sample
+        return f"sample-{info['sample']}", []
     if dataset.modality in ("image", "audio") and dataset.root:
         return dataset.root, []
-    path = info.get("path") or info.get("file")
-    if path:
-        return str(path), []
     return f"{dataset.name}", [f"`--data`: use the path of your file `{dataset.name}` on your computer."]
 
 
 def cli_command(state: StudioState, config: Any, run_dir: str) -> tuple[str, list[str]]:
     """The `python -m core train ...` line that trains exactly this run, and notes about it."""
     data, notes = _data_argument(state)
-    parts = ["python", "-m", "core", "train", "--data", data]
     info = (state.data_report or {}).get("info", {}) if isinstance(state.data_report, dict) else {}
+    columns = {}
     if state.dataset.modality == "text" and not data.startswith("sample-"):
-        for flag, key in (("--text-column", "text_column"), ("--label-column", "label_column")):
-            if info.get(key):
-                parts += [flag, str(info[key])]
-    parts += ["--backbone", str(config.backbone), "--frozen-groups", str(config.frozen_groups)]
-    parts += ["--epochs", str(config.epochs), "--batch-size", str(config.batch_size), "--lr", f"{config.lr:g}"]
-    parts += ["--weight-decay", f"{config.weight_decay:g}", "--label-smoothing", f"{config.label_smoothing:g}"]
-    parts.append("--class-weights" if config.class_weights else "--no-class-weights")
-    parts += ["--backbone-lr-factor", f"{config.backbone_lr_factor:g}", "--augmentation", str(config.augmentation)]
-    parts += ["--patience", str(config.patience), "--seed", str(config.seed), "--device", str(config.device)]
-    parts += ["--head", str(config.head), "--protocol", str(config.protocol)]
-    if getattr(config, "sentence_tuning", "auto") != "auto":
-        parts += ["--sentence-tuning", str(config.sentence_tuning)]
-    if getattr(config, "refit", "auto") != "auto":
-        parts += ["--refit", str(config.refit)]
-    if getattr(config, "lexical", "auto") != "auto":
-        parts += ["--lexical", str(config.lexical)]
-    if getattr(config, "views", 0):
-        parts += ["--views", str(config.views)]
-    parts += ["--out", run_dir]
+        columns = {"text_column": info.get("text_column"), "label_column": info.get("label_column")}
+    parts = ["python", "-m", "core", "train", *train_arguments(config, data, run_dir, **columns)]
     for name, flag in (("warmup_fraction", "warm-up fraction"), ("grad_clip", "gradient clipping")):
         value, default = getattr(config, name, None), _ENGINE_DEFAULTS.get(name)
         if (value or 0) != (default or 0):
             notes.append(f"The command line has no {flag} option and uses {default}; this run used {value}.")
-    split = str(info.get("split_source", ""))
-    if split.startswith("random") and _CLI_SPLIT not in split:
-        notes.append(f"The command line splits the data {_CLI_SPLIT}; this data set was split {split}.")
+    split, cli_split = str(info.get("split_source", "")), random_split_source()  # the CLI loads with the defaults
+    if split.startswith("random") and split != cli_split:
+        notes.append(f"The command line splits the data {cli_split.removeprefix('random, ')}; this data set was split "
+                     f"{split}.")
     return shlex.join(parts), notes
 
 

@@ -441,6 +441,14 @@ def test_dataset_contract() -> None:
     assert dataset.counts().loc[:, "total"].sum() == len(dataset.table)
 
 
+
+def test_a_sample_says_it_is_one_and_a_random_split_names_its_recipe() -> None:
+    """The Train page writes `--data sample-texts` from the report, and compares the split with the CLI's own."""
+    dataset, report = data.load_sample("texts")
+    assert report["info"]["sample"] == "texts" and data.load_path("sample-texts")[1]["info"]["sample"] == "texts"
+    assert report["info"]["split_source"] == data.random_split_source() == (
+        "random, stratified (train/val/test 70%/15%/15%, seed 0)")
+
 # -------------------------------------------------------------------------------------------------------- CLI
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -268,6 +269,28 @@ def test_augmentation_choices_are_declared_once() -> None:
                  if action.dest == "augmentation")
     assert list(train.choices) == list(DECLARED) == list(AUGMENTATIONS)
 
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"epochs": 7, "lr": 0.003, "batch_size": 8, "class_weights": True, "augmentation": "light", "patience": 0,
+     "seed": 4, "protocol": "test split", "folds": 3, "head": "gradient", "multi_block": False, "refit": "off",
+     "views": 2, "label_smoothing": 0.1, "weight_decay": 0.05, "backbone_lr_factor": 0.5},
+    {"sentence_tuning": "on", "lexical": "off", "device": "cpu"},
+])
+def test_the_command_line_a_run_shows_trains_the_same_config(colour_dataset: Dataset, changes: dict) -> None:
+    """The Train page shows `python -m core train ...` for a run: parsed by the CLI's own parser and read back as the
+    CLI does, it must give the run's TrainConfig (except the fields the CLI has no option for)."""
+    from core.__main__ import build_parser
+    from core.training import NOT_ON_THE_COMMAND_LINE, config_from_args, train_arguments
+
+    config = dataclasses.replace(TrainConfig("tiny_cnn", frozen_groups=1), **changes)
+    arguments = train_arguments(config, "sample-images", "out", text_column="text")
+    args = build_parser().parse_args(["train", *arguments])
+    assert (args.data, args.out, args.text_column) == ("sample-images", "out", "text")
+    back = config_from_args(args, colour_dataset, "tiny_cnn", num_groups=3)
+    carried = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_ON_THE_COMMAND_LINE]
+    assert {name: getattr(back, name) for name in carried} == {name: getattr(config, name) for name in carried}
 
 def test_a_device_that_is_not_here_is_refused_with_a_sentence() -> None:
     with pytest.raises(ValueError, match="Unknown device 'tpu-that-is-not-here'"):
