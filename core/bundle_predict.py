@@ -25,6 +25,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,22 +37,32 @@ class BundleFileError(RuntimeError):
     """A bundle file is missing or does not match the SHA-256 sum its manifest records."""
 
 
-def verify(bundle_dir: Path) -> None:
-    """Raise BundleFileError naming the first file that is missing or changed since export."""
+def verify(bundle_dir: Path) -> dict:
+    """Check every file against manifest.json and return the manifest; raise BundleFileError naming the first file
+    that is missing or changed since export (the app's `load_bundle` runs this same check)."""
     manifest_path = bundle_dir / "manifest.json"
     if not manifest_path.is_file():
-        raise BundleFileError(f"manifest.json is missing from {bundle_dir}: this is not a complete bundle.")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    for name, expected in sorted(manifest["files"].items()):
+        raise BundleFileError(
+            f"manifest.json is missing from {bundle_dir}: not a Transfer Studio bundle, or incomplete."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        entries = sorted(files.items())
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise BundleFileError(f"manifest.json in {bundle_dir} is not a valid manifest ({error}).") from error
+    for name, expected in entries:
         path = bundle_dir / name
         if not path.is_file():
-            raise BundleFileError(f"{name} is missing from the bundle {bundle_dir}.")
+            raise BundleFileError(f"{name} is missing from the bundle {bundle_dir} (manifest.json lists it).")
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        if digest.hexdigest() != expected["sha256"]:
-            raise BundleFileError(f"{name} was changed after export (its SHA-256 does not match manifest.json).")
+        if digest.hexdigest() != (expected or {}).get("sha256"):
+            raise BundleFileError(f"{name} in {bundle_dir} was changed after export: its SHA-256 does not match "
+                                  "manifest.json. Export the model again, or restore the original file.")
+    return manifest
 
 
 def _read_json(bundle_dir: Path, name: str) -> dict:
@@ -145,6 +156,22 @@ class TextPreprocessor:
         return encoded["input_ids"], encoded["attention_mask"]
 
 
+def pool_text(output: Any, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """A text encoder's output as one vector per text: "mean" (over real tokens), "cls" or "pooler", each
+    optionally "+normalize" (unit length). The app's export tries each to find the one that matches its model."""
+    if pooling == "pooler":
+        return output.pooler_output
+    hidden = output.last_hidden_state
+    if pooling.startswith("cls"):
+        pooled = hidden[:, 0]
+    else:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    if pooling.endswith("+normalize"):
+        pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+    return pooled
+
+
 class RebuiltClassifier(torch.nn.Module):
     """The architecture rebuilt from its library and `architecture.json`, with the weights of model.safetensors."""
 
@@ -186,17 +213,7 @@ class RebuiltClassifier(torch.nn.Module):
             return self.backbone(inputs[0])
         input_ids, attention_mask = inputs
         output = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        if self.pooling == "pooler":
-            return output.pooler_output
-        hidden = output.last_hidden_state
-        if self.pooling.startswith("cls"):
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        if self.pooling.endswith("+normalize"):
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-        return pooled
+        return pool_text(output, attention_mask, self.pooling)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(*inputs))

@@ -337,20 +337,6 @@ def _source_module(backbone: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
-def _pool_text(output: Any, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    if pooling == "pooler":
-        return output.pooler_output
-    hidden = output.last_hidden_state
-    if pooling.startswith("cls"):
-        pooled = hidden[:, 0]
-    else:
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    if pooling.endswith("+normalize"):
-        pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-    return pooled
-
-
 def _rebuild_recipe(model: nn.Module, example: tuple[torch.Tensor, ...], bundle_dir: Path) -> dict[str, Any]:
     """How predict.py rebuilds the architecture from its library, verified here on the example batch.
 
@@ -388,7 +374,7 @@ def _rebuild_recipe(model: nn.Module, example: tuple[torch.Tensor, ...], bundle_
                 rebuilt.load_state_dict(source.state_dict(), strict=True)
                 output = rebuilt(input_ids=example[0], attention_mask=example[1])
                 candidates = {
-                    pooling: (lambda pooling=pooling: _pool_text(output, example[1], pooling))
+                    pooling: (lambda pooling=pooling: bundle_predict.pool_text(output, example[1], pooling))
                     for pooling in ("mean", "mean+normalize", "cls", "cls+normalize", "pooler")
                 }
                 recipe = {"source": "transformers", "model_id": spec.model_id, "config_dir": BACKBONE_CONFIG_DIR}
@@ -508,28 +494,17 @@ def write_manifest(bundle_dir: str | Path, extra: dict[str, Any] | None = None) 
 
 
 def verify_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    """Check every file against manifest.json; raise `BundleError` naming the first missing or changed file."""
+    """Check every file against manifest.json; raise `BundleError` naming the first missing or changed file.
+
+    The check is the bundle's own (`bundle_predict.verify`, what `predict.py` runs), so both refuse the same files.
+    """
     folder = Path(bundle_dir)
     if not folder.is_dir():
         raise BundleError(f"{folder} is not a folder; give the unzipped bundle folder.")
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise BundleError(f"{MANIFEST_FILE} is missing from {folder}: not a Transfer Studio bundle, or incomplete.")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise BundleError(f"{MANIFEST_FILE} in {folder} is not a valid manifest ({error}).") from error
-    for name, expected in sorted(files.items()):
-        path = folder / name
-        if not path.is_file():
-            raise BundleError(f"{name} is missing from the bundle {folder} (manifest.json lists it).")
-        if file_sha256(path) != expected.get("sha256"):
-            raise BundleError(
-                f"{name} in {folder} was changed after export: its SHA-256 does not match manifest.json. "
-                "Export the model again, or restore the original file."
-            )
-    return manifest
+        return bundle_predict.verify(folder)
+    except bundle_predict.BundleFileError as error:
+        raise BundleError(str(error)) from error
 
 
 def zip_bundle(bundle_dir: str | Path, zip_path: str | Path | None = None) -> Path:
