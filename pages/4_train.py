@@ -622,8 +622,11 @@ with st.form("train-settings"):
     c1, c2, _ = front.columns(3)
     augmentation = c1.selectbox(
         "Augmentation", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults["augmentation"]),
-        disabled=dataset.modality == "text",
-        help="Random flips/crops/colour for images; 'none' lets frozen layers be cached (much faster).",
+        disabled=dataset.modality != "image",
+        help="Random flips/crops/colour for images; 'none' lets frozen layers be cached (much faster)."
+        + {"text": " Texts train without augmentation.",
+           "audio": " Sound clips train without augmentation (not built yet: no time shifts or noise)."}.get(
+            dataset.modality, ""),
     )
     if not logistic:
         class_weights = c2.checkbox(

@@ -407,3 +407,19 @@ def test_a_sentence_encoder_offers_tuning_on_the_texts_and_says_what_it_costs():
     at.radio(key="train_head").set_value("gradient").run()  # the gradient loop: no tuning choice
     assert not at.exception, at.exception
     assert not [r for r in at.radio if r.key == "train_sentence_tuning"]
+
+
+def test_augmentation_is_offered_for_images_only(colour_dataset):
+    """Sound clips train without augmentation (the preprocessing refuses it), so the page does not offer it."""
+    from core.dataset import Dataset
+
+    for modality, offered in (("image", True), ("audio", False)):
+        data = Dataset(colour_dataset.name, modality, colour_dataset.table, colour_dataset.classes,
+                       root=colour_dataset.root)
+        at = _app(data)
+        at.run()
+        assert not at.exception, at.exception
+        augmentation = next(box for box in at.selectbox if box.label == "Augmentation")
+        assert augmentation.disabled is not offered
+        if not offered:
+            assert "Sound clips train without augmentation" in augmentation.help
