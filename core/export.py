@@ -889,10 +889,19 @@ def _evaluate(probabilities: np.ndarray, targets: Sequence[int], classes: list[s
     return evaluate_probabilities(probabilities, targets, classes, items)
 
 
+def example_input(modality: str) -> str:
+    """What a bundle's `predict.py` is given in the README and the app's "On your own computer" line."""
+    return {"image": "photo.jpg", "audio": "clip.wav"}.get(modality, '"a text to classify"')
+
+
+def run_requirements(modality: str) -> str:
+    """The packages `predict.py` needs besides torch, for a bundle of this kind of data."""
+    return {"image": "pillow", "audio": "numpy scipy soundfile"}.get(modality, "transformers")
+
+
 def _readme(spec: Any, classes: list[str], parity: ParityReport) -> str:
-    example = {"image": "photo.jpg", "audio": "clip.wav"}.get(spec.modality, '"a text to classify"')
+    example, needs = example_input(spec.modality), run_requirements(spec.modality)
     inputs = "`input_ids`, `attention_mask` [B, T]" if spec.modality == "text" else "`pixels` [B, 3, H, W]"
-    needs = {"image": "pillow", "audio": "numpy scipy soundfile"}.get(spec.modality, "transformers")
     return f"""# {spec.title} classifier — Transfer Studio bundle
 
 Classes: {", ".join(classes)}

@@ -89,8 +89,7 @@ def _how_to_run(result: export.ExportResult | None, run_id: str, modality: str) 
     """
     zip_name = result.zip_path.name if result is not None and result.zip_path is not None else f"{run_id}.zip"
     folder = result.bundle_dir.name if result is not None else run_id
-    example = "photo.jpg" if modality == "image" else '"a text to classify"'
-    packages = "torch pillow" if modality == "image" else "torch transformers"
+    example, packages = export.example_input(modality), f"torch {export.run_requirements(modality)}"
     st.markdown(f"**On your own computer**: build the bundle, download `{zip_name}`, then")
     st.code(f"unzip {zip_name}\npip install {packages}\npython {folder}/predict.py --top-k 3 {example}",
             language="bash")  # fmt: skip

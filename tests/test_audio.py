@@ -388,6 +388,9 @@ def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
     at.run()
     assert not at.exception, at.exception
     assert at.get("audio"), "the gallery plays the clips of the chosen cell"
+    [command] = [block.value for block in at.code if "predict.py" in block.value]
+    assert command.splitlines()[1:] == ["pip install torch numpy scipy soundfile",
+                                        "python audio-run/predict.py --top-k 3 clip.wav"], "the export says sound"
 
     clip = wav_bytes(tone(3520.0, seed=50))
     at.file_uploader(key="test_predict_clips").set_value(("whistle.wav", clip, "audio/wav")).run()
