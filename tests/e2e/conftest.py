@@ -110,9 +110,16 @@ def app_url(studio_home: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def browser():
-    """Debian's Chromium driven by Playwright; missing Chromium is a failure, not a skip (CI installs it)."""
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """Debian's Chromium driven by Playwright; missing Chromium is a failure, not a skip (CI installs it).
+
+    Its microphone is a fake that says "left" (a word of the sound sample), so `st.audio_input` records for real.
+    """
     from playwright.sync_api import sync_playwright
+
+    from tests.e2e.files import microphone_wav
+
+    microphone = microphone_wav(tmp_path_factory.mktemp("microphone"))
 
     executable = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(executable).exists():
@@ -121,7 +128,9 @@ def browser():
             "(or `apt-get install chromium`); Playwright's own browser download is not used here."
         )
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        fake_microphone = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                           f"--use-file-for-fake-audio-capture={microphone}"]
+        chromium = playwright.chromium.launch(executable_path=executable, args=[*CHROMIUM_ARGS, *fake_microphone])
         try:
             yield chromium
         finally:
@@ -139,7 +148,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 @pytest.fixture
 def page(request: pytest.FixtureRequest, browser, app_url: str):
     """A fresh browser context and tab (a new Streamlit session) with the app loaded and idle."""
-    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True, permissions=["microphone"])
     context.set_default_timeout(30_000)
     context.add_init_script(RUN_COUNTER_SCRIPT)
     tab = context.new_page()

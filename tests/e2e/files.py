@@ -31,6 +31,22 @@ def sample_digit(folder: Path, digit: str = "seven", index: int = 3) -> Path:
     return path
 
 
+def microphone_wav(folder: Path, word: str = "left", index: int = 5) -> Path:
+    """What Chromium's fake microphone plays (`--use-file-for-fake-audio-capture`): one word of the sound sample,
+    as the 48 kHz 16-bit WAV that option reads, between half-seconds of silence; the browser loops it."""
+    import numpy as np
+    import soundfile
+    from scipy.signal import resample_poly
+
+    with zipfile.ZipFile(SAMPLE_AUDIO_ZIP) as archive:
+        clip, rate = soundfile.read(io.BytesIO(archive.read(f"spoken_words/{word}/{word}_{index:03d}.flac")))
+    clip = clip.mean(axis=1) if clip.ndim > 1 else clip
+    silence = np.zeros(24_000)
+    path = folder / f"microphone_{word}.wav"
+    soundfile.write(path, np.concatenate([silence, resample_poly(clip, 48_000, rate), silence]), 48_000, "PCM_16")
+    return path
+
+
 def sample_clip(folder: Path, word: str = "left", index: int = 5) -> Path:
     """One clip from the spoken-words sample, saved as its own file: a "new" clip to ask the trained model about."""
     path = folder / f"new_{word}.flac"

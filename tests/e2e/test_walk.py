@@ -363,4 +363,28 @@ def test_audio_walk(page: Page, tmp_path: Path) -> None:
                                   if "Sound clips to classify" in uploaders.nth(i).inner_text()))
     table = download_predictions(page, tmp_path)
     assert table["input"].tolist() == [clip.name] and table["prediction"].iloc[0] in (*WORDS, "not sure"), table
+
+    # A clip recorded in the browser: the fake microphone says "left" (see the browser fixture).
+    recorder = main(page).get_by_test_id("stAudioInput")
+    recorder.get_by_role("button", name="Record").click()
+    page.wait_for_timeout(2_000)
+    with rerun(page):
+        recorder.get_by_role("button", name="Stop recording").click()
+    expect(main(page).locator(".st-key-test_live_chart")).to_be_visible(timeout=60_000)  # drawn for a recording only
+    answer = main(page).get_by_text(re.compile(rf"^({'|'.join(WORDS)}|not sure) \(\d+%\)"))
+    expect(answer.first).to_be_visible()
     shot(page, "audio-5-test")
+
+    # Export: the bundle carries the spectrogram code and passes its parity check on the clips.
+    click_button(page, "Build bundle", timeout_ms=TRAINING_TIMEOUT_MS)
+    expect(main(page).get_by_test_id("stAlert").filter(has_text="Parity holds")).to_be_visible()
+    expect(main(page).get_by_text("pip install torch numpy scipy soundfile")).to_be_visible()
+    with page.expect_download() as download_info:
+        main(page).get_by_role("button", name="Download bundle (zip)").click()
+    bundle = tmp_path / download_info.value.suggested_filename
+    download_info.value.save_as(bundle)
+    wait_idle(page)
+    with zipfile.ZipFile(bundle) as archive:
+        names = archive.namelist()
+    for part in ("predict.py", "audio_features.py", ".onnx", ".torchscript.pt"):
+        assert any(name.endswith(part) for name in names), (part, names)
