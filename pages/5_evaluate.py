@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import background, data, evaluation, export, insight, no_transfer, stats, transfer_verdict
+from core import background, data, evaluation, insight, model_report, no_transfer, stats, transfer_verdict
 from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
 from pages._explain import render_explain
@@ -146,7 +146,7 @@ if tuning.get("on"):
     st.caption(f"🎯 {tuning['reason']}" + (" Every fold tuned its own copy on its own training part only."
                                             if cross_validated else ""))
 if result.metrics.get("lexical"):
-    st.caption(f"🔤 Delivered probabilities: {export.lexical_sentence(result.metrics['lexical'])} "
+    st.caption(f"🔤 Delivered probabilities: {model_report.lexical_sentence(result.metrics['lexical'])} "
                "Turn this off under Train → Advanced settings.")
 accuracy_low, accuracy_high = result.metrics["accuracy_interval95"]
 f1_low, f1_high = result.metrics["macro_f1_interval95"]
