@@ -44,14 +44,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core import contrastive, ngrams, preprocess, smalldata
+from core import audio_baseline, backbones, contrastive, ngrams, preprocess, smalldata, stats
+from core import data as data_module
 from core import distributed as scale_out
 from core import features as feature_cache
 from core.backbones import Backbone, Classifier
 from core.dataset import Dataset
 from core.devices import pick as pick_device
 from core.devices import to_device
+from core.evaluation import fit_tfidf
+from core.freezing import freeze_first, set_train_mode
 from core.paths import is_runs_folder, workspace_subdir
+from core.preprocess import audio_settings, make_preprocessor
+from core.stats import format_interval
 from core.store import RunStore, new_run_id
 
 log = logging.getLogger(__name__)
@@ -546,8 +551,6 @@ class _Trainer:
     # -- set-up ----------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from core.freezing import freeze_first
-        from core.preprocess import make_preprocessor
 
         config, dataset = self.config, self.dataset
         self.device = pick_device(config.device) if self.distributed is None else self.distributed.device
@@ -568,9 +571,8 @@ class _Trainer:
 
         _seed_everything(config.seed)
         if self.backbone is None:
-            from core.backbones import load_backbone
 
-            self.backbone = load_backbone(config.backbone, pretrained=config.pretrained)
+            self.backbone = backbones.load_backbone(config.backbone, pretrained=config.pretrained)
         if self.backbone.spec.modality != dataset.modality:
             raise ValueError(
                 f"The backbone {config.backbone!r} is for {self.backbone.spec.modality} data but the data set "
@@ -816,7 +818,6 @@ class _Trainer:
         second run on the same data reuses them."""
         if not self.config.views:
             return None
-        from core.preprocess import make_preprocessor
 
         preprocessor = make_preprocessor(self.backbone.spec, "light")
         views = []
@@ -926,7 +927,6 @@ class _Trainer:
         yield from _loader(items, labels, self.eval_preprocessor, False, max(self.config.batch_size, 64))
 
     def set_train_mode(self) -> None:
-        from core.freezing import set_train_mode
 
         set_train_mode(self.model)
 
@@ -1100,7 +1100,6 @@ class _Trainer:
         the retrained one has learned from those examples, so they cannot calibrate it. A stop request during the
         retraining keeps the first model (the best epoch), as any stop does.
         """
-        from core import stats
 
         val_logits, val_labels = self.split_logits("val", cache)
         temperature = stats.fit_temperature(val_logits, val_labels)
@@ -1149,7 +1148,6 @@ class _Trainer:
     def estimate_on_test_split(self, cache: dict | None, temperature: float | None = None) -> None:
         """Test-split numbers with intervals; probabilities calibrated by a temperature fitted on validation (by
         the caller, when the model has since learned from the validation split)."""
-        from core import stats
 
         test_logits, test_labels = self.split_logits("test", cache)
         if len(test_labels) == 0:
@@ -1198,7 +1196,6 @@ class _Trainer:
         The chart sees what really happens: one "epoch" per L2 strength tried (its cross-validated loss and
         accuracy; the chosen one is the best epoch), and the loss of every L-BFGS iteration of the final fit.
         """
-        from core import stats
 
         names = [name for name in ("train", "val", "test") if name in cache]
         if self.protocol.name == "cross-validation":
@@ -1293,7 +1290,6 @@ class _Trainer:
         self.lexical = None
         if self.dataset.modality != "text" or self.config.lexical == "off":
             return None
-        from core.evaluation import fit_tfidf
 
         texts = [str(item) for item in items]
         folds = sorted(set(fold_of.tolist())) if fold_of is not None else []
@@ -1350,9 +1346,8 @@ class _Trainer:
         allowed examples only, and returns every example's features and the class names' embeddings from it; the
         last call's encoder is the one delivered.
         """
-        from core.backbones import weights_folder
 
-        folder = weights_folder(self.config.backbone)
+        folder = backbones.weights_folder(self.config.backbone)
         if folder is None:
             raise FileNotFoundError(
                 f"Tuning {self.config.backbone} on pairs needs its tokenizer and config files in a local folder; "
@@ -1468,12 +1463,11 @@ def sentence_tuning_plan(dataset: Dataset, config: TrainConfig) -> contrastive.T
 
     The same decision the run makes, for a feature-extraction run with the logistic head.
     """
-    from core.backbones import get_spec
 
     protocol = smalldata.choose_protocol(
         [str(label) for label in dataset.table["label"]], dataset.split_given, config.protocol, config.folds
     )
-    spec = get_spec(config.backbone)
+    spec = backbones.get_spec(config.backbone)
     cache_mode, _ = _cache_plan(config, min(config.frozen_groups, spec.num_groups), spec.num_groups)
     return _tuning_plan(dataset, protocol, config.sentence_tuning, spec.sentence_encoder,
                         uses_logistic_head(config, cache_mode))
@@ -1609,10 +1603,8 @@ def frozen_features(
     None when the backbone is for another modality or `stop_event` was set while computing. `emit` hears the
     computation's progress ("on_step_end" with done / total examples); it is not called when the cache had them.
     """
-    from core.backbones import load_backbone
-    from core.preprocess import make_preprocessor
 
-    backbone = load_backbone(backbone_name, pretrained=True)
+    backbone = backbones.load_backbone(backbone_name, pretrained=True)
     if backbone.spec.modality != dataset.modality:
         return None
     num_groups = len(backbone.group_names)
@@ -1736,7 +1728,6 @@ def load_trained(
     Returns:
         (classifier in eval mode, the evaluation preprocessor, the run information from run.json).
     """
-    from core.preprocess import make_preprocessor
 
     run_dir = Path(run_dir)
     info_path, model_path = run_dir / "run.json", run_dir / "model.safetensors"
@@ -1746,9 +1737,8 @@ def load_trained(
         )
     info = json.loads(info_path.read_text())
     if backbone is None:
-        from core.backbones import load_backbone
 
-        backbone = load_backbone(info["backbone"], pretrained=False)
+        backbone = backbones.load_backbone(info["backbone"], pretrained=False)
     backbone.set_feature_taps(info.get("feature_taps") or ())  # runs from before multi-block features have none
     model = Classifier(backbone, len(info["classes"]))
     missing, unexpected = model.load_state_dict(load_file(model_path), strict=False)
@@ -1841,13 +1831,11 @@ def config_from_args(args: argparse.Namespace, dataset: Dataset, backbone_name: 
 
 def main_train(args: argparse.Namespace) -> int:
     """`python -m core train`: train exactly as the Train page does; write metrics.json and the model to --out."""
-    from core import data as data_module
-    from core.backbones import default_backbone, load_backbone
 
     options = {k: v for k, v in (("text_column", args.text_column), ("label_column", args.label_column)) if v}
     dataset = data_module.load_path(args.data, **options)[0]  # a file, a folder or a sample ("sample-images")
-    backbone_name = args.backbone or default_backbone(dataset.modality)
-    backbone = load_backbone(backbone_name, pretrained=True)
+    backbone_name = args.backbone or backbones.default_backbone(dataset.modality)
+    backbone = backbones.load_backbone(backbone_name, pretrained=True)
     config = config_from_args(args, dataset, backbone_name, len(backbone.group_names))
     out = Path(args.out)
     if scale_out.launched():  # one of several processes that `--processes` (or a launcher) started
@@ -1921,7 +1909,6 @@ def _fit_and_report(
             metrics["baseline"] = _audio_baseline(dataset, config, backbone, result.estimate)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if result.estimate:
-        from core.stats import format_interval
 
         estimate = result.estimate
         log.info("%s", estimate["protocol_reason"])
@@ -1950,8 +1937,6 @@ def _fit_and_report(
 
 def _audio_baseline(dataset: Dataset, config: TrainConfig, backbone: Backbone, estimate: dict[str, Any]) -> dict:
     """The MFCC baseline of a sound run under the run's protocol, logged beside the transfer result."""
-    from core import audio_baseline
-    from core.preprocess import audio_settings
 
     protocol = smalldata.Protocol(estimate["protocol"], int(estimate["folds"]), bool(estimate["refit_on_all"]),
                                   str(estimate["protocol_reason"]))
