@@ -118,7 +118,7 @@ def test_a_run_tunes_the_encoder_per_fold_and_delivers_the_one_tuned_on_all(tmp_
     # The report and the Test page say the encoder was tuned, and that each fold tuned its own copy.
     from streamlit.testing.v1 import AppTest
 
-    from core.export import _estimate_lines
+    from core.model_report import _estimate_lines
     from core.session import StudioState
 
     report = "\n".join(_estimate_lines(result.estimate, None))
