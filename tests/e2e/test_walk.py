@@ -174,6 +174,18 @@ def explain_first(page: Page, key: str) -> None:
            ).to_be_visible()
 
 
+def build_and_download_bundle(page: Page, tmp_path: Path) -> list[str]:
+    """Press Build bundle on the Test page, expect its parity check to hold, download the zip: its file names."""
+    click_button(page, "Build bundle", timeout_ms=TRAINING_TIMEOUT_MS)
+    expect(main(page).get_by_test_id("stAlert").filter(has_text="Parity holds")).to_be_visible()
+    with page.expect_download() as download_info:
+        main(page).get_by_role("button", name="Download bundle (zip)").click()
+    bundle = tmp_path / download_info.value.suggested_filename
+    download_info.value.save_as(bundle)
+    wait_idle(page)
+    with zipfile.ZipFile(bundle) as archive:
+        return archive.namelist()
+
 def test_image_walk(page: Page, tmp_path: Path) -> None:
     load_sample(page, "images")
     shot(page, "1-data")
@@ -238,15 +250,7 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
     shot_section(page, "test_suggest_section", "5-test-suggest")
 
     # Export: the bundle is built, passes its parity check and downloads.
-    click_button(page, "Build bundle", timeout_ms=TRAINING_TIMEOUT_MS)
-    expect(main(page).get_by_test_id("stAlert").filter(has_text="Parity holds")).to_be_visible()
-    with page.expect_download() as download_info:
-        main(page).get_by_role("button", name="Download bundle (zip)").click()
-    bundle = tmp_path / download_info.value.suggested_filename
-    download_info.value.save_as(bundle)
-    wait_idle(page)
-    with zipfile.ZipFile(bundle) as archive:
-        names = archive.namelist()
+    names = build_and_download_bundle(page, tmp_path)
     assert any(name.endswith("predict.py") for name in names), names
     assert any(name.endswith(".onnx") for name in names), names
     shot(page, "5-test-export")
@@ -376,15 +380,7 @@ def test_audio_walk(page: Page, tmp_path: Path) -> None:
     shot(page, "audio-5-test")
 
     # Export: the bundle carries the spectrogram code and passes its parity check on the clips.
-    click_button(page, "Build bundle", timeout_ms=TRAINING_TIMEOUT_MS)
-    expect(main(page).get_by_test_id("stAlert").filter(has_text="Parity holds")).to_be_visible()
+    names = build_and_download_bundle(page, tmp_path)
     expect(main(page).get_by_text("pip install torch numpy scipy soundfile")).to_be_visible()
-    with page.expect_download() as download_info:
-        main(page).get_by_role("button", name="Download bundle (zip)").click()
-    bundle = tmp_path / download_info.value.suggested_filename
-    download_info.value.save_as(bundle)
-    wait_idle(page)
-    with zipfile.ZipFile(bundle) as archive:
-        names = archive.namelist()
     for part in ("predict.py", "audio_features.py", ".onnx", ".torchscript.pt"):
         assert any(name.endswith(part) for name in names), (part, names)
