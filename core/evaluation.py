@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from core import devices, stats
+from core import devices, smalldata, stats
 from core.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -571,7 +571,8 @@ def fit_tfidf(texts: Sequence[str], targets: np.ndarray, seed: int) -> tuple[Any
             for recipe in TFIDF_RECIPES.values()]
     search = GridSearchCV(pipeline, grid, scoring="neg_log_loss", error_score="raise",
                           cv=StratifiedKFold(min(3, smallest), shuffle=True, random_state=seed))
-    search.fit(list(texts), targets)
+    with smalldata.one_thread(len(targets)):
+        search.fit(list(texts), targets)
     chosen = search.best_params_
     recipe = next(name for name, value in TFIDF_RECIPES.items() if value["analyzer"] == chosen["tfidf__analyzer"])
     return search.best_estimator_, f"{recipe}, C={chosen['logistic__C']:g}"

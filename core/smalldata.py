@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -298,20 +299,26 @@ def with_views(
 
 
 @contextlib.contextmanager
-def one_torch_thread(rows: int) -> Iterator[None]:
-    """Torch on one thread while the logistic heads of small data (`rows` examples) are fitted, then as before.
+def one_thread(rows: int) -> Iterator[None]:
+    """Torch, and the BLAS under numpy and scipy, on one thread while a model of small data (`rows` examples) is
+    fitted, then as before.
 
     Matrices this small gain nothing from threads, and on a busy machine a thread team waiting for a descheduled
     member made each L-BFGS fit far slower: a baseline's fit took 0.72 s against 0.01 s (load 5, two cores), and a
     run's whole head (digits, 20 per class, 1,904 features, inner 3-fold choice of L2) 27-65 s on 2 threads against
-    5.7 s on one, on a machine running a benchmark beside it. Under OpenMP the setting belongs to the calling
-    thread, so a page's background thread changes only its own. Large data keeps its threads.
+    5.7 s on one, on a machine running a benchmark beside it; the TF-IDF model's choice of recipe on the text sample
+    (scikit-learn, 18 fits) took 3.2 s against 0.7 s. Under OpenMP torch's setting belongs to the calling thread, so
+    a page's background thread changes only its own; the BLAS limit (threadpoolctl, which scikit-learn ships) holds
+    for the process for those seconds. Large data keeps its threads.
     """
-    threads = torch.get_num_threads()
-    if rows <= SMALL_DATA_EXAMPLES:
-        torch.set_num_threads(1)
-    try:
+    if rows > SMALL_DATA_EXAMPLES:
         yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(threads)
 
@@ -336,9 +343,9 @@ def select_and_fit(
     examples per class for the inner folds, the strength is not chosen but taken as a moderate 0.1. With `views`
     (augmented views of each example, [N, V, D]) every fit also learns from the views of the examples it learns
     from (`with_views`); the folds split examples, so a view never scores the example it was made from.
-    Small data is fitted on one torch thread (`one_torch_thread`).
+    Small data is fitted on one thread (`one_thread`).
     """
-    with one_torch_thread(len(labels)):
+    with one_thread(len(labels)):
         return _select_and_fit(features, labels, num_classes, folds, seed, balanced, grid, on_iteration,
                                stop_requested, class_embeddings, views)
 

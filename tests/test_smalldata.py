@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import threadpoolctl
 import torch
 from sklearn.datasets import load_digits
 
@@ -266,7 +267,7 @@ def test_a_sentence_encoder_run_scores_the_class_names_alone_and_the_test_page_s
     assert f"{zero_shot['accuracy']:.1%}" in line and f"{result.estimate['accuracy']:.1%}" in line
 
 
-def test_small_heads_fit_on_one_torch_thread_and_the_setting_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_heads_fit_on_one_thread_and_the_setting_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """Threads only slow a small L-BFGS fit down (a busy machine made it 5-10x slower); large data keeps them."""
     seen: list[int] = []
     fit = smalldata.fit_logistic
@@ -284,7 +285,10 @@ def test_small_heads_fit_on_one_torch_thread_and_the_setting_comes_back(monkeypa
         smalldata.select_and_fit(features, labels, 3)
         assert seen and set(seen) == {1} and torch.get_num_threads() == 2
         seen.clear()
-        with smalldata.one_torch_thread(smalldata.SMALL_DATA_EXAMPLES + 1):
+        with smalldata.one_thread(60):  # numpy's and scipy's BLAS too (scikit-learn's TF-IDF model fits inside)
+            blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+            assert blas and {pool["num_threads"] for pool in blas} == {1}
+        with smalldata.one_thread(smalldata.SMALL_DATA_EXAMPLES + 1):
             assert torch.get_num_threads() == 2, "large data keeps its threads"
     finally:
         torch.set_num_threads(before)
