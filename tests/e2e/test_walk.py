@@ -304,8 +304,8 @@ def test_text_walk(page: Page, tmp_path: Path) -> None:
     # Does transfer help? The baselines train in the background on the run's own folds (the page stays usable, a
     # progress bar shows), then the page compares: the verdict reads the 95 % interval of the difference, and the
     # table gives each baseline's accuracy, interval, n and "pretrained minus this".
-    with rerun(page):  # the random-weights model: 2 epochs are enough to check the flow (the default is 10)
-        fill_number(page, "Epochs for the from-scratch model", 2)
+    with rerun(page):  # the random-weights model: 1 epoch is enough to check the flow (the default is 10)
+        fill_number(page, "Epochs for the from-scratch model", 1)
     click_button(page, "Train baseline", timeout_ms=TRAINING_TIMEOUT_MS)
     expect(main(page).get_by_test_id("stProgress").filter(has_text="Training")).to_be_visible()
     verdict = main(page).get_by_test_id("stAlert").filter(has_text=re.compile(r"TF-IDF: \d+\.\d%"))
@@ -355,7 +355,7 @@ def test_audio_walk(page: Page, tmp_path: Path) -> None:
     expect(main(page).get_by_text(re.compile(r"95 % interval \d+\.\d%–\d+\.\d% · n = 144"))).to_be_visible()
     # Does transfer help? The MFCC baseline (and the same network with random weights) on the run's own folds.
     with rerun(page):
-        fill_number(page, "Epochs for the from-scratch model", 2)
+        fill_number(page, "Epochs for the from-scratch model", 1)
     click_button(page, "Train baseline", timeout_ms=TRAINING_TIMEOUT_MS)
     verdict = main(page).get_by_test_id("stAlert").filter(has_text=re.compile(r"MFCC: \d+\.\d%"))
     expect(verdict).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
