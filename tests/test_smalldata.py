@@ -126,6 +126,25 @@ def test_linear_head_folds_standardisation_and_temperature_into_nn_linear() -> N
     torch.testing.assert_close(linear(inputs), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_more_features_than_examples_solve_in_their_row_space_to_the_same_head(with_prior: bool) -> None:
+    """30 examples with 200 features: the fit on the examples' own axes (a thin SVD) gives the head that the plain
+    fit in all 200 coordinates gives, shrunk towards zero or towards a class-name prior."""
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.arange(30) % 3
+    features = torch.randn(30, 200, generator=generator, dtype=torch.float64) + labels[:, None] * 0.3
+    prior = torch.randn(3, 200, generator=generator, dtype=torch.float64) * 0.01 if with_prior else None
+    fast = smalldata.fit_logistic(features, labels, 3, l2=0.05, prior=prior)
+    mean, scale = smalldata._standardiser(features)
+    values = (features - mean) / scale
+    plain = smalldata.fit_logistic(features, labels, 3, l2=0.05, prior=prior,
+                                   standardised=smalldata._Standardised(mean, scale, values, None, values))
+    assert fast.losses[-1] == pytest.approx(plain.losses[-1], abs=1e-7)
+    torch.testing.assert_close(fast.weight, plain.weight, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(fast.logits(features), plain.logits(features), atol=1e-3, rtol=1e-3)
+    assert len(fast.losses) < 2 * len(plain.losses) + 5  # not a slower road to the same place
+
+
 def test_fit_cross_validates_small_data_and_refits_on_all(colour_dataset: Dataset, tmp_path: Path) -> None:
     config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", folds=3)
     result = fit(colour_dataset, config, tmp_path / "run", backbone=TinyCNN())
