@@ -209,13 +209,15 @@ def _baseline_task() -> background.BackgroundTask | None:
     return task
 
 
-def _start_baselines(epochs: int) -> background.BackgroundTask:
-    """The baselines of the run shown, on a thread of their own (the page polls it: `_baseline_progress`)."""
+def _start_baselines(epochs: int, scratch: bool) -> background.BackgroundTask:
+    """The baselines of the run shown, on a thread of their own (the page polls it: `_baseline_progress`): the
+    classic model of the data's kind, and the random-weights network if `scratch`."""
     data, info, estimate = dataset, run_info, result  # what the worker reads; it never touches the page
+    kinds = [*no_transfer.DEFAULT_CLASSIC_BASELINE.get(dataset.modality, []), *(["scratch"] if scratch else [])]
 
     def work(progress: Any, stop_event: Any) -> list[no_transfer.BaselineResult]:
-        return no_transfer.train_baselines(data, info, epochs=epochs, estimate=estimate, progress=progress,
-                                          stop_event=stop_event)
+        return no_transfer.train_baselines(data, info, kinds=kinds, epochs=epochs, estimate=estimate,
+                                          progress=progress, stop_event=stop_event)
 
     return background.start_once(_baseline_key(), work, label=f"baselines-{info.get('run_id')}")
 
@@ -249,7 +251,9 @@ if "zero_shot" in result.metrics:  # a sentence encoder: the class names alone a
 baselines = no_transfer.load_baselines(run_info)
 network_alone = (result.metrics.get("lexical") or {}).get("network_accuracy")  # texts: the mix holds TF-IDF too
 verdict = transfer_verdict.judge_run(result, baselines)
-{"success": st.success, "warning": st.warning, "worse": st.error}.get(verdict.level, st.info)(verdict.sentence)
+transfer_section = st.container(key="test_transfer_section")  # the verdict and its table: one picture in the README
+alert = {"success": "success", "warning": "warning", "worse": "error"}.get(verdict.level, "info")
+getattr(transfer_section, alert)(verdict.sentence)
 if baselines:
     differences = {row["baseline"]: row for row in verdict.comparisons if row["interval95"] is not None}
     rows = [{"model": f"Pretrained {run_info.get('backbone', '')}", "accuracy": result.accuracy,
@@ -267,7 +271,7 @@ if baselines:
               "macro_f1": b.macro_f1, "what": b.detail,
               "difference": _difference_cell(differences[b.name]) if b.name in differences else "-"}
              for b in baselines]  # fmt: skip
-    st.container(key="test_baselines_table").dataframe(
+    transfer_section.container(key="test_baselines_table").dataframe(
         pd.DataFrame(rows),
         hide_index=True,
         column_order=["model", "accuracy", "interval", "n", "difference", "macro_f1", "what"],
@@ -300,11 +304,16 @@ with st.expander("Train a baseline", expanded=not baselines):
         )  # fmt: skip
         + " They train in the background: the rest of this page stays usable."
     )
+    with_scratch = st.checkbox(
+        "Also the same network with random weights", value=True, key="test_baseline_scratch",
+        help="It trains the whole network from scratch on every fold, so it takes about as long as a training run "
+        "(minutes on a CPU); the classic model takes seconds. Untick it for the quick comparison alone.")
     recorded_epochs = int((run_info.get("config") or {}).get("epochs") or 5)
-    baseline_epochs = st.number_input("Epochs for the from-scratch model", 1, 200, min(recorded_epochs, 10))
+    baseline_epochs = st.number_input("Epochs for the from-scratch model", 1, 200, min(recorded_epochs, 10),
+                                      disabled=not with_scratch)
     task = _baseline_task()
     if st.button("Train baseline", type="primary", disabled=task is not None and task.is_running):
-        st.session_state[BASELINE_TASK] = (run_dir, _start_baselines(int(baseline_epochs)))
+        st.session_state[BASELINE_TASK] = (run_dir, _start_baselines(int(baseline_epochs), with_scratch))
         task = _baseline_task()
     if task is not None and task.is_running:
         _baseline_progress()
@@ -363,10 +372,12 @@ else:
             curve_bar.empty()
     if curve_key in curves:
         curve = curves[curve_key]
-        st.plotly_chart(learning_curve_chart(curve), width="stretch", key="test_learning_curve_chart")
-        st.info(curve.sentence)
-        st.caption(" · ".join(f"{point.fraction:.0%} of the labels: {format_interval(point.accuracy, point.interval95)}"
-                              for point in curve.points) + f" · n = {curve.points[-1].n} each")
+        curve_section = st.container(key="test_learning_curve_section")
+        curve_section.plotly_chart(learning_curve_chart(curve), width="stretch", key="test_learning_curve_chart")
+        curve_section.info(curve.sentence)
+        points = [f"{point.fraction:.0%} of the labels: {format_interval(point.accuracy, point.interval95)}"
+                  for point in curve.points]
+        curve_section.caption(" · ".join(points) + f" · n = {curve.points[-1].n} each")
 
 
 # ---------------------------------------------------------------------------------------------------- per class

@@ -249,6 +249,21 @@ def test_baselines_train_in_the_background_and_a_failure_keeps_what_was_trained(
     assert any(f"paired on the same {tested} examples" in verdict for verdict in verdicts), verdicts
 
 
+def test_the_quick_comparison_alone_trains_only_the_classic_model(seeded) -> None:
+    """Unticking the random-weights network (as long as a run) trains raw pixels alone, in seconds: no from-scratch
+    model is attempted (here it would fail: the tests' tiny network is not in the catalogue)."""
+    app, state = seeded
+    app.run()
+    app.checkbox(key="test_baseline_scratch").uncheck().run()
+    assert app.number_input[[n.label for n in app.number_input].index("Epochs for the from-scratch model")].disabled
+    app.button[[b.label for b in app.button].index("Train baseline")].click().run()
+    _, task = app.session_state["test_baseline_task"]
+    task.join(60)
+    app.run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    table = app.dataframe[0].value.set_index("model")
+    assert no_transfer.PIXELS_TITLE in table.index and "Same architecture, random weights" not in table.index
+
 
 def test_a_reloaded_page_finds_the_baselines_still_training(seeded) -> None:
     """A fresh session on the same run (a reload, another tab) shows the running task's progress and cannot start
