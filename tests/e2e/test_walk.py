@@ -192,6 +192,17 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
     choose_default_backbone(page, "images")
     expect(page.get_by_test_id("stSidebar")).to_contain_text("240 examples, 10 classes")
     shot(page, "2-backbone")
+    # Which backbone? The three offline EfficientNet-Lites, each scored by the probe a run uses, best pre-selected
+    # (its features are kept: the runs below start from them).
+    click_button(page, "Rank for my data", timeout_ms=TRAINING_TIMEOUT_MS)
+    best = main(page).get_by_test_id("stAlert").filter(has_text="is best for your data")
+    expect(best).to_contain_text(re.compile(r"EfficientNet-Lite\d is best for your data: \d+\.\d% \(95 % CI"),
+                                 timeout=TRAINING_TIMEOUT_MS)
+    expect(main(page).get_by_test_id("stDataFrame").first).to_be_visible()  # the ranking's table, above the catalogue
+    picker = main(page).get_by_role("combobox", name="Backbone", exact=True)
+    chosen = re.search(r"(EfficientNet-Lite\d) is best", best.inner_text()).group(1)
+    expect(picker).to_have_value(re.compile(re.escape(chosen)))
+    shot(page, "2-backbone-rank")
     set_feature_extraction(page)
     shot(page, "3-freezing")
 
@@ -248,6 +259,24 @@ def test_image_walk(page: Page, tmp_path: Path) -> None:
     listed = suggest_labelling(page, unlabelled_digits(tmp_path), "test_suggest_files")
     assert len(listed) == 10 and not listed["input"].str.startswith("copy-").any(), listed
     shot_section(page, "test_suggest_section", "5-test-suggest")
+
+    # Does transfer help? The quick comparison alone (raw pixels, seconds; the random-weights network is left out),
+    # on the run's own folds, with the paired interval of the difference.
+    main(page).get_by_text("Also the same network with random weights").click()
+    wait_idle(page)
+    click_button(page, "Train baseline", timeout_ms=TRAINING_TIMEOUT_MS)
+    verdict = main(page).get_by_test_id("stAlert").filter(has_text=re.compile(r"raw pixels: \d+\.\d%"))
+    expect(verdict).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
+    expect(verdict).to_contain_text(
+        re.compile(r"95 % interval [−+]\d+\.\d to [−+]\d+\.\d points; paired on the same 240 examples"))
+    shot_section(page, "test_transfer_section", "5-test-transfer")
+
+    # Would more data help? The learning curve on the same folds, with its sentence.
+    click_button(page, "Draw the learning curve", timeout_ms=TRAINING_TIMEOUT_MS)
+    sentence = main(page).get_by_test_id("stAlert").filter(has_text=re.compile("Doubling your labelled|unlikely"))
+    expect(sentence).to_be_visible(timeout=TRAINING_TIMEOUT_MS)
+    expect(main(page).get_by_text(re.compile(r"10% of the labels: \d+\.\d%"))).to_be_visible()
+    shot_section(page, "test_learning_curve_section", "5-test-learning-curve")
 
     # Export: the bundle is built, passes its parity check and downloads.
     names = build_and_download_bundle(page, tmp_path)
