@@ -7,62 +7,15 @@ the whole e2e run to keep it fast. On a failing test a screenshot of the page is
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.studio import ARTIFACTS, REPO_ROOT, RUN_COUNTER_SCRIPT, wait_app_loaded
-
-SERVER_START_TIMEOUT_S = 90.0
-VIEWPORT = {"width": 1400, "height": 1000}
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _server_log_tail(log_path: Path, lines: int = 40) -> str:
-    if not log_path.exists():
-        return "(no server log)"
-    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    """Poll Streamlit's health endpoint until it answers "ok"; fail early if the server died."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"The Streamlit server exited with status {process.returncode}:\n{_server_log_tail(log_path)}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200 and response.read().strip() == b"ok":
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.25)  # polling a subprocess's health endpoint, not waiting on the browser
-    pytest.fail(f"The Streamlit server did not answer /_stcore/health within {SERVER_START_TIMEOUT_S:.0f} s:\n"
-                f"{_server_log_tail(log_path)}")
+from core import browser as driver
+from core.browser import CHROMIUM_ARGS, RUN_COUNTER_SCRIPT, VIEWPORT, wait_app_loaded  # noqa: F401
+from tests.e2e.studio import ARTIFACTS
 
 
 @pytest.fixture(scope="session")
@@ -73,33 +26,12 @@ def studio_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def studio_server(home: Path, log_path: Path, **env: str) -> Iterator[str]:
-    """Run `streamlit run app.py` with workspace `home` on a free port; yield its URL once healthy; always stop it."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    environment = dict(os.environ)
-    environment.update(TRANSFER_STUDIO_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                       PYTHONUNBUFFERED="1", **env)
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.port", str(port),
-        "--server.address", "127.0.0.1",
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-    ]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_healthy(url, process, log_path)
+    """`core.browser.studio_server`'s URL; a server that does not come up fails the test with its log."""
+    try:
+        with driver.studio_server(home, log_path, **env) as (url, _process):
             yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
+    except driver.ServerError as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture(scope="session")
@@ -121,12 +53,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
 
     microphone = microphone_wav(tmp_path_factory.mktemp("microphone"))
 
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(executable).exists():
-        pytest.fail(
-            "Chromium is not installed, so the end-to-end tests cannot run. Install it with `make test` "
-            "(or `apt-get install chromium`); Playwright's own browser download is not used here."
-        )
+    try:
+        executable = driver.chromium_executable()
+    except FileNotFoundError as error:
+        pytest.fail(f"{error} The end-to-end tests cannot run without it.")
     with sync_playwright() as playwright:
         fake_microphone = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                            f"--use-file-for-fake-audio-capture={microphone}"]

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image, ImageChops
 from playwright.sync_api import Page, expect
 
+from core.browser import freeze_every_group as set_feature_extraction  # step 3: every group frozen
 from tests.e2e.files import SAMPLE_IMAGES_ZIP, sample_clip, sample_digit
 from tests.e2e.studio import (
     ARTIFACTS,
@@ -55,23 +56,6 @@ def choose_default_backbone(page: Page, kind: str) -> None:
 
 PERCENT = re.compile(r"^\d+(\.\d)?%$")
 DIGITS = "zero|one|two|three|four|five|six|seven|eight|nine"
-
-
-def set_feature_extraction(page: Page) -> None:
-    """Step 3: move the slider to full fine-tuning (0 frozen) and back to feature extraction (every group frozen)."""
-    go_to(page, "3 · Freezing")
-    slider = main(page).get_by_role("slider")
-    expect(slider).to_be_visible(timeout=120_000)  # the backbone loads first
-    frozen = main(page).get_by_test_id("stMetric").filter(has_text="Frozen layer groups")
-    value = frozen.get_by_test_id("stMetricValue")
-    slider.focus()
-    slider.press("Home")
-    expect(value).to_have_text(re.compile(r"^0 of \d+$"))
-    wait_idle(page)
-    slider.press("End")
-    expect(value).to_have_text(re.compile(r"^(\d+) of \1$"))
-    wait_idle(page)
-    expect(main(page).get_by_test_id("stException")).to_have_count(0)
 
 
 def start_training(
