@@ -311,6 +311,26 @@ def _draw_cache_note(snapshot: jobs.JobSnapshot) -> None:
         st.caption(f"⚡ {snapshot.cache_note}")
 
 
+@st.fragment(run_every=3.0)
+def _queued_panel(job_id: str) -> None:
+    """A queued job's place, redrawn every 3 s on its own; the whole page switches to the live panel once it starts.
+
+    Cheap on purpose: in a class most sessions wait here at once, and the server redraws every waiting panel (no
+    charts, a slower beat than the live panel's).
+    """
+    job = jobs.get(job_id)
+    if job is None:
+        st.warning("This training job is no longer known to the server (it was restarted). Its record is kept.")
+        return
+    snapshot = job.snapshot()
+    if snapshot.status != jobs.QUEUED:
+        st.rerun()  # it started (or ended): the whole page redraws with the live panel
+    _draw_progress(snapshot)
+    if st.button("🛑 Cancel", key="train-cancel", help="Takes the run out of the queue: it never starts."):
+        job.cancel()
+        st.toast("Cancelled.")
+
+
 @st.fragment(run_every=1.0)
 def _live_panel(job_id: str) -> None:
     """Redrawn every second on its own: progress, live charts and the Stop button while the job is active."""
@@ -751,7 +771,9 @@ if job is not None:
         else:
             st.caption(f"⏳ Queued at place {clicked[1]}: your click queued run `{job.job_id}`; it starts by itself "
                        "when the runs ahead of it end.")
-    if active:
+    if active and job.status == jobs.QUEUED:
+        _queued_panel(job.job_id)
+    elif active:
         _live_panel(job.job_id)
     else:
         _draw_finished(state, job)

@@ -212,6 +212,9 @@ def test_a_second_session_queues_behind_the_first_and_says_so(colour_dataset, mo
     second_job = _state(second).job
     assert second_job is not first_job
     assert _poll(second, lambda a: second_job.status == "queued" and any("Queued" in i.value for i in a.info))
+    # Waiting is cheap to draw (a class waits at once): the place in the queue and Cancel, no charts, no Stop.
+    assert not second.get("plotly_chart") and "train-stop" not in [b.key for b in second.button]
+    assert "train-cancel" in [b.key for b in second.button]
     gate.set()
     assert _poll(second, lambda a: not second_job.is_running)
     assert first_job.status == "completed" and second_job.status == "completed"
