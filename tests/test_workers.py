@@ -269,3 +269,20 @@ def test_a_command_line_run_killed_after_an_epoch_resumes_to_the_numbers_of_an_u
     assert resumed["status"] == whole["status"] == "completed"
     assert _numbers(resumed["history"]) == _numbers(whole["history"])
     assert resumed["test_accuracy"] == whole["test_accuracy"]
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, workers.DEFAULT_NICE), ("3", 3), ("0", 0), ("soon", 0)])
+def test_a_worker_yields_the_cpu_to_the_server_by_as_much_as_the_operator_says(setting, expected) -> None:
+    """A worker lowers its own priority (pages stay quick while runs train on the same cores); the operator can
+    change how much, and a value that is not a number keeps the priority, with a warning."""
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != workers.NICE_ENV}
+    if setting is not None:
+        env[workers.NICE_ENV] = setting
+    probe = ("import os; from core.workers import lower_priority; before = os.getpriority(os.PRIO_PROCESS, 0); "
+             "lower_priority(); print(os.getpriority(os.PRIO_PROCESS, 0) - before)")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert int(done.stdout.strip()) == expected, done.stderr
