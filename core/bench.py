@@ -401,8 +401,9 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _main_classroom(students: int, json_path: str | None) -> int:
-    """`--classroom N`: one student alone, then N at once on one server; the table, and the raw numbers to JSON."""
+def _main_classroom(students: int, json_path: str | None, in_browsers: bool = False) -> int:
+    """`--classroom N`: one student alone, then N at once on one server; the table, and the raw numbers to JSON.
+    With `--browser`, the class clicks through the real app in headless Chromium instead (`core.bench_browser`)."""
     from core import bench_classroom
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -412,13 +413,21 @@ def _main_classroom(students: int, json_path: str | None) -> int:
         log.error("--classroom needs at least 1 student, not %d.", students)
         return 2
     context = machine()
-    results = bench_classroom.run(students)
+    if in_browsers:
+        from core import bench_browser as bench_kind
+
+        results = bench_kind.run(students)
+        passed = not results["failures"] and results["finished"] == students and results["own_runs_only"]
+    else:
+        bench_kind = bench_classroom
+        results = bench_kind.run(students)
+        passed = results["failures"] == 0
     results["machine"] = context
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2, default=str))
-    sys.stdout.write(bench_classroom.markdown(results, context)
+    sys.stdout.write(bench_kind.markdown(results, context)
                      + f"\n\nBenchmark took {results['bench_seconds'] / 60:.1f} min.\n")
-    return 0 if results["failures"] == 0 else 1
+    return 0 if passed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,9 +445,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="which real data sets (default: all three)")
     parser.add_argument("--classroom", type=int, metavar="N",
                         help="classroom load benchmark (core.bench_classroom) instead: N students train at once")
+    parser.add_argument("--browser", action="store_true",
+                        help="with --classroom: N real browser sessions (headless Chromium) click through the app")
     args = parser.parse_args(argv)
     if args.classroom is not None:
-        return _main_classroom(args.classroom, args.json)
+        return _main_classroom(args.classroom, args.json, args.browser)
     if args.accuracy:
         from core import bench_accuracy
 

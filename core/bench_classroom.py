@@ -103,13 +103,14 @@ def _descendants(pid: int) -> list[int]:
 
 
 class MemorySampler:
-    """Samples the resident memory of this process (the server) and of every process it started (the workers).
+    """Samples the resident memory of the server (this process, or `pid`) and of every process it started (workers).
 
     psutil where it is installed (it comes with Accelerate), else /proc. Peaks are of the sums at one moment.
     """
 
-    def __init__(self, interval: float = SAMPLE_SECONDS) -> None:
+    def __init__(self, interval: float = SAMPLE_SECONDS, pid: int | None = None) -> None:
         self.interval = interval
+        self.pid = pid if pid is not None else os.getpid()  # the server: this process, or one started elsewhere
         self.peak_server = self.peak_workers = self.peak_total = self.peak_one_worker = 0
         self.peak_workers_at_once = 0
         self._stop = threading.Event()
@@ -119,8 +120,8 @@ class MemorySampler:
         try:
             import psutil
         except ImportError:
-            return _rss_bytes(os.getpid()), [_rss_bytes(pid) for pid in _descendants(os.getpid())]
-        me = psutil.Process()
+            return _rss_bytes(self.pid), [_rss_bytes(pid) for pid in _descendants(self.pid)]
+        me = psutil.Process(self.pid)
         workers = []
         for child in me.children(recursive=True):
             with contextlib.suppress(psutil.Error):

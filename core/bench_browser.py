@@ -1,0 +1,256 @@
+"""Classroom load in real browsers: N students on one server, each in a browser context of their own.
+
+`python -m core.bench --classroom N --browser` starts the app as users get it (`streamlit run app.py`, in a fresh
+workspace) and one headless Chromium (Playwright) with N contexts, so N Streamlit sessions, each in a private
+workspace. Every student takes the steps a person takes, one click after another, round-robin across the class
+(the first student's run trains while the later ones are still clicking): "Load sample images" on the Data page,
+the Backbone page (default pre-selected), the Freezing slider to every group frozen, the Train page, and Train with
+its defaults. While runs train, every student who waits looks at the Backbone page and comes back to the Train
+page every few seconds (two page runs each time). Each click is timed from the click until the app is idle again
+(the script run finished and every element drawn: what a person waits for).
+
+It reports: whether every run finished and no session failed, time until every student has a model, click to
+finished model p50 / p95 (as the Train page shows "Training finished"), click -> idle p50 / p95 over all clicks
+and over the clicks made while others trained, peak memory of the server with its workers and of Chromium, and
+whether each browser's pages name only its own runs. Chromium runs at a lower CPU priority than the server (nice
+15): in a classroom the browsers run on the students' own computers, not on the server's cores. Nothing here is used
+by the app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import statistics
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from core import bench_classroom
+from core.browser import (
+    choose_radio,
+    chromium_executable,
+    click_button,
+    go_to,
+    main,
+    new_tab,
+    rerun,
+    studio_server,
+    wait_idle,
+)
+
+CLICK_SAID = re.compile(r"(Started|Queued at place (\d+)): your click (?:began|queued) run (\S+?)[ ;]")
+#: The longest a class may take before the benchmark gives up (runs still going count as not finished).
+CLASS_TIMEOUT_SECONDS = 3 * 3600
+#: Seconds between two visits of one waiting student (a person checking on their run).
+CHECK_EVERY_SECONDS = 5.0
+
+
+class _Student:
+    """One person: their tab, the clicks they made (what, seconds until idle, whether others were training)."""
+
+    def __init__(self, index: int, page: Any) -> None:
+        self.name = bench_classroom.owner_name(index)
+        self.page = page
+        self.clicks: list[tuple[str, float, bool]] = []
+        self.run_id = ""
+        self.said = ""
+        self.pressed_at: float | None = None
+        self.finished_at: float | None = None
+        self.failed = ""
+        self.last_check = 0.0
+
+    def click(self, what: str, action: Any, busy: bool) -> None:
+        """Do `action` and record how long until the app was idle again."""
+        started = time.perf_counter()
+        action(self.page)
+        self.clicks.append((what, time.perf_counter() - started, busy))
+
+
+def _load_sample(page: Any) -> None:
+    choose_radio(page, "Sample images")
+    click_button(page, "Load sample images")
+    main(page).get_by_role("heading", name="Check report").wait_for()
+
+
+def _press_train(page: Any) -> None:
+    with rerun(page):
+        main(page).get_by_role("button", name=re.compile(r"Train( in the queue)?$")).click()
+
+
+def _slider(key: str) -> Any:
+    """The Freezing slider moved with one key press ("Home": nothing frozen, "End": every group frozen)."""
+    def press(page: Any) -> None:
+        slider = main(page).get_by_role("slider")
+        slider.wait_for(timeout=120_000)  # the backbone loads first
+        slider.focus()
+        with rerun(page):
+            slider.press(key)
+    return press
+
+
+STEPS = (
+    ("load the sample", _load_sample),
+    ("Backbone page", lambda page: go_to(page, "2 · Backbone")),
+    ("Freezing page", lambda page: go_to(page, "3 · Freezing")),
+    ("slider to full fine-tuning", _slider("Home")),
+    ("slider to feature extraction", _slider("End")),
+    ("Train page", lambda page: go_to(page, "4 · Train")),
+    ("Train", _press_train),
+)
+
+
+def _finished(page: Any) -> bool:
+    return main(page).get_by_test_id("stAlert").filter(has_text="Training finished").count() > 0
+
+
+def _percentile(values: list[float], fraction: float) -> float | None:
+    return bench_classroom._percentile(values, fraction)
+
+
+def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
+    """The class in browsers, on a server started here; the numbers the README table shows."""
+    from playwright.sync_api import sync_playwright
+
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        folder = Path(home) if home is not None else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="transfer-studio-browser-class-")))
+        url, server = stack.enter_context(studio_server(folder, folder / "server.log"))
+        playwright = stack.enter_context(sync_playwright())
+        browser = playwright.chromium.launch(executable_path=str(chromium_executable()),
+                                             args=["--no-sandbox", "--disable-background-networking",
+                                                   "--disable-gpu", "--disable-dev-shm-usage"])
+        stack.callback(browser.close)
+        _lower_priority(browser_pid(browser))  # the students' browsers stand in for their own computers
+        memory = stack.enter_context(bench_classroom.MemorySampler(pid=server.pid))
+        class_started = time.perf_counter()
+        people = [_Student(index, new_tab(browser, url)) for index in range(students)]
+        for what, action in STEPS:  # round-robin: everyone's first step, then everyone's second, ...
+            for person in people:
+                if person.failed:
+                    continue
+                busy = any(p.pressed_at is not None and p.finished_at is None for p in people)
+                try:
+                    person.click(what, action, busy)
+                except Exception as error:  # noqa: BLE001 - a student whose page broke is counted, the class goes on
+                    person.failed = f"{what}: {error}"
+                    continue
+                if what == "Train":
+                    person.pressed_at = time.perf_counter()
+                    said = main(person.page).get_by_text(CLICK_SAID)
+                    person.said = said.inner_text() if said.count() else ""
+                    match = CLICK_SAID.search(person.said)
+                    person.run_id = match.group(3).strip("`") if match else ""
+        deadline = time.perf_counter() + CLASS_TIMEOUT_SECONDS
+        waiting = [p for p in people if not p.failed and p.pressed_at is not None]
+        while waiting and time.perf_counter() < deadline:
+            for person in list(waiting):
+                if _finished(person.page):
+                    person.finished_at = time.perf_counter()
+                    waiting.remove(person)
+                elif time.perf_counter() - person.last_check >= CHECK_EVERY_SECONDS:
+                    person.last_check = time.perf_counter()
+                    try:  # a look at another step and back: two page runs while others train
+                        person.click("Backbone page (waiting)", lambda page: go_to(page, "2 · Backbone"), True)
+                        person.click("back to the Train page (waiting)", lambda page: go_to(page, "4 · Train"), True)
+                    except Exception as error:  # noqa: BLE001
+                        person.failed = f"waiting: {error}"
+                        waiting.remove(person)
+            time.sleep(0.2)  # between sweeps over the class; the pages poll the server on their own
+        until_all = time.perf_counter() - class_started
+        texts = {person.name: person.page.get_by_test_id("stApp").inner_text() for person in people}
+        for person in people:
+            wait_idle(person.page)
+        chromium = bench_classroom.MemorySampler(pid=browser_pid(browser))
+        chromium.sample()
+    run_ids = {person.name: person.run_id for person in people}
+    seen_others = {name: [rid for other, rid in run_ids.items() if other != name and rid and rid in text]
+                   for name, text in texts.items()}
+    all_clicks = [seconds for person in people for _, seconds, _ in person.clicks]
+    busy_clicks = [seconds for person in people for _, seconds, busy in person.clicks if busy]
+    to_model = [p.finished_at - p.pressed_at for p in people if p.finished_at is not None and p.pressed_at]
+    by_step: dict[str, list[float]] = {}
+    for person in people:
+        for what, seconds, _ in person.clicks:
+            by_step.setdefault(what, []).append(seconds)
+    return {
+        "students": students,
+        "finished": sum(p.finished_at is not None for p in people),
+        "failures": [f"{p.name}: {p.failed}" for p in people if p.failed],
+        "missing_run_ids": [p.name for p in people if not p.run_id],
+        "seconds_until_all_finished": until_all,
+        "click_to_model_p50": _percentile(to_model, 0.5),
+        "click_to_model_p95": _percentile(to_model, 0.95),
+        "clicks": len(all_clicks),
+        "click_to_idle_p50": _percentile(all_clicks, 0.5),
+        "click_to_idle_p95": _percentile(all_clicks, 0.95),
+        "busy_clicks": len(busy_clicks),
+        "busy_click_to_idle_p50": _percentile(busy_clicks, 0.5),
+        "busy_click_to_idle_p95": _percentile(busy_clicks, 0.95),
+        "busy_click_to_idle_max": max(busy_clicks, default=None),
+        "by_step": {what: {"n": len(values), "p50": statistics.median(values), "p95": _percentile(values, 0.95)}
+                    for what, values in by_step.items()},
+        "peak_memory_mib": memory.mib(),
+        "chromium_memory_mib": chromium.mib()["total"],
+        "own_runs_only": not any(seen_others.values()),
+        "seen_others": {name: ids for name, ids in seen_others.items() if ids},
+        "bench_seconds": time.perf_counter() - started,
+    }
+
+
+def _lower_priority(pid: int) -> None:
+    """Chromium and its tabs below the server's priority: in a classroom they run on the students' computers, and
+    here they share the server's cores (each process Chromium starts later inherits the value)."""
+    import psutil
+
+    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            process.nice(15)
+
+
+def browser_pid(browser: Any) -> int:
+    """The process id of Playwright's browser process (its driver process's child), for the memory sample."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        if "chrom" in child.name().lower() and "--type=" not in " ".join(child.cmdline()):
+            return child.pid
+    raise RuntimeError("The Chromium process was not found.")
+
+
+def markdown(results: dict[str, Any], machine: dict[str, Any] | None = None) -> str:
+    """The README table of one class in browsers."""
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+    memory = results["peak_memory_mib"]
+    lines = [
+        f"Class of {results['students']} in one headless Chromium (a context each), one server"
+        + (f"; {machine.get('cpu', '')}, torch {machine.get('torch', '')}" if machine else "") + ".",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Runs finished | {results['finished']} of {results['students']}; failures: "
+        f"{len(results['failures'])} |",
+        f"| Until every student has a model | {seconds(results['seconds_until_all_finished'])} |",
+        f"| Train click to finished model, p50 / p95 | {seconds(results['click_to_model_p50'])} / "
+        f"{seconds(results['click_to_model_p95'])} |",
+        f"| Click to idle, every click (n = {results['clicks']}), p50 / p95 | "
+        f"{seconds(results['click_to_idle_p50'])} / {seconds(results['click_to_idle_p95'])} |",
+        f"| Click to idle while others train (n = {results['busy_clicks']}), p50 / p95 / max | "
+        f"{seconds(results['busy_click_to_idle_p50'])} / {seconds(results['busy_click_to_idle_p95'])} / "
+        f"{seconds(results['busy_click_to_idle_max'])} |",
+        f"| Peak memory: server + workers | {memory['total']:.0f} MiB (server {memory['server']:.0f}, one worker "
+        f"up to {memory['one_worker']:.0f}) |",
+        f"| Chromium with {results['students']} tabs (end of run) | {results['chromium_memory_mib']:.0f} MiB |",
+        f"| Each browser names only its own runs | {'yes' if results['own_runs_only'] else 'NO'} |",
+        "",
+        "| Step | n | p50 | p95 |",
+        "|---|---|---|---|",
+        *[f"| {what} | {row['n']} | {seconds(row['p50'])} | {seconds(row['p95'])} |"
+          for what, row in results["by_step"].items()],
+    ]
+    return "\n".join(lines)
