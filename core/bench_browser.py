@@ -31,6 +31,7 @@ from typing import Any
 
 from core import bench_classroom
 from core.browser import (
+    CHROMIUM_ARGS,
     choose_radio,
     chromium_executable,
     click_button,
@@ -57,7 +58,6 @@ class _Student:
         self.page = page
         self.clicks: list[tuple[str, float, bool]] = []
         self.run_id = ""
-        self.said = ""
         self.pressed_at: float | None = None
         self.finished_at: float | None = None
         self.failed = ""
@@ -140,9 +140,7 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
             tempfile.TemporaryDirectory(prefix="transfer-studio-browser-class-")))
         url, server = stack.enter_context(studio_server(folder, folder / "server.log"))
         playwright = stack.enter_context(sync_playwright())
-        browser = playwright.chromium.launch(executable_path=str(chromium_executable()),
-                                             args=["--no-sandbox", "--disable-background-networking",
-                                                   "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = playwright.chromium.launch(executable_path=str(chromium_executable()), args=CHROMIUM_ARGS)
         stack.callback(browser.close)
         _lower_priority(browser_pid(browser))  # the students' browsers stand in for their own computers
         memory = stack.enter_context(bench_classroom.MemorySampler(pid=server.pid))
@@ -161,8 +159,7 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
                 if what == "Train":
                     person.pressed_at = time.perf_counter()
                     said = main(person.page).get_by_text(CLICK_SAID)
-                    person.said = said.inner_text() if said.count() else ""
-                    match = CLICK_SAID.search(person.said)
+                    match = CLICK_SAID.search(said.inner_text() if said.count() else "")
                     person.run_id = match.group(3).strip("`") if match else ""
         deadline = time.perf_counter() + CLASS_TIMEOUT_SECONDS
         waiting = [p for p in people if not p.failed and p.pressed_at is not None]
