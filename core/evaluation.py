@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from core import devices, smalldata, stats
+from core._export_bundle import load_bundle  # the bundle reader sits below core.export, which builds on this module
 from core.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -511,8 +512,6 @@ def load_model(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
             f"{folder} is not a folder. Give a run folder (workspace/runs/<run_id>) or an exported model bundle."
         )
     if (folder / "manifest.json").is_file():
-        from core.export import load_bundle  # export builds on this module: imported when a bundle is opened
-
         return load_bundle(folder)
     if (folder / "run.json").is_file():
         from core.training import load_trained  # the engine sits above this module: imported when a run is opened

@@ -13,707 +13,82 @@ Main entry points:
     `model_report(run_info, evaluation=None, baseline=None)` -> the Markdown report.
     `main_export(args)` -> `python -m core export --model RUN --out BUNDLE`.
 
-The ONNX file is written by the TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`): it handles
-both timm CNNs and Hugging Face encoders with a dynamic batch (and token) axis and needs no `onnxscript`.
+This module writes a bundle and is the public face of the export modules below it, which it re-exports:
+`core._export_bundle` (the files, the manifest, the zip and the reader), `core._export_formats` (TorchScript,
+ONNX, the weights' layout, the rebuild recipe, the preprocessing) and `core._export_parity` (the parity check).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
-import math
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import types
-import warnings
-import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from core import bundle_predict
-from core.evaluation import evaluate_probabilities, predict_proba
+from core import audio, bundle_predict, data, ngrams
+from core._export_bundle import (
+    ARCHITECTURE_FILE,
+    AUDIO_FEATURES_FILE,
+    BACKBONE_CONFIG_DIR,
+    LABELS_FILE,
+    LEXICAL_MODULE_FILE,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    PARITY_FILE,
+    PREDICT_FILE,
+    PREPROCESSING_FILE,
+    README_FILE,
+    REPORT_FILE,
+    RUN_FILE,
+    TOKENIZER_DIR,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+    BundleError,
+    BundleModel,
+    BundlePreprocessor,
+    ExportError,
+    as_inputs,
+    load_bundle,
+    verify_manifest,
+    write_manifest,
+    zip_bundle,
+)
+from core._export_formats import (
+    ONNX_OPSET,
+    bundle_weights,
+    export_module,
+    export_onnx,
+    export_torchscript,
+    preprocessing_config,
+    rebuild_recipe,
+    save_tokenizer,
+    trace_items,
+)
+from core._export_parity import (
+    PARITY_TOLERANCE,
+    ParityReport,
+    ParityRow,
+    check_parity,
+    compare_probabilities,
+    reference_probabilities,
+)
+from core.evaluation import evaluate_probabilities, recorded_estimate
 from core.model_report import model_report
-from core.paths import file_sha256
 from core.training import load_trained
 
 log = logging.getLogger(__name__)
 
-PARITY_TOLERANCE = 1e-4
 DEFAULT_PARITY_EXAMPLES = 256
-ONNX_OPSET = 17
-MANIFEST_FILE = "manifest.json"
-WEIGHTS_FILE = "model.safetensors"
-TORCHSCRIPT_FILE = "model.torchscript.pt"
-ONNX_FILE = "model.onnx"
-PREDICT_FILE = "predict.py"
-REPORT_FILE = "MODEL_REPORT.md"
-LABELS_FILE = "labels.json"
-PREPROCESSING_FILE = "preprocessing.json"
-ARCHITECTURE_FILE = "architecture.json"
-RUN_FILE = "run.json"
-PARITY_FILE = "parity.json"
-README_FILE = "README.md"
-TOKENIZER_DIR = "tokenizer"
-AUDIO_FEATURES_FILE = "audio_features.py"  # core/audio.py, copied: predict.py makes spectrograms with the same code
-LEXICAL_MODULE_FILE = "lexical_model.py"  # core/ngrams.py, copied: predict.py mixes in the text run's TF-IDF model
-BACKBONE_CONFIG_DIR = "backbone_config"
-
-
-class ExportError(RuntimeError):
-    """The model could not be exported (an unsupported model, no examples to check parity on, a failed tracer)."""
-
-
-class BundleError(RuntimeError):
-    """A bundle is incomplete or was changed after export; the message names the file."""
-
-
-# ------------------------------------------------------------------------------------------------- parity report
-
-
-@dataclass(frozen=True)
-class ParityRow:
-    """How one exported artefact compares with the app on the parity examples.
-
-    Attributes:
-        artefact: key of the artefact ("onnx", "torchscript", "predict.py", "predict.py:safetensors").
-        title: what the UI calls it.
-        examples: how many examples were compared.
-        top1_agreement: share of examples whose top-1 class equals the app's (1.0 = all).
-        max_abs_diff: the largest |p_export - p_app| over all examples and classes.
-        passed: top-1 agreement is 1.0 and max_abs_diff <= the tolerance, and the artefact ran.
-        files: bundle files this row vouches for (offered for download only when it passed).
-        error: why the artefact could not be run, when it could not.
-    """
-
-    artefact: str
-    title: str
-    examples: int
-    top1_agreement: float
-    max_abs_diff: float
-    passed: bool
-    files: tuple[str, ...] = ()
-    error: str | None = None
-
-
-@dataclass
-class ParityReport:
-    """The parity check of one export: every artefact against the app's own predictions.
-
-    Attributes:
-        rows: one `ParityRow` per artefact checked.
-        examples: number of examples compared (the run's test split, up to a cap).
-        tolerance: the largest probability difference accepted.
-        reference: what the artefacts were compared with.
-        skipped: artefacts not checked, with the reason (e.g. a backbone no public library can rebuild).
-    """
-
-    rows: list[ParityRow]
-    examples: int
-    tolerance: float = PARITY_TOLERANCE
-    reference: str = "the app's PyTorch model on CPU (core.evaluation.predict_proba)"
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """True when every artefact checked matches the app."""
-        return bool(self.rows) and all(row.passed for row in self.rows)
-
-    @property
-    def max_abs_diff(self) -> float:
-        """The largest probability difference of any artefact that ran."""
-        diffs = [row.max_abs_diff for row in self.rows if row.error is None]
-        return max(diffs) if diffs else float("nan")
-
-    def row(self, artefact: str) -> ParityRow | None:
-        """The row of one artefact, or None when it was not checked."""
-        return next((row for row in self.rows if row.artefact == artefact), None)
-
-    def passed_files(self) -> set[str]:
-        """Bundle files whose artefact passed (and no failed row also vouches for)."""
-        failed = {name for row in self.rows if not row.passed for name in row.files}
-        return {name for row in self.rows if row.passed for name in row.files} - failed
-
-    def table(self) -> list[dict[str, Any]]:
-        """One plain dict per artefact, for a data frame in the UI or a Markdown table."""
-        return [
-            {
-                "artefact": row.title,
-                "examples": row.examples,
-                "top-1 agreement": f"{row.top1_agreement:.1%}" if row.error is None else "—",
-                "max |Δp|": f"{row.max_abs_diff:.2e}" if row.error is None else "—",
-                "result": "pass" if row.passed else f"FAIL{': ' + row.error if row.error else ''}",
-            }
-            for row in self.rows
-        ]
-
-    def to_markdown(self) -> str:
-        lines = ["| Artefact | Examples | Top-1 agreement | max \\|Δp\\| | Result |", "|---|---:|---:|---:|---|"]
-        for entry in self.table():
-            lines.append(
-                f"| {entry['artefact']} | {entry['examples']} | {entry['top-1 agreement']} | {entry['max |Δp|']} "
-                f"| {entry['result']} |"
-            )
-        for artefact, reason in self.skipped.items():
-            lines.append(f"| {artefact} | — | — | — | not checked: {reason} |")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        verdict = "PASSED" if self.ok else "FAILED"
-        head = (
-            f"Parity {verdict} on {self.examples} examples against {self.reference}; tolerance {self.tolerance:g}, "
-            f"largest difference {self.max_abs_diff:.2e}."
-        )
-        rows = [
-            f"  {row.title:<40} top-1 {row.top1_agreement:7.1%}  max|dp| {row.max_abs_diff:.2e}  "
-            f"{'pass' if row.passed else 'FAIL'}{'  (' + row.error + ')' if row.error else ''}"
-            for row in self.rows
-        ]
-        rows += [f"  {artefact:<40} not checked: {reason}" for artefact, reason in self.skipped.items()]
-        return "\n".join([head, *rows])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "examples": self.examples,
-            "tolerance": self.tolerance,
-            "reference": self.reference,
-            "max_abs_diff": None if math.isnan(self.max_abs_diff) else self.max_abs_diff,
-            "rows": [asdict(row) for row in self.rows],
-            "skipped": dict(self.skipped),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ParityReport:
-        rows = [ParityRow(**{**row, "files": tuple(row.get("files", ()))}) for row in data.get("rows", [])]
-        return cls(
-            rows=rows,
-            examples=int(data.get("examples", 0)),
-            tolerance=float(data.get("tolerance", PARITY_TOLERANCE)),
-            reference=str(data.get("reference", "")),
-            skipped=dict(data.get("skipped", {})),
-        )
-
-
-def compare_probabilities(
-    artefact: str,
-    title: str,
-    reference: np.ndarray,
-    candidate: np.ndarray,
-    tolerance: float = PARITY_TOLERANCE,
-    files: Sequence[str] = (),
-) -> ParityRow:
-    """A `ParityRow` from the app's probabilities and an artefact's, both [examples, classes]."""
-    reference = np.asarray(reference, dtype=np.float64)
-    candidate = np.asarray(candidate, dtype=np.float64)
-    if candidate.shape != reference.shape:
-        return ParityRow(
-            artefact,
-            title,
-            len(reference),
-            0.0,
-            float("inf"),
-            False,
-            tuple(files),
-            f"output shape {candidate.shape} differs from the app's {reference.shape}",
-        )
-    if reference.size == 0:
-        return ParityRow(artefact, title, 0, 0.0, float("inf"), False, tuple(files), "no examples to compare")
-    agreement = float((reference.argmax(axis=1) == candidate.argmax(axis=1)).mean())
-    max_diff = float(np.abs(reference - candidate).max())
-    passed = agreement == 1.0 and max_diff <= tolerance
-    return ParityRow(artefact, title, len(reference), agreement, max_diff, passed, tuple(files))
-
-
-# ------------------------------------------------------------------------------------------ export wrappers
-
-
-class _ImageExport(nn.Module):
-    """The classifier with a tensor signature: pixels [B, 3, H, W] -> logits [B, classes]."""
-
-    def __init__(self, classifier: nn.Module) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pixels)
-
-
-class _TextExport(nn.Module):
-    """The classifier with a tensor signature: (input_ids, attention_mask) [B, T] -> logits [B, classes]."""
-
-    def __init__(self, classifier: nn.Module) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier({"input_ids": input_ids, "attention_mask": attention_mask})
-
-
-def _export_module(model: nn.Module, modality: str) -> nn.Module:
-    return (_TextExport(model) if modality == "text" else _ImageExport(model)).eval()  # sound: spectrogram pixels
-
-
-def _as_inputs(batch: Any, modality: str) -> tuple[torch.Tensor, ...]:
-    """A collated batch as the exported models' positional inputs (a sound batch is spectrogram pixels)."""
-    if modality in ("image", "audio"):
-        if not isinstance(batch, torch.Tensor):
-            raise ExportError(f"An image batch must be a tensor [B, 3, H, W], the preprocessor gave {type(batch)}.")
-        return (batch.float(),)
-    if not isinstance(batch, dict) or "input_ids" not in batch or "attention_mask" not in batch:
-        raise ExportError("A text batch must be a dict with input_ids and attention_mask; the preprocessor gave other.")
-    return (batch["input_ids"].long(), batch["attention_mask"].long())
-
-
-def _batches(preprocessor: Any, items: Sequence[str], batch_size: int) -> list[Any]:
-    return [
-        preprocessor.collate([preprocessor.load(item, train=False) for item in items[start : start + batch_size]])
-        for start in range(0, len(items), batch_size)
-    ]
-
-
-def export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Path:
-    """Trace `module` on `example` inputs (CPU) and save it; the saved model needs only torch to run."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(module, example, check_trace=False, strict=False)
-        torch.jit.save(traced, str(path))
-    return path
-
-
-def export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, modality: str) -> Path:
-    """Write `module` as ONNX with a dynamic batch axis (and token axis for text); output `logits`."""
-    if modality in ("image", "audio"):
-        names = ["pixels"]
-        axes: dict[str, dict[int, str]] = {"pixels": {0: "batch"}, "logits": {0: "batch"}}
-    else:
-        names = ["input_ids", "attention_mask"]
-        axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
-        axes["logits"] = {0: "batch"}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            example,
-            str(path),
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=ONNX_OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return path
-
-
-# ------------------------------------------------------------------------------ weights and rebuild recipe
-
-
-def _source_module(backbone: nn.Module) -> tuple[str, nn.Module] | None:
-    """The library model inside our Backbone wrapper (timm model / HF PreTrainedModel) and its qualified name."""
-    spec = getattr(backbone, "spec", None)
-    source = getattr(spec, "source", "")
-    for name, module in backbone.named_modules():
-        if source == "timm" and type(module).__module__.startswith("timm.") and hasattr(module, "forward_features"):
-            return name, module
-        if source == "transformers":
-            try:
-                from transformers import PreTrainedModel
-            except ImportError:
-                return None
-            if isinstance(module, PreTrainedModel):
-                return name, module
-    return None
-
-
-def _rebuild_recipe(model: nn.Module, example: tuple[torch.Tensor, ...], bundle_dir: Path) -> dict[str, Any]:
-    """How predict.py rebuilds the architecture from its library, verified here on the example batch.
-
-    The recipe is only written when a freshly built library model with our weights reproduces the
-    backbone's features; otherwise `rebuild` is None and `rebuild_detail` says why (predict.py then uses
-    TorchScript only).
-    """
-    backbone = model.backbone
-    spec = backbone.spec
-    found = _source_module(backbone)
-    if found is None:
-        return {"rebuild": None, "rebuild_detail": f"backbone source '{spec.source}' is not timm or transformers"}
-    _, source = found
-    with torch.no_grad():
-        features = backbone(
-            example[0] if spec.modality != "text" else dict(zip(("input_ids", "attention_mask"), example, strict=True))
-        )
-        try:
-            if spec.source == "timm":
-                import timm
-
-                rebuilt = timm.create_model(spec.model_id, pretrained=False, num_classes=0).eval()
-                rebuilt.load_state_dict(source.state_dict(), strict=True)
-                candidates = {"model": lambda: rebuilt(example[0])}
-                recipe: dict[str, Any] = {"source": "timm", "model_id": spec.model_id}
-            else:
-                from transformers import AutoModel
-
-                config_dir = bundle_dir / BACKBONE_CONFIG_DIR
-                source.config.save_pretrained(str(config_dir))
-                rebuilt = AutoModel.from_config(source.config).eval()
-                drop_pooler = getattr(source, "pooler", "absent") is None
-                if drop_pooler:
-                    rebuilt.pooler = None
-                rebuilt.load_state_dict(source.state_dict(), strict=True)
-                output = rebuilt(input_ids=example[0], attention_mask=example[1])
-                candidates = {
-                    pooling: (lambda pooling=pooling: bundle_predict.pool_text(output, example[1], pooling))
-                    for pooling in ("mean", "mean+normalize", "cls", "cls+normalize", "pooler")
-                }
-                recipe = {"source": "transformers", "model_id": spec.model_id, "config_dir": BACKBONE_CONFIG_DIR}
-                recipe["drop_pooler"] = drop_pooler
-        except (RuntimeError, ValueError, KeyError, ImportError, OSError) as error:
-            return {"rebuild": None, "rebuild_detail": f"rebuilding {spec.model_id} failed: {error}"}
-        for pooling, compute in candidates.items():
-            try:
-                candidate = compute()
-            except (AttributeError, RuntimeError, TypeError):
-                continue
-            if (
-                candidate is not None
-                and candidate.shape == features.shape
-                and torch.allclose(candidate, features, atol=1e-5, rtol=1e-4)
-            ):
-                return {"rebuild": {**recipe, "pooling": pooling}, "rebuild_detail": "verified at export"}
-    return {"rebuild": None, "rebuild_detail": "no standard pooling of the library model reproduces the backbone"}
-
-
-def _bundle_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Weights in the bundle's documented layout: `backbone.<library model key>` and `head.weight`/`head.bias`."""
-    found = _source_module(model.backbone)
-    source = found[1] if found is not None else model.backbone
-    linears = [module for module in model.head.modules() if isinstance(module, nn.Linear)]
-    if len(linears) != 1:
-        raise ExportError(f"The classifier head must hold exactly one Linear layer, it holds {len(linears)}.")
-    weights = {f"backbone.{key}": value for key, value in source.state_dict().items()}
-    weights["head.weight"] = linears[0].weight
-    weights["head.bias"] = linears[0].bias
-    return {key: value.detach().cpu().contiguous().clone() for key, value in weights.items()}
-
-
-def preprocessing_config(spec: Any, preprocessor: Any = None) -> dict[str, Any]:
-    """The evaluation-time preprocessing in plain numbers, as predict.py applies it (derived from the spec)."""
-    if spec.modality == "image":
-        _, height, width = spec.input_size
-        crop_pct = float(spec.crop_pct or 1.0)
-        return {
-            "modality": "image",
-            "input_size": list(spec.input_size),
-            "resize": math.floor(height / crop_pct),
-            "crop": [height, width],
-            "crop_pct": crop_pct,
-            "interpolation": spec.interpolation,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-            "channel_order": "RGB",
-            "scale": "pixels / 255, then (x - mean) / std",
-            "steps": [
-                f"resize the shorter side to {math.floor(height / crop_pct)} px ({spec.interpolation})",
-                f"centre-crop {height}x{width}",
-                "scale to [0, 1]",
-                "normalise with mean and std",
-            ],
-            "cache_key": str(getattr(preprocessor, "cache_key", "")),
-        }
-    if spec.modality == "audio":
-        from core.preprocess import audio_settings
-
-        settings = audio_settings(spec)
-        return {
-            "modality": "audio",
-            **settings.to_dict(),
-            "input_size": list(spec.input_size),
-            "features_module": AUDIO_FEATURES_FILE,
-            "steps": [
-                f"decode, average the channels, resample to {settings.sample_rate} Hz",
-                f"cut the loudest {settings.clip_seconds:g} s (or centre a shorter clip in silence)",
-                f"log-mel spectrogram ({settings.n_mels} bands, {settings.fmin:g}-{settings.fmax:g} Hz, window "
-                f"{settings.win_length}, hop {settings.hop_length}), dB below the clip's peak floored at "
-                f"-{settings.top_db:g}, scaled to [0, 1]",
-                f"bilinear resize to {settings.image_size[0]}x{settings.image_size[1]}, normalise with mean and std, "
-                "the same picture in 3 channels",
-            ],
-            "cache_key": str(getattr(preprocessor, "cache_key", "")),
-        }
-    max_tokens = int(getattr(spec, "max_tokens", 0) or (spec.input_size[0] if spec.input_size else 128))
-    return {
-        "modality": "text",
-        "max_tokens": max_tokens,
-        "tokenizer_dir": TOKENIZER_DIR,
-        "padding": "longest in batch",
-        "whitespace": "runs of whitespace collapsed to one space",
-        "truncation": True,
-        "steps": [f"tokenize with the backbone's tokenizer, truncate to {max_tokens} tokens, pad to the longest"],
-        "cache_key": str(getattr(preprocessor, "cache_key", "")),
-    }
-
-
-def _save_tokenizer(preprocessor: Any, model: nn.Module, folder: Path) -> None:
-    for owner in (preprocessor, model.backbone, getattr(preprocessor, "backbone", None)):
-        tokenizer = getattr(owner, "tokenizer", None) if owner is not None else None
-        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(str(folder))
-            return
-    raise ExportError(
-        "The text preprocessor exposes no tokenizer (expected `preprocessor.tokenizer` with save_pretrained), "
-        "so the bundle could not include it."
-    )
-
-
-# -------------------------------------------------------------------------------------------------- manifest
-
-
-def write_manifest(bundle_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Record the SHA-256 and size of every file in the bundle (except the manifest) in manifest.json."""
-    folder = Path(bundle_dir)
-    files = {
-        path.relative_to(folder).as_posix(): {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_FILE
-    }
-    manifest = {"format": "transfer-studio-bundle/1", "files": files, **(extra or {})}
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return manifest
-
-
-def verify_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    """Check every file against manifest.json; raise `BundleError` naming the first missing or changed file.
-
-    The check is the bundle's own (`bundle_predict.verify`, what `predict.py` runs), so both refuse the same files.
-    """
-    folder = Path(bundle_dir)
-    if not folder.is_dir():
-        raise BundleError(f"{folder} is not a folder; give the unzipped bundle folder.")
-    try:
-        return bundle_predict.verify(folder)
-    except bundle_predict.BundleFileError as error:
-        raise BundleError(str(error)) from error
-
-
-def zip_bundle(bundle_dir: str | Path, zip_path: str | Path | None = None) -> Path:
-    """Zip a bundle folder (files under a top folder of the bundle's name) for download."""
-    folder = Path(bundle_dir)
-    target = Path(zip_path) if zip_path is not None else folder.with_suffix(".zip")
-    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
-    return target
-
-
-# ----------------------------------------------------------------------------------------- predict.py + load
-
-
-def _script_module() -> types.ModuleType:
-    """The bundle's predict.py as a module: `core/bundle_predict.py`, the file every bundle gets a copy of.
-
-    The app imports the same code it ships, so `load_bundle` predicts exactly as the bundle's own script does.
-    """
-    return bundle_predict
-
-
-def _jit_load(path: Path) -> nn.Module:
-    """torch.jit.load on CPU, without its deprecation warning (TorchScript is what torch-only users can run)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu").eval()
-
-
-class BundleModel(nn.Module):
-    """A bundle's TorchScript classifier with the app's calling convention: `model(batch)` -> logits."""
-
-    def __init__(self, scripted: nn.Module, classes: list[str], modality: str) -> None:
-        super().__init__()
-        self.scripted = scripted
-        self.classes = classes
-        self.modality = modality
-
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.scripted(*_as_inputs(batch, self.modality))
-
-
-class BundlePreprocessor:
-    """A bundle's preprocessing with the app's Preprocessor interface (`load`, `collate`, `cache_key`)."""
-
-    def __init__(self, bundle_dir: Path, config: dict[str, Any]) -> None:
-        script = _script_module()
-        self.config = config
-        self.modality = config["modality"]
-        self.cache_key = "bundle:" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-        if self.modality == "image":
-            self._image = script.ImagePreprocessor(config)
-        elif self.modality == "audio":
-            self._image = script.AudioPreprocessor(config, bundle_dir)
-        else:
-            self._text = script.TextPreprocessor(config, bundle_dir)
-            self.tokenizer = self._text.tokenizer
-
-    def load(self, item: str, train: bool = False) -> Any:
-        """One example ready for `collate`: an image or spectrogram tensor [3, H, W], or the text (no augmentation)."""
-        return str(item) if self.modality == "text" else self._image.load(item)
-
-    def collate(self, loaded: list[Any]) -> Any:
-        if self.modality != "text":
-            return torch.stack(loaded)
-        input_ids, attention_mask = self._text.batch(loaded)
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def load_bundle(path: str | Path) -> tuple[BundleModel, BundlePreprocessor, dict[str, Any]]:
-    """A bundle's model, preprocessing and record, after verifying every file against its manifest.
-
-    Returns the same triple as `core.training.load_trained` so that `core.evaluation` can test and predict
-    with a bundle: the model (TorchScript, eval mode, `model(batch)` -> logits, `model.classes`), the
-    preprocessing (`load`/`collate`; `.config` holds preprocessing.json) and the run record (with `classes`,
-    `modality` and the bundle's `parity` report).
-
-    Raises:
-        BundleError: a file is missing or changed (the message names it), or the bundle is not one of ours.
-    """
-    folder = Path(path).expanduser()
-    if folder.is_file() and zipfile.is_zipfile(folder):
-        raise BundleError(f"{folder} is a zip: unzip it first and give the bundle folder.")
-    manifest = verify_manifest(folder)
-    try:
-        classes = list(json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))["classes"])
-        config = json.loads((folder / PREPROCESSING_FILE).read_text(encoding="utf-8"))
-        info = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
-        parity = json.loads((folder / PARITY_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, KeyError) as error:
-        raise BundleError(f"The bundle {folder} has an unreadable metadata file ({error}).") from error
-    scripted = _jit_load(folder / TORCHSCRIPT_FILE)
-    model = BundleModel(scripted, classes, config["modality"]).eval()
-    if config.get("lexical"):  # `core.evaluation.predict_proba` mixes it in, as the app and predict.py do
-        from core import ngrams
-
-        model.lexical = ngrams.load(folder / config["lexical"]["model"])
-    info = {**info, "classes": classes, "modality": config["modality"], "parity": parity, "bundle": str(folder)}
-    info["bundle_format"] = manifest.get("format")
-    return model, BundlePreprocessor(folder, config), info
-
-
-# ------------------------------------------------------------------------------------------------ parity run
-
-
-def _reference_probabilities(model: nn.Module, preprocessor: Any, items: Sequence[str], batch_size: int) -> np.ndarray:
-    return predict_proba(model, preprocessor, list(items), device="cpu", batch_size=batch_size)
-
-
-def _run_predict_script(bundle_dir: Path, items: Sequence[str], engine: str, timeout: float) -> np.ndarray:
-    """Run the bundle's predict.py in a fresh Python process and read its probabilities."""
-    with tempfile.TemporaryDirectory(prefix="ts-parity-") as scratch:
-        inputs = Path(scratch) / "inputs.json"
-        inputs.write_text(json.dumps([str(item) for item in items]), encoding="utf-8")
-        command = [sys.executable, str(bundle_dir / PREDICT_FILE), "--json", "--inputs-file", str(inputs)]
-        command += ["--engine", engine]
-        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-        env["PYTHONPATH"] = ""  # the bundle must not lean on our own code
-        done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"predict.py exited with {done.returncode}: {' | '.join(tail)}")
-    records = json.loads(done.stdout)["predictions"]
-    return np.asarray([record["probabilities"] for record in records], dtype=np.float64)
-
-
-def check_parity(
-    bundle_dir: str | Path,
-    model: nn.Module,
-    preprocessor: Any,
-    items: Sequence[str],
-    reference: np.ndarray | None = None,
-    batch_size: int = 32,
-    tolerance: float = PARITY_TOLERANCE,
-    script_timeout: float = 600.0,
-) -> ParityReport:
-    """Compare every artefact in a bundle with the app's model on `items`.
-
-    ONNX (onnxruntime) and TorchScript get the app preprocessor's batches; predict.py runs in a fresh process
-    with its own preprocessing, both through TorchScript and (when the bundle has a rebuild recipe) through the
-    rebuilt architecture with model.safetensors.
-    """
-    folder = Path(bundle_dir)
-    modality = json.loads((folder / PREPROCESSING_FILE).read_text(encoding="utf-8"))["modality"]
-    items = list(items)
-    if reference is None:
-        reference = _reference_probabilities(model, preprocessor, items, batch_size)
-    batches = [_as_inputs(batch, modality) for batch in _batches(preprocessor, items, batch_size)]
-    lexical = getattr(model, "lexical", None)
-
-    def delivered(logits: torch.Tensor) -> np.ndarray:
-        """The network's probabilities, mixed with the bundle's lexical model for a text run that has one."""
-        probabilities = torch.softmax(logits.float(), dim=-1).numpy()
-        return lexical.mix(probabilities, items) if lexical is not None else probabilities
-
-    rows: list[ParityRow] = []
-    skipped: dict[str, str] = {}
-
-    def run_rows(artefact: str, title: str, files: tuple[str, ...], compute: Callable[[], np.ndarray]) -> None:
-        try:
-            candidate = compute()
-        except (RuntimeError, ValueError, OSError, ImportError, subprocess.TimeoutExpired) as error:
-            log.warning("Parity: %s could not run: %s", title, error)
-            rows.append(ParityRow(artefact, title, len(items), 0.0, float("inf"), False, files, str(error)[:300]))
-            return
-        rows.append(compare_probabilities(artefact, title, reference, candidate, tolerance, files))
-
-    def onnx_probabilities() -> np.ndarray:
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
-        names = [node.name for node in session.get_inputs()]
-        outputs = [
-            session.run(None, {name: value.numpy() for name, value in zip(names, inputs, strict=True)})[0]
-            for inputs in batches
-        ]
-        return delivered(torch.from_numpy(np.concatenate(outputs)))
-
-    def torchscript_probabilities() -> np.ndarray:
-        scripted = _jit_load(folder / TORCHSCRIPT_FILE)
-        with torch.inference_mode():
-            outputs = [scripted(*inputs).float() for inputs in batches]
-        return delivered(torch.cat(outputs))
-
-    run_rows("onnx", "ONNX (onnxruntime)", (ONNX_FILE,), onnx_probabilities)
-    run_rows("torchscript", "TorchScript", (TORCHSCRIPT_FILE,), torchscript_probabilities)
-    run_rows(
-        "predict.py",
-        "predict.py (fresh process, TorchScript)",
-        (PREDICT_FILE,),
-        lambda: _run_predict_script(folder, items, "torchscript", script_timeout),
-    )
-    architecture = json.loads((folder / ARCHITECTURE_FILE).read_text(encoding="utf-8"))
-    if architecture.get("rebuild"):
-        run_rows(
-            "predict.py:safetensors",
-            "predict.py (fresh process, safetensors)",
-            (WEIGHTS_FILE,),
-            lambda: _run_predict_script(folder, items, "safetensors", script_timeout),
-        )
-    else:
-        skipped["predict.py (safetensors)"] = str(architecture.get("rebuild_detail", "no rebuild recipe"))
-    return ParityReport(rows=rows, examples=len(items), tolerance=tolerance, skipped=skipped)
-
-
-# ---------------------------------------------------------------------------------------------------- export
 
 
 @dataclass
@@ -804,37 +179,33 @@ def export_bundle(
 
     cpu_model = copy.deepcopy(model).cpu().eval()
     say("computing the app's reference predictions")
-    reference = _reference_probabilities(cpu_model, preprocessor, items, batch_size=32)
+    reference = reference_probabilities(cpu_model, preprocessor, items, batch_size=32)
     if not classes:
         classes = [str(index) for index in range(reference.shape[1])]
-    example = _as_inputs(
-        preprocessor.collate([preprocessor.load(item, train=False) for item in _trace_items(items, modality)]), modality
+    example = as_inputs(
+        preprocessor.collate([preprocessor.load(item, train=False) for item in trace_items(items, modality)]), modality
     )
-    wrapper = _export_module(cpu_model, modality)
+    wrapper = export_module(cpu_model, modality)
 
     say("writing weights, labels and preprocessing")
     from safetensors.torch import save_file
 
-    save_file(_bundle_weights(cpu_model), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(bundle_weights(cpu_model), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     (out / LABELS_FILE).write_text(json.dumps({"classes": classes}, indent=2), encoding="utf-8")
     config = preprocessing_config(spec, preprocessor)
     (out / PREPROCESSING_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     if modality == "text":
-        _save_tokenizer(preprocessor, cpu_model, out / TOKENIZER_DIR)
+        save_tokenizer(preprocessor, cpu_model, out / TOKENIZER_DIR)
     if modality == "audio":
-        from core import audio
-
         shutil.copyfile(audio.__file__, out / AUDIO_FEATURES_FILE)
     lexical = getattr(model, "lexical", None)
     if lexical is not None:
-        from core import ngrams
-
         lexical.save(out / ngrams.FILE)
         shutil.copyfile(ngrams.__file__, out / LEXICAL_MODULE_FILE)
         config["lexical"] = {"model": ngrams.FILE, "module": LEXICAL_MODULE_FILE, "share": lexical.share,
                              "recipe": lexical.recipe}
         (out / PREPROCESSING_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    recipe = _rebuild_recipe(cpu_model, example, out)
+    recipe = rebuild_recipe(cpu_model, example, out)
     architecture = {
         "backbone": spec.name,
         "source": spec.source,
@@ -872,18 +243,6 @@ def export_bundle(
     write_manifest(out, {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "parity_ok": parity.ok})
     zip_path = zip_bundle(out) if make_zip else None
     return ExportResult(bundle_dir=out, zip_path=zip_path, parity=parity, report=report)
-
-
-def _trace_items(items: Sequence[str], modality: str) -> list[str]:
-    """Two examples to trace on; for text, of different lengths, so the traced graph keeps the padding mask.
-
-    Tracing records the branch taken on the example: a batch without padding lets the attention-mask path be
-    skipped, and the traced model would then ignore padding on every later batch.
-    """
-    if modality != "text":
-        return list(items[:2])
-    longest = max(items, key=lambda text: len(str(text).split()))
-    return [str(longest), "ok"] if len(str(longest).split()) > 1 else [str(longest) + " " + str(longest), "ok"]
 
 
 def _evaluate(probabilities: np.ndarray, targets: Sequence[int], classes: list[str], items: Sequence[str]) -> Any:
@@ -936,8 +295,6 @@ def _load_run(run_dir: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
 
 
 def _load_dataset(spec: str) -> Any:
-    from core import data
-
     if spec in ("sample-images", "sample-texts"):
         loaded = data.load_sample(spec.split("-", 1)[1])
     else:
@@ -986,8 +343,6 @@ def export_run(
             f"No test examples to check the export on: {folder} records none. Give the data set with --data."
         )
     if evaluation is None:  # the run's own estimate (out of fold under cross-validation), with its confusions
-        from core.evaluation import recorded_estimate
-
         evaluation = recorded_estimate(folder)
     return export_bundle(
         model,
@@ -1022,3 +377,47 @@ def main_export(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{result.parity}\n")
     return 0 if result.ok else 1
 
+
+__all__ = [
+    "ARCHITECTURE_FILE",
+    "AUDIO_FEATURES_FILE",
+    "BACKBONE_CONFIG_DIR",
+    "DEFAULT_PARITY_EXAMPLES",
+    "LABELS_FILE",
+    "LEXICAL_MODULE_FILE",
+    "MANIFEST_FILE",
+    "ONNX_FILE",
+    "ONNX_OPSET",
+    "PARITY_FILE",
+    "PARITY_TOLERANCE",
+    "PREDICT_FILE",
+    "PREPROCESSING_FILE",
+    "README_FILE",
+    "REPORT_FILE",
+    "RUN_FILE",
+    "TOKENIZER_DIR",
+    "TORCHSCRIPT_FILE",
+    "WEIGHTS_FILE",
+    "BundleError",
+    "BundleModel",
+    "BundlePreprocessor",
+    "ExportError",
+    "ExportResult",
+    "ParityReport",
+    "ParityRow",
+    "check_parity",
+    "compare_probabilities",
+    "example_input",
+    "export_bundle",
+    "export_onnx",
+    "export_run",
+    "export_torchscript",
+    "load_bundle",
+    "main_export",
+    "model_report",
+    "preprocessing_config",
+    "run_requirements",
+    "verify_manifest",
+    "write_manifest",
+    "zip_bundle",
+]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from core.export import ParityReport  # export writes the report into the bundle: it imports this module
+    from core._export_parity import ParityReport  # only an annotation: the report states what parity found
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
