@@ -1,5 +1,6 @@
 """Step 5 · Test: how good is the trained model on data it never saw, where does it go wrong, and what does it
-say about new examples. The work is in `core.evaluation`; this page draws it and keeps results per run."""
+say about new examples. The work is in `core.evaluation`; this page draws it and keeps results per run (its larger
+sections are drawn by `pages/_evaluate_baselines.py` and `pages/_evaluate_views.py`)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import background, data, evaluation, insight, model_report, no_transfer, stats, transfer_verdict
+from core import data, evaluation, insight, model_report
 from core.paths import check_in_workspace, workspace_subdir
 from core.stats import format_interval
+from pages._evaluate_baselines import render_transfer_section
+from pages._evaluate_views import GALLERY_SIZE, learning_curve_chart, live_bars, render_confusion_section
 from pages._explain import render_explain
 from pages._suggest import render_suggest_section
 from pages._ui import get_state, require
 
 log = logging.getLogger(__name__)
 
-GALLERY_SIZE = 12
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 AUDIO_TYPES = ["wav", "flac", "ogg", "oga", "mp3"]
 
@@ -177,176 +178,10 @@ if result.metrics["small_sample"]:
 
 # ---------------------------------------------------------------------------------------------------- baselines
 
-BASELINE_TASK = "test_baseline_task"  # (run folder, core.background.BackgroundTask): one per session
-
-
-def _difference_cell(row: dict[str, Any]) -> str:
-    """'+4.6 points (−1.2 to +10.4)' for the table: pretrained minus the baseline, with its 95 % interval."""
-    low, high = row["interval95"]
-    points = transfer_verdict.format_points
-    return f"{points(row['difference'])} points ({points(low)} to {points(high)})"
-
-
-def _baseline_key() -> str:
-    """The baselines' task key in this server process: the run folder, so a reloaded page finds its task again."""
-    return f"baselines:{Path(run_dir).resolve()}"
-
-
-def _baseline_task() -> background.BackgroundTask | None:
-    """The baseline task of the run shown: this session's, or one still running for the run (started before a
-    reload, or from another tab); another run's finished task is let go."""
-    held = st.session_state.get(BASELINE_TASK)
-    if held is not None:
-        task_run, task = held
-        if task_run == run_dir:
-            return task
-        if task.is_running:
-            return None  # this session's baselines of another run are still training
-        del st.session_state[BASELINE_TASK]
-    task = background.running(_baseline_key())
-    if task is not None:
-        st.session_state[BASELINE_TASK] = (run_dir, task)
-    return task
-
-
-def _start_baselines(epochs: int, scratch: bool) -> background.BackgroundTask:
-    """The baselines of the run shown, on a thread of their own (the page polls it: `_baseline_progress`): the
-    classic model of the data's kind, and the random-weights network if `scratch`."""
-    data, info, estimate = dataset, run_info, result  # what the worker reads; it never touches the page
-    kinds = [*no_transfer.DEFAULT_CLASSIC_BASELINE.get(dataset.modality, []), *(["scratch"] if scratch else [])]
-
-    def work(progress: Any, stop_event: Any) -> list[no_transfer.BaselineResult]:
-        return no_transfer.train_baselines(data, info, kinds=kinds, epochs=epochs, estimate=estimate,
-                                          progress=progress, stop_event=stop_event)
-
-    return background.start_once(_baseline_key(), work, label=f"baselines-{info.get('run_id')}")
-
-
-@st.fragment(run_every=1.0)
-def _baseline_progress() -> None:
-    """Redrawn every second on its own while the baselines train; the whole page reruns once when they are done."""
-    task = _baseline_task()
-    if task is None:
-        return
-    snapshot = task.snapshot()
-    if snapshot.status != background.RUNNING:
-        st.rerun()  # the whole page once: the verdict and table above redraw with the new baselines
-    st.progress(snapshot.share, text=f"{snapshot.note} ({snapshot.seconds:.0f} s)")
-    if st.button("Stop the from-scratch training", key="test_baseline_stop",
-                 help="Stops after the current batch; the baselines already trained are kept."):
-        task.stop()
-        st.toast("Stopping after the current batch…")
-
-
-st.subheader("Does transfer learning help?")
-if "zero_shot" in result.metrics:  # a sentence encoder: the class names alone already make a classifier
-    zero_shot = result.metrics["zero_shot"]
-    st.markdown(
-        f"**0 examples** (the class names alone, embedded by {run_info.get('backbone', 'the backbone')}) → "
-        f"{format_interval(zero_shot['accuracy'], zero_shot['accuracy_interval95'])}; **trained on your labelled "
-        f"examples** → {format_interval(result.accuracy, result.metrics['accuracy_interval95'])} (both scored on the "
-        f"same {zero_shot['n']} examples)."
-        + (" The class names are embedded by the pretrained encoder, before any tuning." if tuning.get("on") else "")
-    )
-baselines = no_transfer.load_baselines(run_info)
-network_alone = (result.metrics.get("lexical") or {}).get("network_accuracy")  # texts: the mix holds TF-IDF too
-verdict = transfer_verdict.judge_run(result, baselines)
-transfer_section = st.container(key="test_transfer_section")  # the verdict and its table: one picture in the README
-alert = {"success": "success", "warning": "warning", "worse": "error"}.get(verdict.level, "info")
-getattr(transfer_section, alert)(verdict.sentence)
-if baselines:
-    differences = {row["baseline"]: row for row in verdict.comparisons if row["interval95"] is not None}
-    rows = [{"model": f"Pretrained {run_info.get('backbone', '')}", "accuracy": result.accuracy,
-             "interval": format_interval(result.accuracy, result.metrics["accuracy_interval95"]),
-             "n": len(result.targets), "macro_f1": result.macro_f1, "difference": "",
-             "what": "this run" if network_alone is None else "this run: network + TF-IDF, as delivered"}]  # fmt: skip
-    if network_alone is not None:
-        correct = round(network_alone * len(result.targets))
-        rows.append({"model": f"Pretrained {run_info.get('backbone', '')}, network alone", "accuracy": network_alone,
-                     "interval": format_interval(network_alone, stats.wilson_interval(correct, len(result.targets))),
-                     "n": len(result.targets), "macro_f1": None, "difference": "",
-                     "what": "this run without its TF-IDF model"})  # fmt: skip
-    rows += [{"model": b.title, "accuracy": b.accuracy, "n": b.n,
-              "interval": format_interval(b.accuracy, b.accuracy_interval95) if b.accuracy_interval95 else "-",
-              "macro_f1": b.macro_f1, "what": b.detail,
-              "difference": _difference_cell(differences[b.name]) if b.name in differences else "-"}
-             for b in baselines]  # fmt: skip
-    transfer_section.container(key="test_baselines_table").dataframe(
-        pd.DataFrame(rows),
-        hide_index=True,
-        column_order=["model", "accuracy", "interval", "n", "difference", "macro_f1", "what"],
-        column_config={
-            "accuracy": st.column_config.ProgressColumn("Accuracy", format="percent", min_value=0, max_value=1),
-            "interval": st.column_config.TextColumn("Accuracy with 95 % interval"),
-            "n": st.column_config.NumberColumn("n (examples scored)"),
-            "difference": st.column_config.TextColumn(
-                "Pretrained − this",
-                help="Accuracy points the pretrained model scores above this baseline, with the 95 % interval of "
-                "that difference: both answered the same examples, so it is paired example by example. The verdict "
-                "above reads it."),
-            "macro_f1": st.column_config.NumberColumn("Macro-F1", format="%.3f"),
-        },
-    )
-with st.expander("Train a baseline", expanded=not baselines):
-    st.markdown(
-        "The **same architecture with random weights** (the same frozen groups and head, trained on the same "
-        "split)"
-        + (
-            ", and **TF-IDF + logistic regression**, a classic text model without any pretraining (word or character "
-            "n-grams, whichever cross-validation prefers), scored on the same examples as this run."
-            if dataset.modality == "text"
-            else ", and **MFCC statistics + logistic regression**, the classic speech features without any "
-            "pretraining (20 coefficients and their deltas, mean and spread over time) in this run's own head, scored "
-            "on the same examples as this run."
-            if dataset.modality == "audio"
-            else ", and **raw pixels + logistic regression**: each image shrunk to 32×32, its pixels (their main "
-            "patterns) in this run's own head, with no pretraining at all, scored on the same examples as this run."
-        )  # fmt: skip
-        + " They train in the background: the rest of this page stays usable."
-    )
-    with_scratch = st.checkbox(
-        "Also the same network with random weights", value=True, key="test_baseline_scratch",
-        help="It trains the whole network from scratch on every fold, so it takes about as long as a training run "
-        "(minutes on a CPU); the classic model takes seconds. Untick it for the quick comparison alone.")
-    recorded_epochs = int((run_info.get("config") or {}).get("epochs") or 5)
-    baseline_epochs = st.number_input("Epochs for the from-scratch model", 1, 200, min(recorded_epochs, 10),
-                                      disabled=not with_scratch)
-    task = _baseline_task()
-    if st.button("Train baseline", type="primary", disabled=task is not None and task.is_running):
-        st.session_state[BASELINE_TASK] = (run_dir, _start_baselines(int(baseline_epochs), with_scratch))
-        task = _baseline_task()
-    if task is not None and task.is_running:
-        _baseline_progress()
-    elif task is not None:
-        finished = task.snapshot()
-        if finished.status == background.FAILED:  # kept on screen until the next try; the table above stays
-            st.error(f"The baseline could not be trained: {finished.error}. Any baseline trained before it is kept "
-                     "above; press Train baseline to try again.")
-        else:
-            del st.session_state[BASELINE_TASK]
+render_transfer_section(run_dir, dataset, run_info, result)  # pages/_evaluate_baselines.py
 
 
 # ---------------------------------------------------------------------------------------------------- more data
-
-
-def learning_curve_chart(curve: insight.LearningCurve) -> go.Figure:
-    """Accuracy with its 95 % interval at each share of the labels, and the fitted trend out to twice the data."""
-    sizes = [point.examples for point in curve.points]
-    accuracies = [point.accuracy for point in curve.points]
-    figure = go.Figure(go.Scatter(
-        x=sizes, y=accuracies, mode="markers+lines", name="cross-validated accuracy",
-        error_y={"type": "data", "symmetric": False,
-                 "array": [point.interval95[1] - point.accuracy for point in curve.points],
-                 "arrayminus": [point.accuracy - point.interval95[0] for point in curve.points]},
-    ))
-    if curve.trend is not None:
-        grid = np.geomspace(min(sizes), 2 * curve.examples_now, 40)
-        figure.add_trace(go.Scatter(x=grid, y=[curve.trend.accuracy(size) for size in grid], mode="lines",
-                                    line={"dash": "dash"}, name="trend (power law)"))
-    figure.update_layout(xaxis_title="labelled examples per model", yaxis_title="accuracy", yaxis_tickformat=".0%",
-                         xaxis_type="log", height=320, margin={"t": 20, "b": 40, "l": 50, "r": 10})
-    return figure
-
 
 st.subheader("Would more data help?")
 if not 0 < int(run_info.get("num_groups") or 0) <= int(run_info.get("frozen_groups") or 0):
@@ -399,155 +234,7 @@ st.dataframe(
 
 # ---------------------------------------------------------------------------------------------------- confusion
 
-
-def _count_ticks(largest: int, most: int = 6) -> list[int]:
-    """Whole-number ticks from 0 to `largest` for a colour bar of counts (no "1.5 examples"), at most `most`."""
-    step = max(1, -(-largest // (most - 1)))
-    return list(range(0, largest + 1, step))
-
-
-def _confusion_figure(result: evaluation.Evaluation, normalised: bool, chosen: tuple[str, str]) -> go.Figure:
-    """A heatmap of the confusion matrix, with an invisible marker on every cell so that a click selects it, and
-    the chosen (true, predicted) cell outlined: the one whose examples are shown below it.
-
-    Streamlit's plotly selection returns nothing for heatmap traces, but it does for scatter markers.
-    """
-    names = result.classes
-    values = result.confusion_normalised() if normalised else result.confusion
-    text = [[f"{v:.0%}" if normalised else str(int(v)) for v in row] for row in values]
-    largest = int(result.confusion.max())
-    colour_bar = {"tickformat": ".0%"} if normalised else {"tickvals": _count_ticks(largest), "title": "examples"}
-    figure = go.Figure(
-        go.Heatmap(
-            z=values.tolist(),
-            x=names,
-            y=names,
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Blues",
-            zmin=0,
-            zmax=1 if normalised else max(largest, 1),
-            colorbar=colour_bar,
-            hoverinfo="skip",
-        )
-    )
-    true_name, predicted_name = chosen
-    row, column = names.index(true_name), names.index(predicted_name)
-    figure.add_shape(  # category axes place cell i at i, so the cell spans i - 0.5 to i + 0.5
-        type="rect", x0=column - 0.5, x1=column + 0.5, y0=row - 0.5, y1=row + 0.5,
-        line={"color": "#e67e22", "width": 4}, name="chosen cell",
-    )
-    cells_true = [true for true in names for _ in names]
-    cells_predicted = [predicted for _ in names for predicted in names]
-    counts = result.confusion.ravel().tolist()
-    figure.add_trace(
-        go.Scatter(
-            x=cells_predicted,
-            y=cells_true,
-            mode="markers",
-            marker={"symbol": "square", "size": 40, "color": "rgba(0,0,0,0)"},
-            customdata=counts,
-            hovertext=[data.plural(count, "example") for count in counts],
-            hovertemplate="true %{y}, predicted %{x}: %{hovertext}<extra></extra>",
-            showlegend=False,
-        )
-    )
-    figure.update_layout(
-        xaxis_title="Predicted class",
-        yaxis_title="True class",
-        yaxis_autorange="reversed",
-        height=max(320, 60 * len(names) + 120),
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        clickmode="event+select",
-    )
-    return figure
-
-
-def _cell_from_selection(selection: Any) -> tuple[str, str] | None:
-    points = list((selection or {}).get("selection", {}).get("points", []) or [])
-    for point in points:
-        true, predicted = point.get("y"), point.get("x")
-        if true in result.classes and predicted in result.classes:
-            return str(true), str(predicted)
-    return None
-
-
-st.subheader("Confusion matrix")
-normalised = st.toggle("Row-normalised (share of each true class)", key="test_normalised")
-# A click is read from the chart's state before the chart is drawn, so the chart drawn below outlines that cell. A
-# new outline makes a new chart (its selection starts empty), so clicking the same cell again later still counts.
-clicked = _cell_from_selection(st.session_state.get("test_confusion_chart"))
-if clicked != scratch.get("seen_click"):
-    scratch["seen_click"] = clicked
-    if clicked is not None:
-        st.session_state["test_true_class"], st.session_state["test_predicted_class"] = clicked
-for widget_key in ("test_true_class", "test_predicted_class"):
-    if st.session_state.get(widget_key) not in result.classes:
-        st.session_state.pop(widget_key, None)
-if "test_true_class" not in st.session_state:
-    off_diagonal = result.confusion - np.diag(np.diag(result.confusion))
-    true_index, predicted_index = np.unravel_index(int(off_diagonal.argmax()), off_diagonal.shape)
-    st.session_state["test_true_class"] = result.classes[int(true_index)]
-    st.session_state["test_predicted_class"] = result.classes[int(predicted_index)]
-chosen_cell = (st.session_state["test_true_class"], st.session_state["test_predicted_class"])
-st.plotly_chart(
-    _confusion_figure(result, normalised, chosen_cell),
-    key="test_confusion_chart",
-    on_select="rerun",
-    selection_mode="points",
-)
-
-st.caption("Click a cell, or choose it here, to see its examples (most confident mistakes first).")
-pick_true, pick_predicted = st.columns(2)
-true_name = pick_true.selectbox("True class", result.classes, key="test_true_class")
-predicted_name = pick_predicted.selectbox("Predicted class", result.classes, key="test_predicted_class")
-true_index, predicted_index = result.classes.index(true_name), result.classes.index(predicted_name)
-examples = result.examples(true_index, predicted_index)
-kind = "correct answer" if true_index == predicted_index else "mistake"
-count, noun = data.plural(len(examples), kind).split(" ", 1)
-st.markdown(f"**{count}** {noun}: true **{true_name}**, predicted **{predicted_name}**.")
-
-
-def _top_classes(index: int, count: int = 3) -> str:
-    probabilities = result.probabilities[index]
-    order = np.argsort(-probabilities)[:count]
-    return ", ".join(f"{result.classes[i]} {probabilities[i]:.0%}" for i in order)
-
-
-shown = examples.head(GALLERY_SIZE)
-if shown.empty:
-    st.caption("No test example falls in this cell.")
-elif dataset.modality == "image":
-    grid = st.columns(4)
-    for position, row in enumerate(shown.itertuples(index=False)):
-        with grid[position % 4]:
-            st.image(row.item, caption=_top_classes(int(row.index)), width="stretch")
-elif dataset.modality == "audio":
-    grid = st.columns(4)
-    for position, row in enumerate(shown.itertuples(index=False)):
-        with grid[position % 4]:
-            st.audio(row.item)
-            st.caption(_top_classes(int(row.index)))
-else:
-    st.dataframe(
-        pd.DataFrame(
-            {
-                "text": shown["item"],
-                "predicted probability": shown["confidence"],
-                "true-class probability": shown["true_probability"],
-                "top classes": [_top_classes(int(i)) for i in shown["index"]],
-            }
-        ),
-        hide_index=True,
-        column_config={
-            "predicted probability": st.column_config.NumberColumn(format="percent"),
-            "true-class probability": st.column_config.NumberColumn(format="percent"),
-        },
-    )
-if len(examples) > GALLERY_SIZE:
-    st.caption(f"Showing the {GALLERY_SIZE} most confident of {len(examples)}.")
-render_explain(model, preprocessor, classes, list(shown["item"]), "test_explain_gallery",
-               scored_answers=list(shown["predicted"]))
+render_confusion_section(result, scratch, dataset.modality, model, preprocessor, classes)
 
 
 # ---------------------------------------------------------------------------------------------------- confidence
@@ -678,24 +365,6 @@ if inputs:
 # ---------------------------------------------------------------------------------------------------- live preview
 
 
-def _live_bars(answer: pd.Series) -> go.Figure:
-    """The top classes of one example as horizontal bars, the most likely on top: one row of `top_k_table`."""
-    ranks = range(1, sum(column.startswith("class_") for column in answer.index) + 1)
-    names = [str(answer[f"class_{rank}"]) for rank in ranks]
-    shares = [float(answer[f"probability_{rank}"]) for rank in ranks]
-    figure = go.Figure(
-        go.Bar(x=shares, y=names, orientation="h", text=[f"{share:.0%}" for share in shares], textposition="auto",
-               hovertemplate="%{y}: %{x:.1%}<extra></extra>")  # fmt: skip
-    )
-    figure.update_layout(
-        xaxis={"title": "Probability", "tickformat": ".0%", "range": [0, 1]},
-        yaxis={"autorange": "reversed"},
-        height=80 + 40 * len(names),
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
-    )
-    return figure
-
-
 st.subheader("Live preview")
 live_inputs: list[str] = []
 live_names: list[str] = []
@@ -741,7 +410,7 @@ if live_inputs:
             + (f", below the {threshold:.0%} confidence threshold" if live["prediction"] == evaluation.NOT_SURE
                else "")  # fmt: skip
         )
-        st.plotly_chart(_live_bars(live), key="test_live_chart")
+        st.plotly_chart(live_bars(live), key="test_live_chart")
 
 
 render_suggest_section(state, model, preprocessor, run_info)  # What should I label next? (pages/_suggest.py)
