@@ -15,6 +15,8 @@ import pandas as pd
 
 Modality = Literal["image", "text", "audio"]
 SPLITS = ("train", "val", "test")
+#: The file kinds an image example may be (sound clips: `core.audio.AUDIO_EXTENSIONS`).
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 @dataclass
