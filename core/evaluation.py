@@ -10,7 +10,8 @@ Main entry points:
     `coverage_curve(probabilities, targets)` -> how accuracy and coverage trade off under a confidence threshold.
     `load_model(path)` -> a run folder's or a bundle's model, preprocessing and record.
     `fit_tfidf(texts, targets, seed)` -> the TF-IDF model a text run mixes in (and its baseline).
-The baselines without pretraining are in `core.no_transfer`, the verdict on them in `core.transfer_verdict`.
+The baselines without pretraining are in `core.no_transfer`, the verdict on them in `core.transfer_verdict`; the
+checks of what a user gives to classify (`check_image_files`, `read_texts`, ...) in `core._prediction_inputs`.
 """
 
 from __future__ import annotations
@@ -32,20 +33,20 @@ from torch import nn
 
 from core import devices, smalldata, stats
 from core._export_bundle import load_bundle  # the bundle reader sits below core.export, which builds on this module
+from core._prediction_inputs import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # `name as name`: re-exported for the pages
+from core._prediction_inputs import PredictionInputError, file_inputs, texts_from_inputs
+from core._prediction_inputs import check_audio_files as check_audio_files
+from core._prediction_inputs import check_image_files as check_image_files
+from core._prediction_inputs import read_texts as read_texts
 from core.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
 NOT_SURE = "not sure"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class ModelLoadError(RuntimeError):
     """A folder given as a model is neither a run folder nor an exported bundle we can read."""
-
-
-class PredictionInputError(ValueError):
-    """Inputs given to a prediction cannot be used (missing file, not an image, empty text)."""
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -404,95 +405,6 @@ def top_k_table(
     return pd.DataFrame(rows, columns=columns)
 
 
-def check_image_files(paths: Sequence[str | Path], names: Sequence[str] | None = None) -> list[str]:
-    """The paths as strings, after checking each is an existing image file; raises with every bad one named.
-
-    `names` are what the user calls the files (an upload's name, a path inside a zip); by default the file names.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    def problem(file: Path) -> str | None:
-        try:
-            with Image.open(file) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError):
-            return ""
-        return None
-
-    return _check_files(paths, names, problem, "images", "PNG, JPEG, BMP, GIF, WebP or TIFF")
-
-
-def check_audio_files(paths: Sequence[str | Path], names: Sequence[str] | None = None) -> list[str]:
-    """The paths as strings, after checking each is a sound file we can decode; raises with every bad one named."""
-    from core import audio
-
-    def problem(file: Path) -> str | None:
-        try:
-            audio.read_audio(str(file))
-        except audio.AudioReadError as error:
-            return str(error)
-        return None
-
-    return _check_files(paths, names, problem, "sound", "WAV, FLAC, OGG or MP3")
-
-
-def _check_files(
-    paths: Sequence[str | Path],
-    names: Sequence[str] | None,
-    problem: Callable[[Path], str | None],
-    kind: str,
-    formats: str,
-) -> list[str]:
-    """Every path checked by `problem` (None: fine; else what is wrong, may be empty); one error names every bad one."""
-    missing, unreadable = [], []
-    for position, path in enumerate(paths):
-        file = Path(path)
-        if not file.is_file():
-            missing.append(str(path))
-            continue
-        found = problem(file)
-        if found is not None:
-            name = names[position] if names is not None else file.name
-            unreadable.append(f"{name} ({found})" if found else name)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} file(s) not found: {', '.join(missing[:5])}")
-    if unreadable:
-        problems.append(f"{len(unreadable)} file(s) are not {kind} we can read: {', '.join(unreadable[:5])}")
-    if problems:
-        raise PredictionInputError("; ".join(problems) + f". Give {formats} files.")
-    return [str(path) for path in paths]
-
-
-def read_texts(lines_or_csv: str, is_csv: bool = False) -> list[str]:
-    """Texts to classify from pasted text (one per line) or CSV contents (the `text` column, else the first).
-
-    Blank lines are skipped; raises `PredictionInputError` when nothing is left.
-    """
-    if is_csv:
-        import io
-
-        try:
-            frame = pd.read_csv(io.StringIO(lines_or_csv))
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-            raise PredictionInputError(f"The CSV could not be read ({error}); give one text per row.") from error
-        lowered = {str(column).lower(): column for column in frame.columns}
-        column = lowered.get("text") or next(
-            (c for c in frame.columns if frame[c].dtype == object), frame.columns[0] if len(frame.columns) else None
-        )
-        if column is None:
-            raise PredictionInputError("The CSV has no columns; give a column named 'text' with one text per row.")
-        texts = [str(value).strip() for value in frame[column].dropna().tolist()]
-    else:
-        texts = [line.strip() for line in lines_or_csv.splitlines()]
-    texts = [text for text in texts if text]
-    if not texts:
-        raise PredictionInputError(
-            "No text to classify: paste one text per line, or upload a CSV with a 'text' column."
-        )
-    return texts
-
-
 # --------------------------------------------------------------------------------------------------- loading
 
 
@@ -580,32 +492,6 @@ def fit_tfidf(texts: Sequence[str], targets: np.ndarray, seed: int) -> tuple[Any
 # --------------------------------------------------------------------------------------------------- command line
 
 
-def _texts_from_inputs(inputs: Sequence[str]) -> list[str]:
-    texts: list[str] = []
-    for value in inputs:
-        file = Path(value)
-        if file.suffix.lower() in (".txt", ".csv") and file.is_file():
-            texts.extend(read_texts(file.read_text(encoding="utf-8"), is_csv=file.suffix.lower() == ".csv"))
-        else:
-            texts.append(value)
-    return [text for text in texts if text.strip()]
-
-
-def _file_inputs(inputs: Sequence[str], modality: str) -> list[str]:
-    """Image or sound files to predict: files as given, folders searched for files of the model's kind."""
-    from core.audio import AUDIO_EXTENSIONS
-
-    suffixes = AUDIO_EXTENSIONS if modality == "audio" else IMAGE_SUFFIXES
-    paths: list[str] = []
-    for value in inputs:
-        folder = Path(value)
-        if folder.is_dir():
-            paths.extend(sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in suffixes))
-        else:
-            paths.append(value)
-    return check_audio_files(paths) if modality == "audio" else check_image_files(paths)
-
-
 def main_predict(args: argparse.Namespace) -> int:
     """`python -m core predict --model DIR INPUT...`: top-k classes of images or clips (files or folders) or texts."""
     try:
@@ -613,7 +499,7 @@ def main_predict(args: argparse.Namespace) -> int:
         classes = list(info.get("classes") or [])
         spec = getattr(getattr(model, "backbone", None), "spec", None)
         modality = info.get("modality") or getattr(spec, "modality", "image")
-        inputs = _texts_from_inputs(args.inputs) if modality == "text" else _file_inputs(args.inputs, modality)
+        inputs = texts_from_inputs(args.inputs) if modality == "text" else file_inputs(args.inputs, modality)
         if not inputs:
             raise PredictionInputError("Nothing to predict: give image or sound files / folders, or texts.")
         probabilities = predict_proba(model, preprocessor, inputs, device=getattr(args, "device", None))
