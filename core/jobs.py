@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.contracts import TrainEnd
 from core.dataset import Dataset
 from core.eta import TimeLeft
 from core.paths import check_in_workspace, workspace_subdir
@@ -119,9 +120,12 @@ class JobSnapshot:
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
-    """An engine event (a dict) or a run's result (fit's `FitResult`, or the dict a worker process sends) as a dict."""
+    """An engine event or a run's result (`core.contracts`: their `to_dict()`, the wire format), or the dict a worker
+    process sends (or a test's fake engine), as a dict."""
     if value is None:
         return {}
+    if callable(getattr(value, "to_dict", None)):
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     return dict(value)
@@ -692,11 +696,8 @@ def _close_record(run_dir: str, status: str, message: str | None) -> None:
 
 def _fit_result(data: dict[str, Any]) -> Any:
     """The worker's `result` event as the engine's `FitResult` (what a thread-run job keeps too)."""
-    from core.training import FitResult
-
-    names = {f.name for f in dataclasses.fields(FitResult)}
     try:
-        return FitResult(**{k: v for k, v in data.items() if k in names})
+        return TrainEnd.from_dict(data)
     except TypeError:  # a worker running another engine (tests) may report fewer fields
         return data
 

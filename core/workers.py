@@ -13,7 +13,8 @@ The server (`core.jobs`) and a worker talk only through files in the run folder,
 `job.json` holds what a run needs to start or resume anywhere: the data set (its rows, so a resumed run trains on
 exactly the same examples), the settings, the owner and the worker's pid. Each line of `events.jsonl` is
 `{"event": name, "data": {...}}` with the engine's callback events (`on_train_begin`, `on_step_end`,
-`on_epoch_end`, `on_train_end`) and one last line, `result` (the `FitResult`) or `error` (`message`).
+`on_epoch_end`, `on_train_end`; `data` is the typed event's `to_dict()`, `core.contracts`) and one last line,
+`result` (the `FitResult`) or `error` (`message`).
 
 A worker is `python -m core.workers RUN_DIR [--resume]` in a new session (its own process group), started with
 `subprocess` rather than `multiprocessing`: a `multiprocessing` child is joined or terminated when its parent
@@ -251,6 +252,9 @@ class EventReader:
 
 
 def _plain(value: Any) -> dict[str, Any]:
+    """An event's wire dict (`core.contracts`' `to_dict()`), another dataclass's or dict's fields, or {"value": ...}."""
+    if callable(getattr(value, "to_dict", None)):
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return dict(value) if isinstance(value, dict) else {"value": value}

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from core import jobs
+from core.contracts import EpochEnd, StepEnd, TrainBegin, TrainEnd
 from core.jobs import TrainingJob
 
 
@@ -22,7 +23,10 @@ class _Config:
 
 
 class _FakeFit:
-    """Emits the engine's events like `core.training.fit` does, with an optional gate so tests control timing."""
+    """Emits the engine's typed events like `core.training.fit` does, with an optional gate so tests control timing.
+
+    Its steps carry `loss` but no `train_loss`, which the job fills in from it.
+    """
 
     def __init__(self, steps_per_epoch: int = 4, delay: float = 0.0, gate: threading.Event | None = None,
                  fail_at_step: int | None = None) -> None:
@@ -34,18 +38,26 @@ class _FakeFit:
         self.steps_after_stop = 0
 
     def __call__(self, dataset: Any, config: Any, run_dir: str, backbone: Any = None, callbacks: tuple = (),
-                 stop_event: threading.Event | None = None) -> dict[str, Any]:
+                 stop_event: threading.Event | None = None) -> TrainEnd:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         total = config.epochs * self.steps_per_epoch
+        begin = TrainBegin(
+            run_id=Path(run_dir).name, run_dir=str(run_dir), device="cpu", precision="fp32", cache_mode="none",
+            cache_note="Caching is off: augmentation changes inputs.", epochs=config.epochs, start_epoch=1,
+            steps_per_epoch=self.steps_per_epoch, total_steps=total, num_train=len(dataset.split("train")[0]),
+            num_val=len(dataset.split("val")[0]), num_test=len(dataset.split("test")[0]),
+            classes=list(dataset.classes), frozen_groups=config.frozen_groups, num_groups=3, backbone=config.backbone,
+            trainable_params=10, total_params=100, protocol="test split", protocol_reason="A fake engine.", folds=0,
+            head="gradient", sentence_tuning=False, sentence_tuning_reason="", sentence_tuning_steps=0,
+        )
         for cb in callbacks:
-            cb.on_train_begin({"cache_mode": "none", "cache_note": "Caching is off: augmentation changes inputs.",
-                               "total_steps": total})
+            cb.on_train_begin(begin)
         self.started.set()
-        step = 0
+        step, history = 0, []
         for epoch in range(1, config.epochs + 1):
             for _ in range(self.steps_per_epoch):
                 if stop_event is not None and stop_event.is_set():
-                    return {"status": "stopped", "best_epoch": max(1, epoch - 1)}
+                    return self._result(run_dir, "stopped", max(1, epoch - 1), history)
                 if self.gate is not None:
                     self.gate.wait(5)
                 step += 1
@@ -53,15 +65,24 @@ class _FakeFit:
                     raise ValueError("The class 'cat' has no training examples; add some or remove the class.")
                 time.sleep(self.delay)
                 for cb in callbacks:
-                    cb.on_step_end({"step": step, "total_steps": total, "epoch": epoch, "loss": 1.0 / step})
+                    cb.on_step_end(StepEnd(phase="train", step=step, total_steps=total, epoch=epoch, loss=1.0 / step))
+            ended = EpochEnd(epoch=epoch, train_loss=1.0 / epoch, train_accuracy=0.5, val_loss=abs(epoch - 2) + 0.1,
+                             val_accuracy=0.6, lr=1e-3, seconds=self.delay * self.steps_per_epoch,
+                             best_epoch=min(epoch, 2), is_best=epoch <= 2, total_epochs=config.epochs)
+            history.append(ended.to_dict())
             for cb in callbacks:
-                cb.on_epoch_end({"epoch": epoch, "train_loss": 1.0 / epoch, "train_accuracy": 0.5,
-                                 "val_loss": abs(epoch - 2) + 0.1, "val_accuracy": 0.6,
-                                 "best_epoch": min(epoch, 2), "is_best": epoch <= 2})
-        result = {"status": "completed", "best_epoch": 2}
+                cb.on_epoch_end(ended)
+        result = self._result(run_dir, "completed", 2, history)
         for cb in callbacks:
             cb.on_train_end(result)
         return result
+
+    @staticmethod
+    def _result(run_dir: str, status: str, best_epoch: int, history: list[dict[str, Any]]) -> TrainEnd:
+        return TrainEnd(run_id=Path(run_dir).name, run_dir=str(run_dir), status=status, best_epoch=best_epoch,
+                        epochs_completed=len(history), val_accuracy=0.6, val_loss=0.1, test_accuracy=None,
+                        history=history, cache_mode="none", cache_note="Caching is off: augmentation changes inputs.",
+                        device="cpu", precision="fp32", seconds=0.0)
 
 
 @pytest.fixture(autouse=True)
