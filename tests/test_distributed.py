@@ -92,10 +92,10 @@ def test_tiny_data_is_refused_for_several_processes_with_the_reason(
 def test_the_logistic_head_trains_in_one_process_and_says_so(
     colour_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from core import training
+    from core import _train_cli  # `main_train` calls `_fit_and_report` by its name there
 
     trained_with = []
-    monkeypatch.setattr(training, "_fit_and_report", lambda *args: trained_with.append(args[-1]) or 0)
+    monkeypatch.setattr(_train_cli, "_fit_and_report", lambda *args: trained_with.append(args[-1]) or 0)
     argv = _train_argv(colour_folder, tmp_path / "out", "--processes", "2")
     argv[argv.index("--frozen-groups") + 1] = "3"  # every group frozen: the logistic head by default
     with caplog.at_level(logging.WARNING):

@@ -172,10 +172,10 @@ def test_fit_keeps_the_test_split_when_asked(colour_dataset: Dataset, tmp_path: 
 def test_augmented_views_go_through_the_backbone_once_and_are_reused(
     colour_dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core import training
+    from core import _train_head  # where the views are computed: the name it calls `cached_states` by
 
     passes = []
-    original = training.cached_states
+    original = _train_head.cached_states
 
     def recording(*args, **kwargs):
         states, reused = original(*args, **kwargs)
@@ -183,7 +183,7 @@ def test_augmented_views_go_through_the_backbone_once_and_are_reused(
             passes.append((len(args[1]["view"][0]), reused))
         return states, reused
 
-    monkeypatch.setattr(training, "cached_states", recording)
+    monkeypatch.setattr(_train_head, "cached_states", recording)
     config = TrainConfig(backbone="tiny_cnn", frozen_groups=3, pretrained=False, device="cpu", folds=3, views=2)
     torch.manual_seed(0)
     first = fit(colour_dataset, config, tmp_path / "first", backbone=TinyCNN())

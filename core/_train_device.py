@@ -1,0 +1,95 @@
+"""Where a run computes and how examples reach it: device precision, memory format, seeded loaders."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 maths (AVX512-BF16 / AMX), where bf16 autocast is faster than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision actually used: "auto" becomes bf16 on capable CPUs and CUDA GPUs, fp16 on older GPUs."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_supports_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def uses_channels_last(modality: str, device: torch.device) -> bool:
+    """Images train in channels-last memory format (faster convolutions), except on Apple MPS."""
+    return modality == "image" and device.type != "mps"
+
+
+def autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A zero-argument function returning the autocast context for this device and precision."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _Examples(torch.utils.data.Dataset):
+    """(loaded example, class index) pairs through a preprocessor, for a torch DataLoader."""
+
+    def __init__(self, items: Sequence[str], labels: Sequence[int], preprocessor: Any, train: bool) -> None:
+        self.items, self.labels, self.preprocessor, self.train = list(items), list(labels), preprocessor, train
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.preprocessor.load(self.items[index], self.train), self.labels[index]
+
+
+def _loader(
+    items: Sequence[str], labels: Sequence[int], preprocessor: Any, train: bool, batch_size: int,
+    generator: torch.Generator | None = None, shuffle: bool = False, batches: Sequence[Sequence[int]] | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over a preprocessor; its own generator keeps the global RNG (dropout, augmentation) untouched.
+
+    `batches` (the indices of each batch, in order) replaces batch size and shuffling: one process's shares of a
+    multi-process run.
+    """
+    def collate(examples: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+        loaded, classes = zip(*examples, strict=True)
+        return preprocessor.collate(list(loaded)), torch.tensor(classes, dtype=torch.long)
+
+    if batches is not None:
+        return torch.utils.data.DataLoader(
+            _Examples(items, labels, preprocessor, train), batch_sampler=batches, num_workers=0, collate_fn=collate
+        )
+    return torch.utils.data.DataLoader(
+        _Examples(items, labels, preprocessor, train),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator if generator is not None else torch.Generator().manual_seed(0),
+        num_workers=0,
+        collate_fn=collate,
+    )
+
+
+def _batch_size_of(batch: Any) -> int:
+    if isinstance(batch, dict):
+        return int(next(iter(batch.values())).shape[0])
+    return int(batch.shape[0])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
