@@ -12,18 +12,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from core import audio
-from core._data_checks import _finish
-from core._data_folders import _folder_of, _labelled_files, _normalised_dir, _report_problems
+from core._data_folders import _Entry, _folder_of, _normalised_dir, _report_problems
 from core._data_report import _names, _Report, plural
-from core._data_split import _check_fractions
 from core._data_tables import TABLE_EXTENSIONS
-from core.dataset import Dataset
 
 
 @dataclass(frozen=True)
@@ -134,20 +130,12 @@ def _check_clip_formats(report: _Report, relatives: Sequence[str], clips: Sequen
         )
 
 
-def _load_audio_folder(
-    root: Path,
-    name: str,
-    seed: int,
-    fractions: Sequence[float],
-    source: str,
-    label_csv: Path | None = None,
-) -> tuple[Dataset, dict[str, Any]]:
-    """Sound files in class folders (or listed in a `file,label` CSV): checked, normalised to 16 kHz mono."""
-    fractions = _check_fractions(fractions)
-    report = _Report("audio", source)
-    content_root, entries, split_given, others = _labelled_files(
-        root, report, label_csv, extensions=audio.AUDIO_EXTENSIONS, noun="clip"
-    )
+def _clip_rows(entries: Sequence[_Entry], others: Sequence[str], report: _Report) -> list[dict[str, str]]:
+    """The table rows of the usable clips, each checked and normalised to 16 kHz mono.
+
+    Files that are not clips (`others`, bar tables and readmes), damaged and silent ones go into the report, and
+    so do mixed recording formats and clips far shorter or longer than the rest.
+    """
     problems: dict[tuple[str, str], list[str]] = defaultdict(list)
     for relative in others:
         suffix = PurePosixPath(relative).suffix.lower()
@@ -173,5 +161,4 @@ def _load_audio_folder(
     _report_problems(report, problems, _AUDIO_PROBLEM_TEXT)
     _check_clip_formats(report, kept_relatives, kept_clips)
     report.info["normalised_clips"] = normalised
-    table = pd.DataFrame(rows, columns=["item", "label", "split", "source", "hash"])
-    return _finish(table, name, "audio", report, split_given, seed, fractions, root=str(content_root))
+    return rows

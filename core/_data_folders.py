@@ -26,7 +26,6 @@ import pandas as pd
 from core._data_report import DataError, _names, _Report, check_upload_size, plural
 from core._data_tables import FILE_COLUMNS, LABEL_COLUMNS, TABLE_EXTENSIONS, _column, read_table
 from core._zipsafe import UnsafeArchive, ZipLimits, extract_archive
-from core.dataset import IMAGE_EXTENSIONS
 from core.paths import file_sha256, workspace_subdir
 
 logger = logging.getLogger("core.data")  # the public module's name: what callers silence or watch (core.bench)
@@ -151,8 +150,8 @@ def _layout_entries(
     files: Sequence[PurePosixPath],
     report: _Report,
     label_csv: Path | None,
-    extensions: frozenset[str] = IMAGE_EXTENSIONS,
-    noun: str = "image",
+    extensions: frozenset[str],
+    noun: str,
 ) -> tuple[list[_Entry], bool, list[str]]:
     """Turn a file list into labelled entries: from a label CSV, split folders, or class folders.
 
@@ -262,8 +261,8 @@ def _labelled_files(
     root: Path,
     report: _Report,
     label_csv: Path | None,
-    extensions: frozenset[str] = IMAGE_EXTENSIONS,
-    noun: str = "image",
+    extensions: frozenset[str],
+    noun: str,
 ) -> tuple[Path, list[_Entry], bool, list[str]]:
     """The folder the data starts in (wrapping folders skipped), its labelled entries, whether the folders gave the
     split, and the files that are not examples (see `_layout_entries`)."""

@@ -14,17 +14,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core._data_checks import _finish
-from core._data_folders import _folder_of, _labelled_files, _normalised_dir, _report_problems
+from core._data_folders import _Entry, _folder_of, _normalised_dir, _report_problems
 from core._data_report import _Report
-from core._data_split import _check_fractions
 from core._data_tables import TABLE_EXTENSIONS
-from core.dataset import Dataset
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -114,18 +109,12 @@ _PROBLEM_TEXT = {
 }
 
 
-def _load_image_folder(
-    root: Path,
-    name: str,
-    seed: int,
-    fractions: Sequence[float],
-    source: str,
-    label_csv: Path | None = None,
-) -> tuple[Dataset, dict[str, Any]]:
-    fractions = _check_fractions(fractions)
-    report = _Report("image", source)
-    content_root, entries, split_given, non_images = _labelled_files(root, report, label_csv)
+def _image_rows(entries: Sequence[_Entry], non_images: Sequence[str], report: _Report) -> list[dict[str, str]]:
+    """The table rows of the usable images, each decoded and (where needed) normalised to an RGB PNG.
 
+    Files that are not images (`non_images`, bar tables and readmes at the top), damaged and oversized ones go
+    into the report.
+    """
     problems: dict[tuple[str, str], list[str]] = defaultdict(list)
     for relative in non_images:
         if PurePosixPath(relative).suffix.lower() in TABLE_EXTENSIONS | {".md", ".json", ".yaml", ".yml"} and (
@@ -155,5 +144,4 @@ def _load_image_folder(
         )
     _report_problems(report, problems, _PROBLEM_TEXT)
     report.info["normalised_images"] = normalised
-    table = pd.DataFrame(rows, columns=["item", "label", "split", "source", "hash"])
-    return _finish(table, name, "image", report, split_given, seed, fractions, root=str(content_root))
+    return rows

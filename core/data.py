@@ -35,12 +35,20 @@ from typing import Any
 import pandas as pd
 
 from core import audio
-from core._data_audio import LENGTH_RATIO, _load_audio_folder, inspect_clip
-from core._data_checks import FEW_EXAMPLES, MAX_IMBALANCE, MIN_EXAMPLES
-from core._data_folders import JUNK_NAMES, SPLIT_FOLDERS, _is_junk, _scan, extract_zip
-from core._data_images import _load_image_folder, inspect_image
-from core._data_report import DataError, check_upload_size, format_report, max_upload_bytes, per_split_counts, plural
-from core._data_split import DEFAULT_FRACTIONS, random_split_source, split_examples
+from core._data_audio import LENGTH_RATIO, _clip_rows, inspect_clip
+from core._data_checks import FEW_EXAMPLES, MAX_IMBALANCE, MIN_EXAMPLES, _finish
+from core._data_folders import JUNK_NAMES, SPLIT_FOLDERS, _is_junk, _labelled_files, _scan, extract_zip
+from core._data_images import _image_rows, inspect_image
+from core._data_report import (
+    DataError,
+    _Report,
+    check_upload_size,
+    format_report,
+    max_upload_bytes,
+    per_split_counts,
+    plural,
+)
+from core._data_split import DEFAULT_FRACTIONS, _check_fractions, random_split_source, split_examples
 from core._data_tables import (
     FILE_COLUMNS,
     LABEL_COLUMNS,
@@ -107,6 +115,30 @@ SAMPLES = {
     "audio": ("spoken_words.zip", "Sample: spoken words"),
 }
 
+#: Per kind of file data set: which files are its examples, what messages call one, and what reads them into rows.
+_FILE_KINDS = {
+    "image": (IMAGE_EXTENSIONS, "image", _image_rows),
+    "audio": (audio.AUDIO_EXTENSIONS, "clip", _clip_rows),
+}
+
+
+def _load_files(
+    modality: Modality,
+    root: Path,
+    name: str,
+    seed: int,
+    fractions: Sequence[float],
+    source: str,
+    label_csv: Path | None = None,
+) -> tuple[Dataset, dict[str, Any]]:
+    """Images or sound clips in class folders or split folders (or listed in a `file,label` CSV), each checked."""
+    fractions = _check_fractions(fractions)
+    report = _Report(modality, source)
+    extensions, noun, read_rows = _FILE_KINDS[modality]
+    content_root, entries, split_given, others = _labelled_files(root, report, label_csv, extensions, noun)
+    table = pd.DataFrame(read_rows(entries, others, report), columns=["item", "label", "split", "source", "hash"])
+    return _finish(table, name, modality, report, split_given, seed, fractions, root=str(content_root))
+
 
 def load_zip(
     source: bytes | str | os.PathLike[str],
@@ -124,12 +156,12 @@ def load_zip(
     folder = extract_zip(source, name, limits)
     files, _ = _scan(folder)
     if _holds_audio(files):
-        return _load_audio_folder(folder, name, seed, fractions, source=name)
+        return _load_files("audio", folder, name, seed, fractions, source=name)
     if files and not any(file.suffix.lower() in IMAGE_EXTENSIONS for file in files):
         tables = [file for file in files if file.suffix.lower() in TABLE_EXTENSIONS]
         if len(tables) == 1:
             return load_text_table(folder / tables[0], name=name, seed=seed, fractions=fractions)
-    return _load_image_folder(folder, name, seed, fractions, source=name)
+    return _load_files("image", folder, name, seed, fractions, source=name)
 
 
 def images_in_zip(source: bytes | str | os.PathLike[str], name: str | None = None) -> list[tuple[str, Path]]:
@@ -158,8 +190,8 @@ def load_folder(
     if not folder.is_dir():
         raise DataError(f"`{folder}` is not a folder.")
     if _holds_audio(_scan(folder)[0]):
-        return _load_audio_folder(folder.resolve(), name or folder.name, seed, fractions, source=str(folder))
-    return _load_image_folder(folder.resolve(), name or folder.name, seed, fractions, source=str(folder))
+        return _load_files("audio", folder.resolve(), name or folder.name, seed, fractions, source=str(folder))
+    return _load_files("image", folder.resolve(), name or folder.name, seed, fractions, source=str(folder))
 
 
 def load_sample(kind: str, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple[Dataset, dict]:
@@ -186,22 +218,23 @@ def _holds_audio(files: Sequence[PurePosixPath]) -> bool:
     return sounds > 0 and sounds >= sum(file.suffix.lower() in IMAGE_EXTENSIONS for file in files)
 
 
-def lists_images(frame: pd.DataFrame) -> bool:
-    """Whether a table maps image files to labels (a `file,label` CSV) rather than holding texts."""
+def _lists_files(frame: pd.DataFrame, extensions: frozenset[str]) -> bool:
+    """Whether a table maps files to labels, most of the files having one of `extensions`."""
     file_column = _column(frame, FILE_COLUMNS)
     if file_column is None or _column(frame, LABEL_COLUMNS) is None or frame.empty:
         return False
     suffixes = frame[file_column].astype(str).map(lambda value: PurePosixPath(value.strip()).suffix.lower())
-    return bool(suffixes.isin(IMAGE_EXTENSIONS).mean() > 0.5)
+    return bool(suffixes.isin(extensions).mean() > 0.5)
+
+
+def lists_images(frame: pd.DataFrame) -> bool:
+    """Whether a table maps image files to labels (a `file,label` CSV) rather than holding texts."""
+    return _lists_files(frame, IMAGE_EXTENSIONS)
 
 
 def lists_clips(frame: pd.DataFrame) -> bool:
     """Whether a table maps sound files to labels (a `file,label` CSV of clips)."""
-    file_column = _column(frame, FILE_COLUMNS)
-    if file_column is None or _column(frame, LABEL_COLUMNS) is None or frame.empty:
-        return False
-    suffixes = frame[file_column].astype(str).map(lambda value: PurePosixPath(value.strip()).suffix.lower())
-    return bool(suffixes.isin(audio.AUDIO_EXTENSIONS).mean() > 0.5)
+    return _lists_files(frame, audio.AUDIO_EXTENSIONS)
 
 
 def load_path(
@@ -230,13 +263,10 @@ def load_path(
         return load_zip(target, seed=seed, fractions=fractions)
     if text_column is None:
         frame = read_table(target)
-        if lists_clips(frame):
-            return _load_audio_folder(
-                target.parent.resolve(), target.name, seed, fractions, source=str(target), label_csv=target.resolve()
-            )
-        if lists_images(frame):
-            return _load_image_folder(
-                target.parent.resolve(), target.name, seed, fractions, source=str(target), label_csv=target.resolve()
+        modality = "audio" if lists_clips(frame) else "image" if lists_images(frame) else None
+        if modality is not None:
+            return _load_files(
+                modality, target.parent.resolve(), target.name, seed, fractions, str(target), target.resolve()
             )
     return load_text_table(target, text_column=text_column, label_column=label_column, seed=seed, fractions=fractions)
 
