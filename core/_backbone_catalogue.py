@@ -86,6 +86,24 @@ def _audio_cnn(name: str, image_spec: BackboneSpec, title: str, description: str
     )
 
 
+def _audio_hub(name: str, model_id: str, title: str, family: str, num_layers: int, params: float, gmacs: float,
+               pretrained_on: str, description: str, input_size: tuple[int, ...], clip_seconds: float,
+               pad_clips: bool = True, **kwargs: Any) -> BackboneSpec:
+    """An audio foundation model from the Hugging Face hub, fed by its own feature extractor.
+
+    Every clip is made mono at 16 kHz and cut to `clip_seconds` (`core.audio.clip_waveform`; shorter clips are
+    centred in silence when `pad_clips`), then the feature extractor published with the weights (AST: Kaldi fbank,
+    normalised; wav2vec 2.0 / HuBERT: the normalised raw waveform) makes the model's input. `extra["audio"]` keeps
+    the rate and clip length (and mel numbers the MFCC baseline uses); `extra["feature_extractor"]` says that the
+    model's own extractor, saved beside its weights, does the rest.
+    """
+    settings = MelSettings(sample_rate=16000, clip_seconds=clip_seconds)
+    return BackboneSpec(name=name, modality="audio", source="transformers", model_id=model_id, title=title,
+                        input_size=input_size, params_millions=params, gmacs=gmacs, pretrained_on=pretrained_on,
+                        description=description, family=family, num_groups=num_layers + 1,
+                        extra={"audio": settings.to_dict(), "feature_extractor": {"pad_clips": pad_clips}}, **kwargs)
+
+
 _IN1K = "ImageNet-1k: 1.3 million photos of 1,000 everyday object and animal classes"
 _LITE_TAPS = (5, 6, 7)  # stages 5-7 of 7: on the digits, 8 per class, +9 points over the last layer alone
 _LITE = ("Google's EfficientNet-Lite{}: an EfficientNet without squeeze-excitation and with ReLU6, built for phones "
@@ -142,3 +160,24 @@ register(_audio_cnn(
     "The shipped EfficientNet-Lite0, shown each clip as a log-mel spectrogram picture (1 s at 16 kHz, 64 mel "
     "bands): ImageNet features transfer to sound this way (PANNs, AST). Ships with the app (no download).",
 ))
+
+_HUB_ONLY = "Needs the Hugging Face hub once (or its folder copied here); not tested with its real weights offline."
+for _spec in (
+    _audio_hub("ast_audioset", "MIT/ast-finetuned-audioset-10-10-0.4593", "AST (AudioSet)", "hf_ast", 12, 86.19,
+               103.35, "ImageNet (DeiT), then AudioSet: about 2 million 10-second YouTube clips, 527 kinds of sound",
+               "MIT's Audio Spectrogram Transformer: a vision transformer that reads 10.24 s of 128-band Kaldi fbank "
+               "as 16x16 patches, trained to name everyday sounds. Strong on sound events; slow on CPU (about 1,200 "
+               "tokens per clip, however short the clip). " + _HUB_ONLY,
+               input_size=(1024, 128), clip_seconds=10.24, pad_clips=False, licence="BSD-3-Clause"),
+    _audio_hub("wav2vec2_base", "facebook/wav2vec2-base", "wav2vec 2.0 base", "hf_speech", 12, 94.37, 6.87,
+               "LibriSpeech: 960 hours of read English audiobooks, self-supervised (no labels)",
+               "Meta's wav2vec 2.0 learnt speech from raw waveforms by itself (not fine-tuned for transcription): "
+               "good for spoken words and speakers, less for other sounds. " + _HUB_ONLY,
+               input_size=(16000,), clip_seconds=1.0, licence="Apache-2.0"),
+    _audio_hub("hubert_base", "facebook/hubert-base-ls960", "HuBERT base", "hf_speech", 12, 94.37,
+               6.87, "LibriSpeech: 960 hours of read English audiobooks, self-supervised (no labels)",
+               "Meta's HuBERT: the wav2vec 2.0 architecture trained to predict clustered speech units; often the "
+               "stronger of the two on speech tasks (SUPERB). " + _HUB_ONLY,
+               input_size=(16000,), clip_seconds=1.0, licence="Apache-2.0"),
+):
+    register(_spec)

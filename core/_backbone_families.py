@@ -188,10 +188,119 @@ class HFEncoderBackbone(Backbone):
         return state
 
 
+class _Loose(nn.Module):
+    """Holds a network's loose parameters (named attributes, not modules) so a group can own them."""
+
+    def __init__(self, owner: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.params = nn.ParameterList([p for n in names if isinstance(p := getattr(owner, n, None), nn.Parameter)])
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    """A transformers layer's hidden states: the tensor itself, or the first item of an older tuple output."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class HFSpeechBackbone(Backbone):
+    """A Hugging Face wav2vec 2.0 or HuBERT model on the raw waveform [B, samples], mean-pooled over time.
+
+    Groups: the feature encoder (the convolutions, the projection and the convolutional position embedding with
+    its norm; `masked_spec_embed` too, which only pre-training uses), then each transformer layer; the last group
+    also applies the final norm (stable-layer-norm models), the adapter if any, and the mean over time into
+    [B, hidden_size]. Between groups the state is the hidden sequence [B, frames, hidden_size]: every clip has
+    the same length, so no mask is needed. Pre-training's SpecAugment masking and LayerDrop are not applied.
+    """
+
+    def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.network = network
+        self.num_features = int(network.config.hidden_size)
+        self.stable_norm = bool(getattr(network.config, "do_stable_layer_norm", False))
+        self.group_names = ["feature encoder"] + [f"layer {i + 1}" for i in range(len(network.encoder.layers))]
+        self.group_names[-1] += " + mean over time"
+
+    def _encode(self, waveform: torch.Tensor) -> torch.Tensor:
+        net = self.network
+        features = net.feature_extractor(waveform).transpose(1, 2)
+        hidden = _hidden(net.feature_projection(features))  # wav2vec 2.0 also returns the normed features
+        hidden = hidden + net.encoder.pos_conv_embed(hidden)
+        if not self.stable_norm:
+            hidden = net.encoder.layer_norm(hidden)
+        return net.encoder.dropout(hidden)
+
+    def _pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.stable_norm:
+            hidden = self.network.encoder.layer_norm(hidden)
+        if getattr(self.network, "adapter", None) is not None:
+            hidden = self.network.adapter(hidden)
+        return hidden.mean(dim=1)
+
+    def groups(self) -> list[nn.Module]:
+        net = self.network
+        encoder = net.encoder
+        loose = _Loose(net, ("masked_spec_embed",))
+        first = [net.feature_extractor, net.feature_projection, encoder.pos_conv_embed, loose]
+        if not self.stable_norm:
+            first.append(encoder.layer_norm)
+        embed = _Steps(*first)
+        embed._calls = [self._encode]
+        layers = []
+        for layer in encoder.layers:
+            step = _Steps(layer)
+            step._calls = [lambda hidden, layer=layer: _hidden(layer(hidden, attention_mask=None))]
+            layers.append(step)
+        last = layers[-1]
+        if self.stable_norm:
+            last.steps.append(encoder.layer_norm)
+        if getattr(net, "adapter", None) is not None:
+            last.steps.append(net.adapter)
+        last._calls = [*last._calls, self._pool]
+        return [embed, *layers]
+
+
+class HFASTBackbone(Backbone):
+    """A Hugging Face Audio Spectrogram Transformer on its fbank features [B, frames, mel bins], mean-pooled.
+
+    Groups: the patch embedding (with the class and distillation tokens and the position embedding), then each
+    transformer layer; the last group also applies the final LayerNorm and the mean over all tokens into
+    [B, hidden_size] (the mean of the last hidden state, not AST's own class/distillation-token pooler). Between
+    groups the state is the token sequence [B, tokens, hidden_size].
+    """
+
+    def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.network = network
+        self.num_features = int(network.config.hidden_size)
+        self.group_names = ["patch embedding"] + [f"layer {i + 1}" for i in range(len(self._layers()))]
+        self.group_names[-1] += " + mean pooling"
+
+    def _layers(self) -> nn.ModuleList:
+        net = self.network
+        return net.layers if hasattr(net, "layers") else net.encoder.layer  # transformers 5 / 4 layout
+
+    def _pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.network.layernorm(hidden).mean(dim=1)
+
+    def groups(self) -> list[nn.Module]:
+        layers = []
+        for layer in self._layers():
+            step = _Steps(layer)
+            step._calls = [lambda hidden, layer=layer: _hidden(layer(hidden))]
+            layers.append(step)
+        last = layers[-1]
+        last.steps.append(self.network.layernorm)
+        last._calls = [*last._calls, self._pool]
+        return [self.network.embeddings, *layers]
+
+
 FAMILIES: dict[str, type[Backbone]] = {
     "timm_cnn": TimmCNNBackbone,
     "resnet": ResNetBackbone,
     "convnext": ConvNeXtBackbone,
     "vit": ViTBackbone,
     "hf_encoder": HFEncoderBackbone,
+    "hf_speech": HFSpeechBackbone,
+    "hf_ast": HFASTBackbone,
 }

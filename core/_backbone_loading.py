@@ -141,9 +141,10 @@ def _build_transformers(spec: BackboneSpec, location: Location | None, config_on
     if location is None:
         return AutoModel.from_config(config)
     if location.path is not None and location.path.is_file():
+        companion, kind = ("feature extractor", "an audio") if spec.modality == "audio" else ("tokenizer", "a text")
         raise BackboneUnavailable(
-            f"{spec.name}: a single .safetensors file is not enough for a text model; put a Hugging Face folder "
-            f"(config, tokenizer, weights) at ${WEIGHTS_DIR_ENV}/{spec.name}/."
+            f"{spec.name}: a single .safetensors file is not enough for {kind} model; put a Hugging Face folder "
+            f"(config, {companion}, weights) at ${WEIGHTS_DIR_ENV}/{spec.name}/."
         )
     return AutoModel.from_pretrained(where, config=config)  # the family drops the CLS pooler (we mean-pool)
 
@@ -171,7 +172,8 @@ def _load_network(name: str, pretrained: bool) -> nn.Module:
     spec = get_spec(name)
     location = None
     if not pretrained and spec.source == "transformers":
-        # A text model's architecture (config) and tokenizer live with its weights: use a local copy if any.
+        # A hub model's architecture (config) and tokenizer or feature extractor live with its weights: use a local
+        # copy if any.
         local = locate(spec)
         if local is not None and local.path is not None:
             config = _build_transformers(spec, local, config_only=True)
@@ -195,7 +197,7 @@ def load_backbone(name: str, pretrained: bool = True) -> Backbone:
 
 
 def weights_folder(name: str) -> Path | None:
-    """For a text backbone: the local folder (package, cache or operator folder) holding its tokenizer files."""
+    """For a hub backbone: the local folder (package, cache or operator's) with its tokenizer or feature extractor."""
     spec = get_spec(name)
     location = locate(spec)
     if location is None or location.path is None:

@@ -24,6 +24,7 @@ from core._backbone_spec import Availability, BackboneSpec
 from core.dataset import Modality
 
 WEIGHTS_DIR_ENV = "TRANSFER_STUDIO_WEIGHTS_DIR"
+_FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"  # what `save_pretrained` of a feature extractor writes
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def _cached_weights(spec: BackboneSpec) -> Path | None:
             return None
         has_weights = any((config.parent / f).is_file() for f in ("model.safetensors", "pytorch_model.bin"))
         has_weights = has_weights or _hf_cached(spec.model_id, ("model.safetensors", "pytorch_model.bin")) is not None
+        if spec.modality == "audio":  # a sound model is only usable with the feature extractor published beside it
+            has_weights = has_weights and _hf_cached(spec.model_id, (_FEATURE_EXTRACTOR_FILE,)) is not None
         return config.parent if has_weights else None
     return None
 
@@ -103,7 +106,8 @@ def _folder_weights(spec: BackboneSpec) -> Path | None:
         return file
     folder = root / spec.name
     if spec.source == "transformers":
-        return folder if (folder / "config.json").is_file() else None
+        needed = ["config.json"] + ([_FEATURE_EXTRACTOR_FILE] if spec.modality == "audio" else [])
+        return folder if all((folder / name).is_file() for name in needed) else None
     for candidate in ("model.safetensors", "pytorch_model.bin"):
         if (folder / candidate).is_file():
             return folder / candidate
@@ -128,7 +132,8 @@ def _hub_reachable() -> bool:
 def how_to(spec: BackboneSpec) -> str:
     """How an operator makes the weights of `spec` available here, in one sentence (ends error messages)."""
     if spec.source == "transformers":
-        hint = f"put its Hugging Face folder (config, tokenizer, weights) at ${WEIGHTS_DIR_ENV}/{spec.name}/"
+        companion = "feature extractor" if spec.modality == "audio" else "tokenizer"
+        hint = f"put its Hugging Face folder (config, {companion}, weights) at ${WEIGHTS_DIR_ENV}/{spec.name}/"
     else:
         hint = f"put `{spec.name}.safetensors` (a state dict) or a `{spec.name}/` folder into ${WEIGHTS_DIR_ENV}"
     if spec.offline_package:

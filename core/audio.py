@@ -12,7 +12,8 @@ and AST). This module holds the whole recipe in plain numbers, with no dependenc
 It is copied as is into every exported audio bundle (as `audio_features.py`), so `predict.py` computes exactly the
 features the app trained on: keep it free of `core` imports. Its only dependencies are numpy, scipy, soundfile and
 torch (for the resize). The MFCC statistics of the no-transfer baseline live here too, as a second use of the mel
-filterbank.
+filterbank. Audio foundation models (AST, wav2vec 2.0, HuBERT) take the clip before the spectrogram step
+(`clip_waveform`): their own Hugging Face feature extractor does the rest.
 """
 
 from __future__ import annotations
@@ -169,6 +170,21 @@ def fix_length(samples: np.ndarray, length: int) -> np.ndarray:
     return samples[start : start + length].astype(np.float32)
 
 
+def clip_waveform(path: str, settings: MelSettings, pad: bool = True) -> np.ndarray:
+    """The waveform an audio foundation model hears: mono float32 at `sample_rate`, cut to `clip_seconds`.
+
+    The loudest window of a longer clip, as for spectrograms; a shorter clip is centred in silence when `pad`,
+    else left at its own length (AST's feature extractor pads its fbank frames itself, the way it was trained).
+
+    Raises:
+        AudioReadError: the file cannot be decoded (see `read_audio`).
+    """
+    samples = load_clip(path, settings.sample_rate)
+    if not pad and len(samples) <= settings.clip_samples:
+        return samples.astype(np.float32)
+    return fix_length(samples, settings.clip_samples)
+
+
 # ------------------------------------------------------------------------------------------------- spectrograms
 
 
@@ -281,6 +297,7 @@ __all__ = [
     "AudioReadError",
     "ClipInfo",
     "MelSettings",
+    "clip_waveform",
     "file_pixels",
     "file_thumbnail",
     "fix_length",

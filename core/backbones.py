@@ -37,7 +37,9 @@ from core._backbone_catalogue import (
 from core._backbone_families import (
     FAMILIES,
     ConvNeXtBackbone,
+    HFASTBackbone,
     HFEncoderBackbone,
+    HFSpeechBackbone,
     ResNetBackbone,
     TimmCNNBackbone,
     ViTBackbone,
@@ -57,6 +59,20 @@ from core.dataset import Modality
 # --------------------------------------------------------------------------------------------------- CLI
 
 
+def input_summary(spec: BackboneSpec) -> str:
+    """What one input of `spec` is, in a few words for tables and cards ("224x224", "1 s clip as raw waveform")."""
+    if spec.modality == "image":
+        return "x".join(map(str, spec.input_size[1:]))
+    if spec.modality == "text":
+        return f"{spec.max_tokens} tokens"
+    clip = f"{spec.extra['audio']['clip_seconds']:g} s clip"
+    if "feature_extractor" not in spec.extra:
+        return f"{clip} as a {'x'.join(map(str, spec.input_size[1:]))} spectrogram"
+    if len(spec.input_size) == 1:
+        return f"{clip} as its raw 16 kHz waveform ({spec.input_size[0]} samples)"
+    return f"{clip} as {spec.input_size[0]} fbank frames of {spec.input_size[1]} mel bands"
+
+
 def catalogue_rows(modality: Modality | None = None) -> list[dict[str, Any]]:
     """One plain dict per catalogue entry with its availability, for tables (page 2, the CLI)."""
     rows = []
@@ -65,10 +81,7 @@ def catalogue_rows(modality: Modality | None = None) -> list[dict[str, Any]]:
         rows.append({
             "name": spec.name, "title": spec.title, "modality": spec.modality, "source": spec.source,
             "model_id": spec.model_id, "params_millions": spec.params_millions, "gmacs": spec.gmacs,
-            "input": "x".join(map(str, spec.input_size[1:])) if spec.modality == "image"
-            else f"{spec.max_tokens} tokens" if spec.modality == "text"
-            else f"{spec.extra['audio']['clip_seconds']:g} s clip as a {'x'.join(map(str, spec.input_size[1:]))} "
-            "spectrogram",
+            "input": input_summary(spec),
             "licence": spec.licence, "commercial_use": spec.commercial_use, "pretrained_on": spec.pretrained_on,
             "available": status.available, "weights": status.source, "detail": status.detail,
         })
@@ -96,8 +109,9 @@ def main_backbones(args: argparse.Namespace) -> int:
 
 __all__ = [
     "FAMILIES", "IMAGENET_MEAN", "IMAGENET_STD", "LOAD_LOCK", "WEIGHTS_DIR_ENV", "Availability",
-    "Backbone", "BackboneSpec", "BackboneUnavailable", "Classifier", "ConvNeXtBackbone", "HFEncoderBackbone",
+    "Backbone", "BackboneSpec", "BackboneUnavailable", "Classifier", "ConvNeXtBackbone", "HFASTBackbone",
+    "HFEncoderBackbone", "HFSpeechBackbone",
     "ResNetBackbone", "TimmCNNBackbone", "ViTBackbone", "WeightsMismatch", "availability", "catalogue_rows",
-    "default_backbone", "get_spec", "list_specs", "load_backbone", "load_network", "main_backbones",
+    "default_backbone", "get_spec", "input_summary", "list_specs", "load_backbone", "load_network", "main_backbones",
     "map_lukemelas_efficientnet", "register", "unregister", "weights_dir", "weights_folder",
 ]

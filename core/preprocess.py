@@ -4,7 +4,9 @@ Images: timm's transforms built from the spec's input size, interpolation, crop 
 (`timm.data.create_transform`, the same function `resolve_model_data_config` feeds). Evaluation is resize +
 centre crop + normalise; training adds the chosen augmentation. Texts: the backbone's own tokenizer, padded
 per batch and truncated to the spec's `max_tokens`. Sound: `core.audio`'s log-mel spectrogram picture, with the
-settings the spec carries (`spec.extra["audio"]`), so a clip becomes the same [3, H, W] tensor an image does.
+settings the spec carries (`spec.extra["audio"]`), so a clip becomes the same [3, H, W] tensor an image does; for an
+audio foundation model (AST, wav2vec 2.0, HuBERT) the clip, mono at 16 kHz and cut to length, goes through the
+model's own Hugging Face feature extractor instead (fbank frames [1024, 128], or the normalised waveform).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Preprocessor:
         self._eval_transform: Any = None
         self._train_transform: Any = None
         self._tokenizer: Any = None
+        self._feature_extractor: Any = None
         self.audio_settings: audio.MelSettings | None = None
         if spec.modality == "audio":
             if augmentation != "none":
@@ -68,6 +71,13 @@ class Preprocessor:
         return self.spec.modality
 
     @property
+    def feature_extractor(self) -> Any:
+        """An audio foundation model's feature extractor, loaded on first use from the folder of its weights."""
+        if self._feature_extractor is None:
+            self._feature_extractor = _load_feature_extractor(self.spec)
+        return self._feature_extractor
+
+    @property
     def tokenizer(self) -> Any:
         """The text backbone's tokenizer, loaded on first use from the same local folder as the weights."""
         if self._tokenizer is None:
@@ -84,6 +94,8 @@ class Preprocessor:
             return " ".join(str(item).split())
         if self.audio_settings is not None:
             try:
+                if uses_feature_extractor(self.spec):
+                    return self._model_input(str(item))
                 return audio.file_pixels(str(item), self.audio_settings)
             except audio.AudioReadError as error:
                 raise ValueError(f"Cannot read the sound file {Path(item).name!r} ({item}): {error}") from error
@@ -94,6 +106,14 @@ class Preprocessor:
             raise ValueError(f"Cannot read the image {Path(item).name!r} ({item}): {error}") from error
         transform = self._train_transform if train else self._eval_transform
         return transform(rgb)
+
+    def _model_input(self, path: str) -> torch.Tensor:
+        """A clip as the foundation model's input: its feature extractor's `input_values` for the cut waveform."""
+        settings = self.audio_settings
+        pad = bool(self.spec.extra["feature_extractor"].get("pad_clips", True))
+        samples = audio.clip_waveform(path, settings, pad=pad)
+        values = self.feature_extractor(samples, sampling_rate=settings.sample_rate, return_tensors="np")
+        return torch.from_numpy(values["input_values"][0]).float()
 
     def collate(self, loaded: list[Any]) -> Any:
         """A batch of loaded examples: a stacked image tensor, or a dict of `input_ids` and `attention_mask`."""
@@ -112,6 +132,11 @@ class Preprocessor:
 def make_preprocessor(spec: BackboneSpec, augmentation: Augmentation = "none") -> Preprocessor:
     """The preprocessing that fits `spec`, with the chosen training augmentation."""
     return Preprocessor(spec, augmentation)
+
+
+def uses_feature_extractor(spec: BackboneSpec) -> bool:
+    """Whether a sound backbone hears through its own Hugging Face feature extractor, not a spectrogram picture."""
+    return spec.modality == "audio" and "feature_extractor" in spec.extra
 
 
 def audio_settings(spec: BackboneSpec) -> audio.MelSettings:
@@ -136,6 +161,9 @@ def data_config(spec: BackboneSpec) -> dict[str, Any]:
 def _cache_key(spec: BackboneSpec) -> str:
     if spec.modality == "image":
         described = repr(sorted(data_config(spec).items()))
+    elif uses_feature_extractor(spec):
+        frontend = sorted(spec.extra["feature_extractor"].items())
+        described = f"{spec.model_id}|{sorted(audio_settings(spec).to_dict().items())}|{frontend}"
     elif spec.modality == "audio":
         described = repr(sorted(audio_settings(spec).to_dict().items()))
     else:
@@ -170,3 +198,23 @@ def _load_tokenizer(spec: BackboneSpec) -> Any:
             f"The tokenizer of {spec.title} is not on this machine ({where}); it comes with the weights, see the "
             f"Backbone page for how to make {spec.name} available."
         ) from error
+
+
+def _load_feature_extractor(spec: BackboneSpec) -> Any:
+    folder = weights_folder(spec.name)
+    where = str(folder) if folder is not None else spec.model_id
+    try:
+        with LOAD_LOCK:  # transformers' first import is not thread-safe (see core.backbones.LOAD_LOCK)
+            from transformers import AutoFeatureExtractor
+
+            extractor = AutoFeatureExtractor.from_pretrained(where)
+    except OSError as error:
+        raise BackboneUnavailable(
+            f"The feature extractor of {spec.title} is not on this machine ({where}); it comes with the weights "
+            f"(preprocessor_config.json), see the Backbone page for how to make {spec.name} available."
+        ) from error
+    rate = audio_settings(spec).sample_rate
+    if int(getattr(extractor, "sampling_rate", rate)) != rate:
+        raise BackboneUnavailable(f"The feature extractor in {where} expects {extractor.sampling_rate} Hz sound, but "
+                                  f"{spec.title} is set up for {rate} Hz; is it the right model's folder?")
+    return extractor

@@ -366,7 +366,13 @@ def test_backbone_page_offers_the_audio_backbone_for_clips(tmp_path: Path) -> No
     at.run()
     assert not at.exception, at.exception
     assert at.selectbox[0].value == "efficientnet_lite0_audio" and state.backbone_name == "efficientnet_lite0_audio"
-    assert set(at.dataframe[0].value["Backbone"]) == {"EfficientNet-Lite0 on spectrograms"}
+    table = at.dataframe[0].value.set_index("Backbone")
+    assert set(table.index) == {"EfficientNet-Lite0 on spectrograms", "AST (AudioSet)", "wav2vec 2.0 base",
+                                "HuBERT base"}
+    assert table.loc["EfficientNet-Lite0 on spectrograms", "Available here"]
+    for title in ("AST (AudioSet)", "wav2vec 2.0 base", "HuBERT base"):  # hub-only: marked, unless cached here
+        assert table.loc[title, "Weights from"] in ("missing", "cache")
+        assert table.loc[title, "Available here"] == (table.loc[title, "Weights from"] == "cache")
 
 
 def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
