@@ -37,6 +37,7 @@ TOKENIZER_DIR = "tokenizer"
 AUDIO_FEATURES_FILE = "audio_features.py"  # core/audio.py, copied: predict.py makes spectrograms with the same code
 LEXICAL_MODULE_FILE = "lexical_model.py"  # core/ngrams.py, copied: predict.py mixes in the text run's TF-IDF model
 BACKBONE_CONFIG_DIR = "backbone_config"
+FEATURE_EXTRACTOR_DIR = "feature_extractor"  # an audio foundation model's own preprocessing (transformers)
 
 
 class ExportError(RuntimeError):

@@ -17,8 +17,14 @@ import torch
 from torch import nn
 
 from core import bundle_predict
-from core._export_bundle import AUDIO_FEATURES_FILE, BACKBONE_CONFIG_DIR, TOKENIZER_DIR, ExportError
-from core.preprocess import audio_settings
+from core._export_bundle import (
+    AUDIO_FEATURES_FILE,
+    BACKBONE_CONFIG_DIR,
+    FEATURE_EXTRACTOR_DIR,
+    TOKENIZER_DIR,
+    ExportError,
+)
+from core.preprocess import audio_settings, uses_feature_extractor
 
 ONNX_OPSET = 17
 
@@ -59,11 +65,21 @@ def export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], pat
     return path
 
 
-def export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, modality: str) -> Path:
+def input_names(spec: Any) -> list[str]:
+    """The exported models' input names: `pixels` (images, spectrogram pictures), `input_values` (an audio
+    foundation model's waveform or fbank frames), or `input_ids` and `attention_mask` (text)."""
+    if spec.modality == "text":
+        return ["input_ids", "attention_mask"]
+    return ["input_values"] if uses_feature_extractor(spec) else ["pixels"]
+
+
+def export_onnx(
+    module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, modality: str, names: Sequence[str] = ("pixels",)
+) -> Path:
     """Write `module` as ONNX with a dynamic batch axis (and token axis for text); output `logits`."""
     if modality in ("image", "audio"):
-        names = ["pixels"]
-        axes: dict[str, dict[int, str]] = {"pixels": {0: "batch"}, "logits": {0: "batch"}}
+        names = [names[0]]
+        axes: dict[str, dict[int, str]] = {names[0]: {0: "batch"}, "logits": {0: "batch"}}
     else:
         names = ["input_ids", "attention_mask"]
         axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
@@ -74,7 +90,7 @@ def export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path
             module,
             example,
             str(path),
-            input_names=names,
+            input_names=list(names),
             output_names=["logits"],
             dynamic_axes=axes,
             opset_version=ONNX_OPSET,
@@ -139,11 +155,15 @@ def rebuild_recipe(model: nn.Module, example: tuple[torch.Tensor, ...], bundle_d
                 if drop_pooler:
                     rebuilt.pooler = None
                 rebuilt.load_state_dict(source.state_dict(), strict=True)
-                output = rebuilt(input_ids=example[0], attention_mask=example[1])
-                candidates = {
-                    pooling: (lambda pooling=pooling: bundle_predict.pool_text(output, example[1], pooling))
-                    for pooling in ("mean", "mean+normalize", "cls", "cls+normalize", "pooler")
-                }
+                if spec.modality == "audio":  # AST, wav2vec 2.0, HuBERT: the last hidden state's mean over time
+                    output = rebuilt(example[0])
+                    candidates = {"time mean": lambda: bundle_predict.pool_audio(output)}
+                else:
+                    output = rebuilt(input_ids=example[0], attention_mask=example[1])
+                    candidates = {
+                        pooling: (lambda pooling=pooling: bundle_predict.pool_text(output, example[1], pooling))
+                        for pooling in ("mean", "mean+normalize", "cls", "cls+normalize", "pooler")
+                    }
                 recipe = {"source": "transformers", "model_id": spec.model_id, "config_dir": BACKBONE_CONFIG_DIR}
                 recipe["drop_pooler"] = drop_pooler
         except (RuntimeError, ValueError, KeyError, ImportError, OSError) as error:
@@ -199,6 +219,25 @@ def preprocessing_config(spec: Any, preprocessor: Any = None) -> dict[str, Any]:
             ],
             "cache_key": str(getattr(preprocessor, "cache_key", "")),
         }
+    if uses_feature_extractor(spec):
+        settings = audio_settings(spec)
+        pad = bool(spec.extra["feature_extractor"].get("pad_clips", True))
+        return {
+            "modality": "audio",
+            "sample_rate": settings.sample_rate,
+            "clip_seconds": settings.clip_seconds,
+            "pad_clips": pad,
+            "input_size": list(spec.input_size),
+            "features_module": AUDIO_FEATURES_FILE,
+            "feature_extractor_dir": FEATURE_EXTRACTOR_DIR,
+            "steps": [
+                f"decode, average the channels, resample to {settings.sample_rate} Hz",
+                f"cut the loudest {settings.clip_seconds:g} s"
+                + (" (or centre a shorter clip in silence)" if pad else " (a shorter clip keeps its length)"),
+                f"the model's own feature extractor (`{FEATURE_EXTRACTOR_DIR}/`, transformers' AutoFeatureExtractor)",
+            ],
+            "cache_key": str(getattr(preprocessor, "cache_key", "")),
+        }
     if spec.modality == "audio":
         settings = audio_settings(spec)
         return {
@@ -241,6 +280,15 @@ def save_tokenizer(preprocessor: Any, model: nn.Module, folder: Path) -> None:
         "The text preprocessor exposes no tokenizer (expected `preprocessor.tokenizer` with save_pretrained), "
         "so the bundle could not include it."
     )
+
+
+def save_feature_extractor(preprocessor: Any, folder: Path) -> None:
+    """Write an audio foundation model's feature extractor into the bundle, so predict.py hears as the app did."""
+    extractor = getattr(preprocessor, "feature_extractor", None)
+    if extractor is None or not hasattr(extractor, "save_pretrained"):
+        raise ExportError("The sound preprocessor exposes no feature extractor (expected `preprocessor."
+                          "feature_extractor` with save_pretrained), so the bundle could not include it.")
+    extractor.save_pretrained(str(folder))
 
 
 def trace_items(items: Sequence[str], modality: str) -> list[str]:

@@ -2,7 +2,7 @@
 """Predict with a model bundle exported by Transfer Studio: `python predict.py photo.jpg other.png`.
 
 Needs only PyTorch (and Pillow for images; numpy, scipy and soundfile for sound; or `transformers` for the
-tokenizer of a text model). The bundle
+tokenizer of a text model, or the feature extractor of an audio foundation model). The bundle
 holds the same classifier three ways; this script uses, by `--engine`:
   torchscript (default): `model.torchscript.pt`, run by torch alone (no model code needed);
   safetensors: rebuilds the architecture (timm `create_model(model_id, pretrained=False, num_classes=0)`, or
@@ -125,15 +125,29 @@ class ImagePreprocessor:
 
 
 class AudioPreprocessor:
-    """Sound files as log-mel spectrogram pictures, by the bundle's own copy of the app's code (audio_features.py)."""
+    """Sound files as log-mel spectrogram pictures, by the bundle's own copy of the app's code (audio_features.py).
+
+    An audio foundation model's bundle (AST, wav2vec 2.0, HuBERT) instead cuts the clip with that code and hands it
+    to the model's own feature extractor, saved in `feature_extractor/` (needs `transformers`).
+    """
 
     def __init__(self, config: dict, bundle_dir: Path) -> None:
         self.features = bundle_module(bundle_dir, config.get("features_module", "audio_features.py"),
                                       "transfer_studio_audio_features")
         self.settings = self.features.MelSettings.from_dict(config)
+        self.extractor = None
+        self.pad_clips = bool(config.get("pad_clips", True))
+        if config.get("feature_extractor_dir"):
+            from transformers import AutoFeatureExtractor
+
+            self.extractor = AutoFeatureExtractor.from_pretrained(str(bundle_dir / config["feature_extractor_dir"]))
 
     def load(self, path: str) -> torch.Tensor:
-        return self.features.file_pixels(str(path), self.settings)
+        if self.extractor is None:
+            return self.features.file_pixels(str(path), self.settings)
+        samples = self.features.clip_waveform(str(path), self.settings, pad=self.pad_clips)
+        values = self.extractor(samples, sampling_rate=self.settings.sample_rate, return_tensors="np")
+        return torch.from_numpy(values["input_values"][0]).float()
 
     def batch(self, items: list[str]) -> tuple[torch.Tensor, ...]:
         return (torch.stack([self.load(item) for item in items]),)
@@ -170,6 +184,12 @@ def pool_text(output: Any, attention_mask: torch.Tensor, pooling: str) -> torch.
     if pooling.endswith("+normalize"):
         pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
     return pooled
+
+
+def pool_audio(output: Any) -> torch.Tensor:
+    """An audio foundation model's output as one vector per clip: the mean over time (tokens) of its last hidden
+    state, as the app pools AST, wav2vec 2.0 and HuBERT."""
+    return output.last_hidden_state.mean(dim=1)
 
 
 class RebuiltClassifier(torch.nn.Module):
@@ -211,6 +231,8 @@ class RebuiltClassifier(torch.nn.Module):
     def features(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.source == "timm":
             return self.backbone(inputs[0])
+        if self.pooling == "time mean":  # a sound model: one input, the waveform or fbank frames
+            return pool_audio(self.backbone(inputs[0]))
         input_ids, attention_mask = inputs
         output = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         return pool_text(output, attention_mask, self.pooling)

@@ -40,6 +40,7 @@ from core._export_bundle import (
     ARCHITECTURE_FILE,
     AUDIO_FEATURES_FILE,
     BACKBONE_CONFIG_DIR,
+    FEATURE_EXTRACTOR_DIR,
     LABELS_FILE,
     LEXICAL_MODULE_FILE,
     MANIFEST_FILE,
@@ -69,8 +70,10 @@ from core._export_formats import (
     export_module,
     export_onnx,
     export_torchscript,
+    input_names,
     preprocessing_config,
     rebuild_recipe,
+    save_feature_extractor,
     save_tokenizer,
     trace_items,
 )
@@ -82,8 +85,10 @@ from core._export_parity import (
     compare_probabilities,
     reference_probabilities,
 )
+from core.backbones import get_spec
 from core.evaluation import evaluate_probabilities, recorded_estimate
 from core.model_report import model_report
+from core.preprocess import uses_feature_extractor
 from core.training import load_trained
 
 log = logging.getLogger(__name__)
@@ -198,6 +203,8 @@ def export_bundle(
         save_tokenizer(preprocessor, cpu_model, out / TOKENIZER_DIR)
     if modality == "audio":
         shutil.copyfile(audio.__file__, out / AUDIO_FEATURES_FILE)
+        if uses_feature_extractor(spec):
+            save_feature_extractor(preprocessor, out / FEATURE_EXTRACTOR_DIR)
     lexical = getattr(model, "lexical", None)
     if lexical is not None:
         lexical.save(out / ngrams.FILE)
@@ -215,7 +222,7 @@ def export_bundle(
         "num_classes": len(classes),
         "head": "Linear(num_features, num_classes) after dropout (dropout is off at inference)",
         "outputs": "logits; apply softmax for probabilities",
-        "inputs": ["input_ids", "attention_mask"] if modality == "text" else ["pixels"],
+        "inputs": input_names(spec),
         **recipe,
     }
     (out / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2), encoding="utf-8")
@@ -224,7 +231,7 @@ def export_bundle(
     say("tracing TorchScript and writing ONNX")
     try:
         export_torchscript(wrapper, example, out / TORCHSCRIPT_FILE)
-        export_onnx(wrapper, example, out / ONNX_FILE, modality)
+        export_onnx(wrapper, example, out / ONNX_FILE, modality, input_names(spec))
     except (RuntimeError, TypeError, ValueError) as error:
         raise ExportError(f"Exporting {spec.name} failed while tracing: {error}") from error
     shutil.copyfile(Path(bundle_predict.__file__), out / PREDICT_FILE)
@@ -254,14 +261,27 @@ def example_input(modality: str) -> str:
     return {"image": "photo.jpg", "audio": "clip.wav"}.get(modality, '"a text to classify"')
 
 
-def run_requirements(modality: str) -> str:
-    """The packages `predict.py` needs besides torch, for a bundle of this kind of data."""
-    return {"image": "pillow", "audio": "numpy scipy soundfile"}.get(modality, "transformers")
+def run_requirements(modality: str, backbone: str | None = None) -> str:
+    """The packages `predict.py` needs besides torch, for a bundle of this kind of data (and this backbone: an
+    audio foundation model's bundle also needs transformers, for its feature extractor)."""
+    needs = {"image": "pillow", "audio": "numpy scipy soundfile"}.get(modality, "transformers")
+    if modality == "audio" and backbone is not None and _hears_through_extractor(backbone):
+        needs += " transformers"
+    return needs
+
+
+def _hears_through_extractor(backbone: str) -> bool:
+    try:
+        return uses_feature_extractor(get_spec(backbone))
+    except KeyError:  # a backbone this installation does not know (a test's): the spectrogram kind
+        return False
 
 
 def _readme(spec: Any, classes: list[str], parity: ParityReport) -> str:
-    example, needs = example_input(spec.modality), run_requirements(spec.modality)
-    inputs = "`input_ids`, `attention_mask` [B, T]" if spec.modality == "text" else "`pixels` [B, 3, H, W]"
+    example = example_input(spec.modality)
+    needs = run_requirements(spec.modality) + (" transformers" if uses_feature_extractor(spec) else "")
+    inputs = {"pixels": "`pixels` [B, 3, H, W]", "input_values": "`input_values` (the feature extractor's output)"}.get(
+        input_names(spec)[0], "`input_ids`, `attention_mask` [B, T]")
     return f"""# {spec.title} classifier — Transfer Studio bundle
 
 Classes: {", ".join(classes)}
@@ -278,7 +298,8 @@ onnxruntime. All engines output logits; predict.py applies softmax.
 - `model.safetensors`: weights; keys `backbone.*` (the library model's own keys) and `head.weight`, `head.bias`.
 - `model.torchscript.pt`, `model.onnx`: the same classifier (input {inputs}, output `logits` [B, {len(classes)}]).
 - `labels.json`, `preprocessing.json`, `architecture.json`, `tokenizer/` (text), `audio_features.py` (sound: the
-  spectrogram code the model was trained with): what predict.py needs.
+  spectrogram or clip-cutting code the model was trained with), `feature_extractor/` (an audio foundation model's
+  own preprocessing): what predict.py needs.
 - `run.json` (training config and metrics), `MODEL_REPORT.md`, `parity.json`.
 - `manifest.json`: SHA-256 of every file; predict.py refuses a bundle whose files changed.
 
@@ -382,6 +403,7 @@ __all__ = [
     "ARCHITECTURE_FILE",
     "AUDIO_FEATURES_FILE",
     "BACKBONE_CONFIG_DIR",
+    "FEATURE_EXTRACTOR_DIR",
     "DEFAULT_PARITY_EXAMPLES",
     "LABELS_FILE",
     "LEXICAL_MODULE_FILE",
