@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import jobs, recommend
-from core.backbones import availability, catalogue_rows, default_backbone, get_spec
+from core.backbones import availability, catalogue_rows, default_backbone, get_spec, input_summary
 from pages._ui import require
 
 st.title("2 · Backbone")
@@ -130,8 +130,7 @@ with st.container(border=True):
     if spec.modality == "text":
         right.metric("Input", f"up to {spec.max_tokens} tokens")
     elif spec.modality == "audio":
-        right.metric("Input", f"{spec.extra['audio']['clip_seconds']:g} s clip",
-                     help="Each clip becomes a " + "x".join(map(str, spec.input_size[1:])) + " spectrogram picture.")
+        right.metric("Input", f"{spec.extra['audio']['clip_seconds']:g} s clip", help=f"Each {input_summary(spec)}.")
     else:
         right.metric("Input", "x".join(map(str, spec.input_size[1:])) + " px")
     st.markdown(f"**Trained on:** {spec.pretrained_on}.  \n**Compute:** {compute}.  \n**Licence:** {spec.licence}.")
