@@ -57,6 +57,10 @@ def supported(spec: BackboneSpec) -> tuple[bool, str]:
         return False, (f"{spec.title} is a vision transformer: plain Grad-CAM on its patch tokens is known to "
                        "mislead (it highlights regions that do not change the answer), so no heat map is offered. "
                        "A CNN backbone (EfficientNet, ResNet, ConvNeXt) can be explained.")
+    if spec.family in ("hf_ast", "hf_speech"):
+        return False, (f"{spec.title} is an audio transformer that hears through its own feature extractor: there is "
+                       "no spectrogram picture and no convolutional feature map to draw a heat map over. "
+                       "EfficientNet-Lite0 on spectrograms can be explained.")
     if spec.modality == "text":
         if spec.family != "hf_encoder":
             return False, f"{spec.title}: word attributions are built for Hugging Face encoders only."

@@ -105,6 +105,15 @@ def test_a_folder_without_the_feature_extractor_is_not_offered(weights_dir: Path
     assert availability("wav2vec2_base").source == "folder"
 
 
+def test_no_heat_map_is_offered_for_the_audio_transformers_and_the_reason_says_why() -> None:
+    from core import explain
+
+    for name in HUB_AUDIO:
+        ok, reason = explain.supported(get_spec(name))
+        assert not ok and "feature extractor" in reason and "heat map" in reason, name
+    assert explain.supported(get_spec("efficientnet_lite0_audio"))[0]
+
+
 # ----------------------------------------------------------------------------------- loading, groups, freezing
 
 
@@ -225,3 +234,31 @@ def test_trains_predicts_and_exports_a_bundle_that_hears_as_the_app_does(
     scripted = BundlePredictor(bundle, engine="torchscript")([result["clip"]])
     torch.testing.assert_close(rebuilt, scripted, atol=1e-4, rtol=1e-4)
     assert app_side[2]["modality"] == "audio"
+
+
+def test_the_backbone_page_marks_hub_models_missing_and_offers_one_once_its_folder_is_here(
+    weights_dir: Path, tmp_path: Path
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from core.session import StudioState
+
+    if availability("wav2vec2_base").source == "cache" or availability("ast_audioset").source == "cache":
+        pytest.skip("a hub audio model is in this machine's Hugging Face cache")
+    save_tiny("wav2vec2_base", weights_dir)
+    state = StudioState(dataset=tones_dataset(tmp_path / "tones", per_class=3))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.session_state["studio"] = state
+    at.switch_page("pages/2_backbone.py")
+    at.run()
+    table = at.dataframe[0].value.set_index("Backbone")
+    assert table.loc["wav2vec 2.0 base", ["Weights from", "Available here"]].tolist() == ["folder", True]
+    assert table.loc["AST (AudioSet)", ["Weights from", "Available here"]].tolist() == ["missing", False]
+    at.selectbox[0].set_value("ast_audioset").run()
+    assert not at.exception, at.exception
+    assert any("$TRANSFER_STUDIO_WEIGHTS_DIR/ast_audioset/" in error.value for error in at.error)
+    assert state.backbone_name == "efficientnet_lite0_audio", "a missing backbone cannot be chosen"
+    at.selectbox[0].set_value("wav2vec2_base").run()
+    assert not at.exception, at.exception
+    assert state.backbone_name == "wav2vec2_base"
+    assert any(metric.label == "Input" and metric.value == "1 s clip" for metric in at.metric)
