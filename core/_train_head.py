@@ -193,9 +193,7 @@ class _SmallDataHead:
                 val_accuracy=point.accuracy, lr=0.0, l2=point.l2, toward_names=point.toward_names,
                 seconds=0.0, best_epoch=chosen, is_best=index == chosen, total_epochs=len(fitted.grid),
             )
-            record = ended.to_dict()
-            self.history.append(record)
-            self.store.log_epoch(self.run_id, index, record)
+            self.record_epoch(ended, checkpoint=False)
             self.events.emit("on_epoch_end", ended)
         self.flush_steps(force=True)
         cross_validated = self.protocol.name == "cross-validation"

@@ -17,7 +17,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
@@ -35,6 +34,7 @@ from core._train_device import (
     uses_channels_last,
 )
 from core._train_head import _SmallDataHead
+from core._train_optim import _class_weights, _lr_factor, _param_groups
 from core._train_record import _cpu_state, _module_prefixes, _RunRecording, _set_rng_state
 from core.backbones import Backbone, Classifier
 from core.contracts import EpochEnd, StepEnd, TrainBegin, TrainEnd, TrainingStopped
@@ -60,33 +60,6 @@ class _Events:
             method = getattr(callback, name, None)
             if callable(method):
                 method(payload)
-
-
-def _class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def _lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warm-up from ~0 to 1 over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _param_groups(model: Classifier, config: TrainConfig) -> list[dict[str, Any]]:
-    """Head at `lr`, unfrozen backbone at `lr * backbone_lr_factor`; no weight decay on biases and norms."""
-    groups = []
-    for part, factor in ((model.head, 1.0), (model.backbone, config.backbone_lr_factor)):
-        decay = [p for p in part.parameters() if p.requires_grad and p.dim() > 1]
-        no_decay = [p for p in part.parameters() if p.requires_grad and p.dim() <= 1]
-        lr = config.lr * factor
-        for params, weight_decay in ((decay, config.weight_decay), (no_decay, 0.0)):
-            if params and lr > 0:
-                groups.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay})
-    return groups
 
 
 class _Trainer(_RunRecording, _SmallDataHead):
@@ -455,10 +428,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
                 note=self.refit_note if self.phase == "refit" else None,
             )
             self.events.emit("on_step_end", step)
-            self.pending_steps.append(
-                (self.global_step, epoch, {"loss": step.loss, "train_accuracy": step.train_accuracy, "lr": step.lr})
-            )
-            self.flush_steps()
+            self.record_step(step)
             self.check_stop()
         if self.distributed is not None:  # the epoch's numbers over every rank's shares (step metrics are rank 0's)
             total_loss, correct, count = self.distributed.sum([total_loss, correct, count])
@@ -515,12 +485,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
                 seconds=metrics["train_seconds"], best_epoch=self.best_epoch, is_best=is_best,
                 total_epochs=self.config.epochs,
             )
-            record = ended.to_dict()
-            self.history.append(record)
-            self.flush_steps(force=True)
-            self.store.log_epoch(self.run_id, epoch, record)
-            self.save_checkpoint(epoch)
-            self.write_run_json()
+            self.record_epoch(ended, checkpoint=True)
             self.events.emit("on_epoch_end", ended)
             log.info(
                 "epoch %d/%d train_loss %.4f val_loss %s val_accuracy %s",

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core import ngrams
-from core.contracts import TrainEnd
+from core.contracts import EpochEnd, StepEnd, TrainEnd
 from core.paths import is_runs_folder
 
 log = logging.getLogger("core.training")  # the public module's name: what callers silence or watch
@@ -109,6 +109,24 @@ class _RunRecording:
 
     A mixin: it reads the trainer's state (model, optimizer, history, counters) and writes it out.
     """
+
+    def record_step(self, step: StepEnd) -> None:
+        """A step of the loop into the run store (its loss, accuracy and rate), written every few seconds."""
+        self.pending_steps.append(
+            (step.global_step, step.epoch, {"loss": step.loss, "train_accuracy": step.train_accuracy, "lr": step.lr})
+        )
+        self.flush_steps()
+
+    def record_epoch(self, ended: EpochEnd, checkpoint: bool) -> None:
+        """An epoch into the history and the run store, after the steps before it; with `checkpoint` (the gradient
+        loop, which can resume) also its checkpoint and run.json."""
+        record = ended.to_dict()
+        self.history.append(record)
+        self.flush_steps(force=True)
+        self.store.log_epoch(self.run_id, ended.epoch, record)
+        if checkpoint:
+            self.save_checkpoint(ended.epoch)
+            self.write_run_json()
 
     def flush_steps(self, force: bool = False) -> None:
         if self.pending_steps and (force or time.monotonic() - self.last_flush > STEP_FLUSH_SECONDS):

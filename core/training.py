@@ -13,16 +13,17 @@ It is fast where the freezing allows it (see `core.features`):
 - otherwise (`cache_mode="none"`) each batch runs the whole network, in channels-last memory format with bfloat16
   autocast where the CPU supports it (mixed precision on CUDA).
 
-The loop knows nothing of charts: it reports to callback objects (`on_train_begin`, `on_step_end`,
-`on_epoch_end`, `on_train_end`, all optional) and honours a `threading.Event` stop flag within one batch. Every
-run is recorded in the run store (`core.store`) as it goes and in its run folder (`model.safetensors`,
-`run.json`).
+The loop knows nothing of charts: it reports typed events (`core.contracts`) to callback objects
+(`on_train_begin`, `on_step_end`, `on_epoch_end`, `on_train_end`, all optional) and honours a `threading.Event`
+stop flag within one batch. Every run is recorded in the run store (`core.store`) as it goes and in its run folder
+(`model.safetensors`, `run.json`).
 
 This module is the engine's public face; its parts live in private modules, lowest first: `core.contracts` (the
 typed events), `core._train_config` (the settings and the plan they imply), `core._train_device` (precision,
-loaders), `core._train_cache` (the frozen states), `core._train_record` (store, run.json, checkpoints),
-`core._train_head` (small data: the logistic head and the estimate), `core._train_loop` (the trainer and `fit`)
-and `core._train_cli` (`python -m core train`). Every name below is importable from here as before.
+loaders), `core._train_cache` (the frozen states), `core._train_optim` (parameter groups, the learning-rate
+schedule), `core._train_record` (store, run.json, checkpoints), `core._train_head` (small data: the logistic head
+and the estimate), `core._train_loop` (the trainer and `fit`) and `core._train_cli` (`python -m core train`).
+Every name below is importable from here as before.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ from core._train_device import (
     uses_channels_last,
 )
 from core._train_head import ENCODE_BATCH, _tuning_plan, sentence_tuning_plan
-from core._train_loop import _class_weights, _Events, _lr_factor, _param_groups, _Trainer, fit
+from core._train_loop import _Events, _Trainer, fit
+from core._train_optim import _class_weights, _lr_factor, _param_groups
 from core._train_record import CHECKPOINT_DIR, STEP_FLUSH_SECONDS
 from core.backbones import Backbone, Classifier
 from core.contracts import EpochEnd, StepEnd, TrainBegin, TrainCallback, TrainEnd, TrainingStopped
