@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import random
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+
+#: At most this many loader processes decode images or clips on a GPU machine (`loader_workers`).
+MAX_LOADER_WORKERS = 8
 
 
 def cpu_supports_bf16() -> bool:
@@ -56,6 +64,39 @@ class _Examples(torch.utils.data.Dataset):
         return self.preprocessor.load(self.items[index], self.train), self.labels[index]
 
 
+def loader_workers(preprocessor: Any) -> int:
+    """How many processes decode examples for a loader: 0 (in the training process) unless a CUDA GPU is here.
+
+    Decoding and resizing images or clips is CPU work. On a GPU machine it, not the GPU, sets the pace of a feature
+    pass or of fine-tuning: on an H200 with 16 cores (2026-12-04) the frozen network's feature pass ran at 55-80
+    images/s, decoding in the training process, against 1,700 examples/s for training on the cached activations.
+    There the images or clips are decoded by up to `MAX_LOADER_WORKERS` forked processes (Linux; one core is left
+    to the training process). Texts are tokenised in the batch and stay in the process; a CPU-only machine keeps
+    its cores for the model. `TRANSFER_STUDIO_LOADER_WORKERS` sets the number (0 turns it off).
+    """
+    setting = os.environ.get("TRANSFER_STUDIO_LOADER_WORKERS", "").strip()
+    if setting:
+        try:
+            return max(0, int(setting))
+        except ValueError:
+            log.warning("TRANSFER_STUDIO_LOADER_WORKERS=%r is not a whole number; decoding in the process", setting)
+            return 0
+    if getattr(preprocessor, "modality", "text") not in ("image", "audio"):
+        return 0
+    if not torch.cuda.is_available() or not sys.platform.startswith("linux"):
+        return 0
+    return max(0, min(MAX_LOADER_WORKERS, (os.cpu_count() or 1) - 1))
+
+
+def _worker_options(preprocessor: Any) -> dict[str, Any]:
+    """DataLoader arguments for `loader_workers` processes: forked (the collate function is a closure), pinned
+    memory for the copy to the GPU."""
+    workers = loader_workers(preprocessor)
+    if workers == 0:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "multiprocessing_context": "fork", "pin_memory": torch.cuda.is_available()}
+
+
 def _loader(
     items: Sequence[str], labels: Sequence[int], preprocessor: Any, train: bool, batch_size: int,
     generator: torch.Generator | None = None, shuffle: bool = False, batches: Sequence[Sequence[int]] | None = None,
@@ -71,15 +112,16 @@ def _loader(
 
     if batches is not None:
         return torch.utils.data.DataLoader(
-            _Examples(items, labels, preprocessor, train), batch_sampler=batches, num_workers=0, collate_fn=collate
+            _Examples(items, labels, preprocessor, train), batch_sampler=batches, collate_fn=collate,
+            **_worker_options(preprocessor),
         )
     return torch.utils.data.DataLoader(
         _Examples(items, labels, preprocessor, train),
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator if generator is not None else torch.Generator().manual_seed(0),
-        num_workers=0,
         collate_fn=collate,
+        **_worker_options(preprocessor),
     )
 
 
