@@ -81,7 +81,7 @@ def _show_result(result: export.ExportResult, run_id: str) -> None:
             _download(f"Download {_ARTEFACT_TITLES.get(artefact, artefact)}", path, key=f"export-{artefact}-{run_id}")
 
 
-def _how_to_run(result: export.ExportResult | None, run_id: str, modality: str) -> None:
+def _how_to_run(result: export.ExportResult | None, run_id: str, modality: str, backbone: str | None) -> None:
     """The commands that run the downloaded bundle on the user's own computer.
 
     The run folder lives on the server, so a command naming it is of no use in the user's terminal; the bundle
@@ -89,7 +89,7 @@ def _how_to_run(result: export.ExportResult | None, run_id: str, modality: str) 
     """
     zip_name = result.zip_path.name if result is not None and result.zip_path is not None else f"{run_id}.zip"
     folder = result.bundle_dir.name if result is not None else run_id
-    example, packages = export.example_input(modality), f"torch {export.run_requirements(modality)}"
+    example, packages = export.example_input(modality), f"torch {export.run_requirements(modality, backbone)}"
     st.markdown(f"**On your own computer**: build the bundle, download `{zip_name}`, then")
     st.code(f"unzip {zip_name}\npip install {packages}\npython {folder}/predict.py --top-k 3 {example}",
             language="bash")  # fmt: skip
@@ -139,7 +139,8 @@ def render_export_section(state: StudioState) -> None:
     result = scratch.get(state.run_dir)
     if result is not None:
         _show_result(result, run_id)
-    _how_to_run(result, run_id, str(run_info.get("modality") or state.dataset.modality))
+    _how_to_run(result, run_id, str(run_info.get("modality") or state.dataset.modality),
+                run_info.get("backbone") or state.backbone_name)
 
     report = (
         result.report

@@ -375,8 +375,12 @@ def test_backbone_page_offers_the_audio_backbone_for_clips(tmp_path: Path) -> No
         assert table.loc[title, "Available here"] == (table.loc[title, "Weights from"] == "cache")
 
 
+@pytest.mark.parametrize(("backbone", "packages"), [
+    (None, "numpy scipy soundfile"),
+    ("wav2vec2_base", "numpy scipy soundfile transformers"),  # a foundation model's bundle needs its feature extractor
+])
 def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backbone: str | None, packages: str
 ) -> None:
     from streamlit.testing.v1 import AppTest
 
@@ -386,7 +390,7 @@ def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
     dataset = tones_dataset(tmp_path / "tones", per_class=6)
     model, preprocessor = train_tiny_audio(dataset, steps=30)
     info = {"run_id": "audio-run", "classes": dataset.classes, "modality": "audio",
-            "dataset_fingerprint": dataset.fingerprint}
+            "dataset_fingerprint": dataset.fingerprint, "backbone": backbone}
     monkeypatch.setattr(evaluation, "load_model", lambda path: (model, preprocessor, info))
     state = StudioState(dataset=dataset, backbone_name="tiny_audio", frozen_groups=0, run_dir=str(tmp_path))
     at = AppTest.from_file(str(Path(APP).parent / "pages" / "5_evaluate.py"), default_timeout=60)
@@ -395,7 +399,7 @@ def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
     assert not at.exception, at.exception
     assert at.get("audio"), "the gallery plays the clips of the chosen cell"
     [command] = [block.value for block in at.code if "predict.py" in block.value]
-    assert command.splitlines()[1:] == ["pip install torch numpy scipy soundfile",
+    assert command.splitlines()[1:] == [f"pip install torch {packages}",
                                         "python audio-run/predict.py --top-k 3 clip.wav"], "the export says sound"
 
     clip = wav_bytes(tone(3520.0, seed=50))
