@@ -22,7 +22,19 @@ from core.backbones import Backbone
 from core.contracts import StepEnd
 from core.dataset import Dataset
 from core.devices import pick as pick_device
-from core.preprocess import make_preprocessor
+from core.preprocess import make_preprocessor, uses_feature_extractor
+
+#: Examples per batch of the feature pass. An audio foundation model sees a long sequence per clip (AST: about 1,200
+#: patch tokens, whatever the clip's length), so its batches stay small: at 128 clips one attention layer's scores
+#: alone would be about 9 GB in fp32.
+CACHE_BATCH = {"image": 64, "foundation audio": 8, "other": 128}
+
+
+def cache_batch_size(spec: Any) -> int:
+    """How many examples one batch of the feature pass holds for this backbone (`CACHE_BATCH`)."""
+    if spec.modality == "image":
+        return CACHE_BATCH["image"]
+    return CACHE_BATCH["foundation audio" if uses_feature_extractor(spec) else "other"]
 
 
 def cached_states(
@@ -72,7 +84,7 @@ def cached_states(
         if distributed is not None:  # each rank counts its own shares
             stop_requested = None
             total_examples = sum(len(distributed.eval_share(len(items))) for items, _ in splits.values())
-        batch_size = 64 if backbone.spec.modality == "image" else 128
+        batch_size = cache_batch_size(backbone.spec)
         autocast = autocast_factory(device, precision)
         done = 0
         result: dict[str, feature_cache.CachedStates] = {}

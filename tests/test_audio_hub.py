@@ -262,3 +262,14 @@ def test_the_backbone_page_marks_hub_models_missing_and_offers_one_once_its_fold
     assert not at.exception, at.exception
     assert state.backbone_name == "wav2vec2_base"
     assert any(metric.label == "Input" and metric.value == "1 s clip" for metric in at.metric)
+
+
+def test_the_feature_pass_of_an_audio_foundation_model_takes_small_batches() -> None:
+    from core._train_cache import CACHE_BATCH, cache_batch_size
+
+    assert cache_batch_size(get_spec("ast_audioset")) == cache_batch_size(get_spec("wav2vec2_base")) == 8
+    assert CACHE_BATCH["foundation audio"] < CACHE_BATCH["other"]
+    # the others keep their batches: spectrogram pictures and texts 128, images 64
+    assert cache_batch_size(get_spec("efficientnet_lite0_audio")) == 128
+    assert cache_batch_size(get_spec("all_minilm_l6_v2")) == 128
+    assert cache_batch_size(get_spec("efficientnet_lite0")) == 64
