@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import streamlit as st
 
@@ -10,11 +11,20 @@ from core import jobs, workspaces
 from core.paths import is_workspace_name, workspace_dir
 from core.session import StudioState, open_workspace
 from core.store import RunStore
-from pages._ui import PAGES, WORKSPACE_PARAM, draw_progress, draw_workspace, get_state, url_path
+from pages._ui import (
+    PAGES,
+    WORKSPACE_PARAM,
+    draw_progress,
+    draw_workspace,
+    get_state,
+    logged_page_run,
+    url_path,
+)
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 st.set_page_config(page_title="Transfer Studio", page_icon="🧪", layout="wide")
+run_started = time.perf_counter()  # the server's own time for this run, logged only when asked (`logged_page_run`)
 
 
 @st.cache_resource(show_spinner=False)
@@ -57,5 +67,6 @@ draw_workspace(state, shared=shared_workspace is not None)
 # that what the page just changed (a data set loaded, a freezing chosen) shows without waiting a rerun.
 progress_slot = st.sidebar.empty()
 draw_progress(progress_slot, state)
-navigation.run()
-draw_progress(progress_slot, state)
+with logged_page_run(navigation.title, run_started):
+    navigation.run()
+    draw_progress(progress_slot, state)

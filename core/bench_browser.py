@@ -21,6 +21,7 @@ by the app.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import statistics
 import tempfile
@@ -138,7 +139,9 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
     with ExitStack() as stack:
         folder = Path(home) if home is not None else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="transfer-studio-browser-class-")))
-        url, server = stack.enter_context(studio_server(folder, folder / "server.log"))
+        page_runs = folder / "page_runs.jsonl"  # the server's own time per page run (app.py logs it when asked)
+        url, server = stack.enter_context(studio_server(folder, folder / "server.log",
+                                                        TRANSFER_STUDIO_RUN_LOG=str(page_runs)))
         playwright = stack.enter_context(sync_playwright())
         browser = playwright.chromium.launch(executable_path=str(chromium_executable()), args=CHROMIUM_ARGS)
         stack.callback(browser.close)
@@ -146,6 +149,7 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
         memory = stack.enter_context(bench_classroom.MemorySampler(pid=server.pid))
         class_started = time.perf_counter()
         people = [_Student(index, new_tab(browser, url)) for index in range(students)]
+        busy_from: float | None = None  # wall clock of the first Train press: from then on, runs train
         for what, action in STEPS:  # round-robin: everyone's first step, then everyone's second, ...
             for person in people:
                 if person.failed:
@@ -158,6 +162,7 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
                     continue
                 if what == "Train":
                     person.pressed_at = time.perf_counter()
+                    busy_from = busy_from or time.time()
                     said = main(person.page).get_by_text(CLICK_SAID)
                     match = CLICK_SAID.search(said.inner_text() if said.count() else "")
                     person.run_id = match.group(3).strip("`") if match else ""
@@ -178,11 +183,15 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
                         waiting.remove(person)
             time.sleep(0.2)  # between sweeps over the class; the pages poll the server on their own
         until_all = time.perf_counter() - class_started
+        busy_until = time.time()
         texts = {person.name: person.page.get_by_test_id("stApp").inner_text() for person in people}
         for person in people:
             wait_idle(person.page)
         chromium = bench_classroom.MemorySampler(pid=browser_pid(browser))
         chromium.sample()
+        server_runs = _page_runs(page_runs)
+    busy_runs = [run["seconds"] for run in server_runs
+                 if busy_from is not None and busy_from <= run["at"] <= busy_until]
     run_ids = {person.name: person.run_id for person in people}
     seen_others = {name: [rid for other, rid in run_ids.items() if other != name and rid and rid in text]
                    for name, text in texts.items()}
@@ -211,12 +220,25 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
         "busy_click_to_idle_max": max(busy_clicks, default=None),
         "by_step": {what: {"n": len(values), "p50": statistics.median(values), "p95": _percentile(values, 0.95)}
                     for what, values in by_step.items()},
+        "server_page_runs": len(server_runs),
+        "server_page_run_p50": _percentile([run["seconds"] for run in server_runs], 0.5),
+        "server_page_run_p95": _percentile([run["seconds"] for run in server_runs], 0.95),
+        "server_busy_page_runs": len(busy_runs),
+        "server_busy_page_run_p95": _percentile(busy_runs, 0.95),
+        "server_busy_page_run_max": max(busy_runs, default=None),
         "peak_memory_mib": memory.mib(),
         "chromium_memory_mib": chromium.mib()["total"],
         "own_runs_only": not any(seen_others.values()),
         "seen_others": {name: ids for name, ids in seen_others.items() if ids},
         "bench_seconds": time.perf_counter() - started,
     }
+
+
+def _page_runs(path: Path) -> list[dict[str, Any]]:
+    """The server's log of its page runs (`pages._ui.logged_page_run`): page, seconds, end time, session."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _lower_priority(pid: int) -> None:
@@ -261,6 +283,10 @@ def markdown(results: dict[str, Any], machine: dict[str, Any] | None = None) -> 
         f"| Click to idle while others train (n = {results['busy_clicks']}), p50 / p95 / max | "
         f"{seconds(results['busy_click_to_idle_p50'])} / {seconds(results['busy_click_to_idle_p95'])} / "
         f"{seconds(results['busy_click_to_idle_max'])} |",
+        f"| The server's own time per page run while others train (n = {results['server_busy_page_runs']}), p95 / "
+        f"max | {seconds(results['server_busy_page_run_p95'])} / {seconds(results['server_busy_page_run_max'])} |",
+        f"| The server's own time per page run, all (n = {results['server_page_runs']}), p50 / p95 | "
+        f"{seconds(results['server_page_run_p50'])} / {seconds(results['server_page_run_p95'])} |",
         f"| Peak memory: server + workers | {memory['total']:.0f} MiB (server {memory['server']:.0f}, one worker "
         f"up to {memory['one_worker']:.0f}) |",
         f"| Chromium with {results['students']} tabs (end of run) | {results['chromium_memory_mib']:.0f} MiB |",

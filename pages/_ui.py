@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core import workspaces
 from core.session import StudioState, open_workspace
@@ -10,6 +17,11 @@ from core.session import StudioState, open_workspace
 #: The URL query parameter that names the session's workspace, so a refresh (or the link, on another computer)
 #: opens it again.
 WORKSPACE_PARAM = "workspace"
+
+#: With this set to a file, the server appends one JSON line per full page run (page, start, seconds, session): the
+#: browser classroom benchmark (`core.bench_browser`) reads it to tell the server's time per click from the
+#: browsers'. Unset (the default), nothing is written.
+RUN_LOG_ENV = "TRANSFER_STUDIO_RUN_LOG"
 
 PAGES = [
     ("pages/1_data.py", "1 · Data", "📁"),
@@ -118,3 +130,19 @@ def _enter(name: str, existed: bool | None) -> None:
                                              "someone else's, check the code.")
     st.query_params[WORKSPACE_PARAM] = name
     st.rerun()
+
+
+@contextlib.contextmanager
+def logged_page_run(page: str, started: float) -> Iterator[None]:
+    """Time one full run of the app from `started` (`time.perf_counter()` at the top of `app.py`) to the end of the
+    page, and append it to the `RUN_LOG_ENV` file when that is set. Runs cut short (a rerun, a stop) count too."""
+    try:
+        yield
+    finally:
+        path = os.environ.get(RUN_LOG_ENV)
+        if path:
+            context = get_script_run_ctx()
+            record = {"page": page, "seconds": round(time.perf_counter() - started, 4), "at": round(time.time(), 3),
+                      "session": context.session_id if context is not None else ""}
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")

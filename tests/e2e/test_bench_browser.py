@@ -21,6 +21,12 @@ def test_two_students_click_through_in_browsers_and_each_sees_only_their_own_run
     assert results["busy_clicks"] >= 1  # the second student clicked while the first one's run trained
     assert 0 < results["click_to_idle_p50"] <= results["click_to_idle_p95"]
     assert results["click_to_model_p50"] > 0 and results["peak_memory_mib"]["one_worker"] > 0
+    # the server's own time per page run, from its log: every click's page run is there, and some ran while
+    # the other student's run trained
+    assert results["server_page_runs"] >= 2 * len(bench_browser.STEPS)
+    assert results["server_busy_page_runs"] >= 1
+    assert 0 < results["server_page_run_p50"] <= results["server_page_run_p95"]
     table = bench_browser.markdown(results)
+    assert "| The server's own time per page run, all (n = " in table
     assert "| Runs finished | 2 of 2; failures: 0 |" in table
     assert "| Each browser names only its own runs | yes |" in table
