@@ -25,8 +25,8 @@ from core._train_config import TrainConfig, _cache_plan, uses_logistic_head
 from core.contracts import EpochEnd, StepEnd, TrainingStopped
 from core.dataset import Dataset
 from core.devices import to_device
-from core.evaluation import fit_tfidf
 from core.preprocess import make_preprocessor
+from core.tfidf import fit_tfidf
 
 log = logging.getLogger("core.training")  # the public module's name: what callers silence or watch
 

@@ -45,6 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import devices
+
 log = logging.getLogger(__name__)
 
 
@@ -118,9 +120,7 @@ def launch_command(
     if accelerate_config is not None:
         command += ["--config_file", str(accelerate_config)]
     else:
-        from core.training import available_threads
-
-        threads = max(1, available_threads() // max(processes or 1, 1))
+        threads = max(1, devices.available_threads() // max(processes or 1, 1))
         command += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                     "--main_process_port", str(free_port()), "--num_cpu_threads_per_process", str(threads)]
     if processes is not None:

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from core import devices, smalldata, stats
+from core import devices, stats
 from core._export_bundle import load_bundle  # the bundle reader sits below core.export, which builds on this module
 from core._prediction_inputs import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # `name as name`: re-exported for the pages
 from core._prediction_inputs import PredictionInputError, file_inputs, texts_from_inputs
@@ -39,6 +39,8 @@ from core._prediction_inputs import check_audio_files as check_audio_files
 from core._prediction_inputs import check_image_files as check_image_files
 from core._prediction_inputs import read_texts as read_texts
 from core.dataset import Dataset
+from core.tfidf import TFIDF_RECIPES as TFIDF_RECIPES
+from core.tfidf import fit_tfidf as fit_tfidf
 
 log = logging.getLogger(__name__)
 
@@ -445,48 +447,6 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as error:
         log.warning("Could not read %s: %s", record, error)
         return {}
-
-
-# ------------------------------------------------------------------------------------------------- TF-IDF model
-
-
-#: The TF-IDF recipes the baseline chooses between (by inner cross-validation): words and word pairs suit longer
-#: texts; character n-grams within words suit short, noisy ones (tweets, product codes, misspellings). On the
-#: benchmark's tweets at 64 per class the character model scored 0.796 against 0.751 for words (5 draws).
-TFIDF_RECIPES = {
-    "word and bigram": {"analyzer": "word", "ngram_range": (1, 2)},
-    "character 2-5-gram": {"analyzer": "char_wb", "ngram_range": (2, 5)},
-}
-_TFIDF_STRENGTHS = (0.3, 3.0, 30.0)
-
-
-def fit_tfidf(texts: Sequence[str], targets: np.ndarray, seed: int) -> tuple[Any, str]:
-    """The TF-IDF recipe and strength an inner cross-validation on these texts prefers (log-loss), refitted on all.
-
-    With too few examples per class for inner folds the word recipe at a moderate strength is used as it is.
-    """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import Pipeline
-
-    pipeline = Pipeline([
-        ("tfidf", TfidfVectorizer(sublinear_tf=True, min_df=1)),
-        ("logistic", LogisticRegression(C=3.0, max_iter=2000, random_state=seed)),
-    ])
-    smallest = int(np.bincount(targets)[np.unique(targets)].min())
-    if smallest < 2:
-        pipeline.set_params(tfidf__ngram_range=(1, 2)).fit(list(texts), targets)
-        return pipeline, "word and bigram, C=3"
-    grid = [{f"tfidf__{key}": [value] for key, value in recipe.items()} | {"logistic__C": list(_TFIDF_STRENGTHS)}
-            for recipe in TFIDF_RECIPES.values()]
-    search = GridSearchCV(pipeline, grid, scoring="neg_log_loss", error_score="raise",
-                          cv=StratifiedKFold(min(3, smallest), shuffle=True, random_state=seed))
-    with smalldata.one_thread(len(targets)):
-        search.fit(list(texts), targets)
-    chosen = search.best_params_
-    recipe = next(name for name, value in TFIDF_RECIPES.items() if value["analyzer"] == chosen["tfidf__analyzer"])
-    return search.best_estimator_, f"{recipe}, C={chosen['logistic__C']:g}"
 
 
 # --------------------------------------------------------------------------------------------------- command line

@@ -8,7 +8,7 @@ choose it (1,000 held out each) the equal vote beat a 70/30 mix by 0.3-0.6 point
 class. The share is fixed beforehand, not tuned on the run's examples, so the cross-validated estimate of the mix
 stays honest.
 
-The model is fitted with scikit-learn (`core.evaluation.fit_tfidf` chooses words or characters by inner
+The model is fitted with scikit-learn (`core.tfidf.fit_tfidf` chooses words or characters by inner
 cross-validation) and then kept in our own plain form: the vocabulary, IDF weights and the logistic regression's
 weights, saved as safetensors. Predicting needs only numpy and this file, which is why an exported bundle ships a
 copy of it (`ngrams.py`) beside `predict.py`: the same code predicts in the app, the CLI and the bundle.

@@ -29,7 +29,6 @@ Every name below is importable from here as before.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +74,7 @@ from core._train_optim import _class_weights, _lr_factor, _param_groups
 from core._train_record import CHECKPOINT_DIR, STEP_FLUSH_SECONDS
 from core.backbones import Backbone, Classifier
 from core.contracts import EpochEnd, StepEnd, TrainBegin, TrainCallback, TrainEnd, TrainingStopped
+from core.devices import available_threads as available_threads
 from core.devices import pick as pick_device
 from core.preprocess import make_preprocessor
 
@@ -122,16 +122,6 @@ def load_trained(
         model.lexical = ngrams.load(run_dir / ngrams.FILE)
     model.to(device).eval()
     return model, make_preprocessor(backbone.spec, "none"), info
-
-
-
-
-def available_threads() -> int:
-    """CPU cores this process may use (respects affinity / container limits where the OS reports them)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 
