@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import evaluation, jobs
+from core import _jobs_job, evaluation, jobs
 from core.session import StudioState
 from tests.test_page_train import tiny_fit  # noqa: F401 - a fixture, shared with the Train page's tests
 
@@ -75,7 +75,7 @@ def test_each_click_says_started_or_queued_and_a_new_browser_sees_nobody_elses_j
 
     gate = threading.Event()
     fits = iter([_FakeFit(gate=gate), _FakeFit()])
-    monkeypatch.setattr(jobs, "_default_fit", lambda: next(fits))
+    monkeypatch.setattr(_jobs_job, "_default_fit", lambda: next(fits))
     alice, bob = _browser(ALICE, colour_dataset), _browser(BOB, colour_dataset)
     first, second = _train(alice), _train(bob)
     assert first.owner == ALICE and second.owner == BOB

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs
+from core import _jobs_job
 from core.session import StudioState
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -35,7 +35,7 @@ def tiny_fit(monkeypatch):
     def fit_tiny(dataset, config, run_dir, backbone=None, **kwargs):
         return training.fit(dataset, config, run_dir, backbone=TinyCNN(), **kwargs)
 
-    monkeypatch.setattr(jobs, "_default_fit", lambda: fit_tiny)
+    monkeypatch.setattr(_jobs_job, "_default_fit", lambda: fit_tiny)
     return fit_tiny
 
 
@@ -176,7 +176,7 @@ def test_the_stop_button_stops_the_run(colour_dataset, monkeypatch):
         return training.fit(dataset, config, run_dir, backbone=TinyCNN(), stop_event=stop_event,
                             callbacks=(*callbacks, HoldUntilStopped(stop_event)), **kwargs)
 
-    monkeypatch.setattr(jobs, "_default_fit", lambda: fit_held)
+    monkeypatch.setattr(_jobs_job, "_default_fit", lambda: fit_held)
     at = _app(colour_dataset, frozen_groups=0)
     at.run()
     _set(at, "Epochs", 200)
@@ -199,7 +199,7 @@ def test_a_second_session_queues_behind_the_first_and_says_so(colour_dataset, mo
 
     gate = threading.Event()
     fits = iter([_FakeFit(gate=gate), _FakeFit()])
-    monkeypatch.setattr(jobs, "_default_fit", lambda: next(fits))
+    monkeypatch.setattr(_jobs_job, "_default_fit", lambda: next(fits))
     first, second = _app(colour_dataset), _app(colour_dataset)
     first.run()
     first.button[0].click().run()

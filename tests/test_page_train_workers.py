@@ -3,7 +3,7 @@ ended early, continuing from its last finished epoch."""
 
 from __future__ import annotations
 
-from core import jobs, workers
+from core import _jobs_recover, jobs, workers
 from tests.test_page_train import _app, _poll, _set, _state
 
 
@@ -55,7 +55,7 @@ def test_after_a_restart_a_fresh_session_resumes_its_interrupted_run_without_cho
     assert _wait(lambda: _in_epoch(run_dir, 2))
     worker.kill()  # the server and its worker went down together
     monkeypatch.setenv("TS_TEST_STEP_SECONDS", "0")
-    monkeypatch.setattr(jobs, "_RECOVERED", type(jobs._RECOVERED)())  # a fresh server process
+    monkeypatch.setattr(_jobs_recover, "_RECOVERED", type(_jobs_recover._RECOVERED)())  # a fresh server process
 
     at = AppTest.from_file(APP, default_timeout=60)
     at.switch_page(PAGE)
