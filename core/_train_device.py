@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.workers import available_threads
+
 log = logging.getLogger(__name__)
 
 #: At most this many loader processes decode images or clips on a GPU machine (`loader_workers`).
@@ -85,7 +87,7 @@ def loader_workers(preprocessor: Any) -> int:
         return 0
     if not torch.cuda.is_available() or not sys.platform.startswith("linux"):
         return 0
-    return max(0, min(MAX_LOADER_WORKERS, (os.cpu_count() or 1) - 1))
+    return max(0, min(MAX_LOADER_WORKERS, available_threads() - 1))
 
 
 def _worker_options(preprocessor: Any) -> dict[str, Any]:

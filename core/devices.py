@@ -6,7 +6,6 @@ asking for a GPU that is not there fails with a sentence rather than deep inside
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -67,11 +66,3 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
 
 
 __all__ = ["available", "mps_available", "pick", "to_device"]
-
-
-def available_threads() -> int:
-    """CPU cores this process may use (respects affinity / container limits where the OS reports them)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

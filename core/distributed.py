@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core import devices
+from core.workers import available_threads
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def launch_command(
     if accelerate_config is not None:
         command += ["--config_file", str(accelerate_config)]
     else:
-        threads = max(1, devices.available_threads() // max(processes or 1, 1))
+        threads = max(1, available_threads() // max(processes or 1, 1))
         command += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                     "--main_process_port", str(free_port()), "--num_cpu_threads_per_process", str(threads)]
     if processes is not None:

@@ -64,7 +64,7 @@ def default_worker_count() -> int:
     Half the cores, because each CPU run uses several threads for its own matrix work; the worker divides the
     cores between the runs (`worker_threads`).
     """
-    return len(gpu_ids()) or max(1, min(8, _cpu_count() // 2))
+    return len(gpu_ids()) or max(1, min(8, available_threads() // 2))
 
 
 def gpu_ids() -> list[str]:
@@ -85,7 +85,9 @@ def gpu_ids() -> list[str]:
     return visible[:count] if visible else [str(index) for index in range(count)]
 
 
-def _cpu_count() -> int:
+def available_threads() -> int:
+    """CPU cores this process may use (respects affinity / container limits where the OS reports them). Here, in a
+    module that does not load torch, so the server can ask it cheaply."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -94,7 +96,7 @@ def _cpu_count() -> int:
 
 def worker_threads(concurrent_runs: int) -> int:
     """CPU threads one worker uses, so that `concurrent_runs` workers share the cores instead of fighting."""
-    return max(1, _cpu_count() // max(1, concurrent_runs))
+    return max(1, available_threads() // max(1, concurrent_runs))
 
 
 # ------------------------------------------------------------------------------------------------ job.json

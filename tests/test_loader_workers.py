@@ -20,11 +20,11 @@ def test_no_loader_processes_without_a_gpu_or_for_texts(monkeypatch: pytest.Monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _train_device.loader_workers(images) == 0
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(_train_device.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(_train_device, "available_threads", lambda: 16)
     monkeypatch.setattr(_train_device.sys, "platform", "linux")
     assert _train_device.loader_workers(images) == _train_device.MAX_LOADER_WORKERS
     assert _train_device.loader_workers(texts) == 0
-    monkeypatch.setattr(_train_device.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(_train_device, "available_threads", lambda: 2)
     assert _train_device.loader_workers(images) == 1  # one core stays with the training process
     monkeypatch.setattr(_train_device.sys, "platform", "darwin")  # no fork for the closure: decode in the process
     assert _train_device.loader_workers(images) == 0
