@@ -261,16 +261,18 @@ def example_input(modality: str) -> str:
     return {"image": "photo.jpg", "audio": "clip.wav"}.get(modality, '"a text to classify"')
 
 
-def run_requirements(modality: str, backbone: str | None = None) -> str:
-    """The packages `predict.py` needs besides torch, for a bundle of this kind of data (and this backbone: an
-    audio foundation model's bundle also needs transformers, for its feature extractor)."""
+def run_requirements(modality: str, backbone: Any = None) -> str:
+    """The packages `predict.py` needs besides torch, for a bundle of this kind of data (and this backbone, a spec
+    or its name: an audio foundation model's bundle also needs transformers, for its feature extractor)."""
     needs = {"image": "pillow", "audio": "numpy scipy soundfile"}.get(modality, "transformers")
     if modality == "audio" and backbone is not None and _hears_through_extractor(backbone):
         needs += " transformers"
     return needs
 
 
-def _hears_through_extractor(backbone: str) -> bool:
+def _hears_through_extractor(backbone: Any) -> bool:
+    if not isinstance(backbone, str):
+        return uses_feature_extractor(backbone)
     try:
         return uses_feature_extractor(get_spec(backbone))
     except KeyError:  # a backbone this installation does not know (a test's): the spectrogram kind
@@ -279,7 +281,7 @@ def _hears_through_extractor(backbone: str) -> bool:
 
 def _readme(spec: Any, classes: list[str], parity: ParityReport) -> str:
     example = example_input(spec.modality)
-    needs = run_requirements(spec.modality) + (" transformers" if uses_feature_extractor(spec) else "")
+    needs = run_requirements(spec.modality, spec)
     inputs = {"pixels": "`pixels` [B, 3, H, W]", "input_values": "`input_values` (the feature extractor's output)"}.get(
         input_names(spec)[0], "`input_ids`, `attention_mask` [B, T]")
     return f"""# {spec.title} classifier — Transfer Studio bundle
