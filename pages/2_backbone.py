@@ -34,7 +34,7 @@ table = rows.rename(columns={
 })[["Backbone", "Parameters (M)", "Compute (GMACs)", "Input", "Available here", "Weights from", "Licence",
     "Trained on"]]
 st.dataframe(table, hide_index=True, width="stretch")
-st.caption("Click a column header to sort. Compute is per image, or per 128 tokens of text.")
+st.caption("Click a column header to sort. Compute is per image or sound clip, or per 128 tokens of text.")
 
 if shown_modality != modality:
     st.warning(f"These are {shown_modality} backbones, but your data set holds {modality}s. Switch back to choose.")
