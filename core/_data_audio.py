@@ -20,6 +20,7 @@ from core import audio
 from core._data_folders import _Entry, _folder_of, _normalised_dir, _report_problems
 from core._data_report import _names, _Report, plural
 from core._data_tables import TABLE_EXTENSIONS
+from core.workers import available_threads
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def _clip_rows(entries: Sequence[_Entry], others: Sequence[str], report: _Report
         if len(PurePosixPath(relative).parts) <= 2 and PurePosixPath(relative).stem.upper() in ("LICENSE", "README"):
             continue  # a licence or readme file next to the class folders is not a problem
         problems[("not_audio", _folder_of(relative))].append(relative)
-    workers = max(1, min(4, os.cpu_count() or 1))
+    workers = max(1, min(4, available_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # libsndfile and scipy release the GIL
         inspected = list(pool.map(lambda entry: inspect_clip(entry.path), entries))
     rows, kept_relatives, kept_clips = [], [], []

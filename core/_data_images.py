@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from core._data_folders import _Entry, _folder_of, _normalised_dir, _report_problems
 from core._data_report import _Report
 from core._data_tables import TABLE_EXTENSIONS
+from core.workers import available_threads
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -124,7 +125,7 @@ def _image_rows(entries: Sequence[_Entry], non_images: Sequence[str], report: _R
         problems[("not_image", _folder_of(relative))].append(relative)
     rows = []
     normalised = 0
-    workers = max(1, min(8, os.cpu_count() or 1))
+    workers = max(1, min(8, available_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL: threads speed this up
         workspace = str(_normalised_dir())
         inspected = list(pool.map(lambda entry: _inspect_cached(entry.path, workspace), entries))

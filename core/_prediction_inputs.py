@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from core.dataset import IMAGE_EXTENSIONS
 
 
 class PredictionInputError(ValueError):
@@ -124,7 +124,7 @@ def file_inputs(inputs: Sequence[str], modality: str) -> list[str]:
     """Image or sound files to predict: files as given, folders searched for files of the model's kind."""
     from core.audio import AUDIO_EXTENSIONS
 
-    suffixes = AUDIO_EXTENSIONS if modality == "audio" else IMAGE_SUFFIXES
+    suffixes = AUDIO_EXTENSIONS if modality == "audio" else IMAGE_EXTENSIONS
     paths: list[str] = []
     for value in inputs:
         folder = Path(value)

@@ -25,13 +25,12 @@ from core._project_format import (
     max_carried_data_bytes,
     read_json_file,
 )
-from core.dataset import Dataset
+from core.dataset import IMAGE_EXTENSIONS, Dataset
 from core.paths import check_in_workspace
 from core.store import RunStore, new_run_id
 
 log = logging.getLogger(__name__)
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def project_runs(dataset: Dataset, owner: str | None, known_run_dirs: Iterable[str] = ()) -> list[str]:
@@ -159,7 +158,7 @@ def _manifest(dataset: Dataset, carry_data: bool | None) -> tuple[list[dict[str,
         return [{"path": str(path), **row} for path, row in zip(paths, labelled, strict=True)], []
     rows, files = [], []
     for index, (path, row) in enumerate(zip(paths, labelled, strict=True)):
-        suffix = path.suffix.lower() if path.suffix.lower() in _IMAGE_SUFFIXES else ".png"
+        suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_EXTENSIONS else ".png"
         name = f"{index:06d}{suffix}"
         rows.append({"file": f"data/files/{name}", **row})
         files.append((name, path))

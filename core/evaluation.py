@@ -33,7 +33,6 @@ from torch import nn
 
 from core import devices, stats
 from core._export_bundle import load_bundle  # the bundle reader sits below core.export, which builds on this module
-from core._prediction_inputs import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # `name as name`: re-exported for the pages
 from core._prediction_inputs import PredictionInputError, file_inputs, texts_from_inputs
 from core._prediction_inputs import check_audio_files as check_audio_files
 from core._prediction_inputs import check_image_files as check_image_files
