@@ -62,11 +62,11 @@ if len(rankable) == 1:
     st.info(f"Only one {modality} backbone is available here ({get_spec(rankable[0]).title}): there is nothing to "
             "rank. Its probe still tells what a run with it would estimate on your data.")
 if rankable and rank_key not in rankings:
+    measured = " (the 240 sample digits: about 10 s per backbone on a 2-core CPU)" if modality == "image" else ""
     st.caption(f"Scores each of the {len(rankable)} available {modality} backbone(s) on your data with the probe a "
                "feature-extraction run uses (its logistic head, cross-validated on small data), so each number is "
                "what that run would report. Each backbone costs a feature pass over your examples and seconds of "
-               "fitting (the 240 sample digits: about 10 s per backbone on a 2-core CPU); its features are kept, so "
-               "training afterwards starts sooner.")
+               f"fitting{measured}; its features are kept, so training afterwards starts sooner.")
     if st.button("Rank for my data", key="backbone_rank"):
         bar = st.progress(0.0, text="Computing features…")
         try:
