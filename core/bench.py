@@ -441,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy-out", help="also write the accuracy table to this file")
     parser.add_argument("--accuracy-sizes", type=int, nargs="+", help="examples per class (default 8 20 64)")
     parser.add_argument("--accuracy-draws", type=int, help="random draws per size (default 3)")
-    parser.add_argument("--accuracy-sets", nargs="+", choices=("digits", "lfw", "tweets"),
-                        help="which real data sets (default: all three)")
+    parser.add_argument("--accuracy-sets", nargs="+", choices=("digits", "lfw", "tweets", "movies"),
+                        help="which real data sets (default: all four)")
     parser.add_argument("--classroom", type=int, metavar="N",
                         help="classroom load benchmark (core.bench_classroom) instead: N students train at once")
     parser.add_argument("--browser", action="store_true",

