@@ -34,6 +34,8 @@ class TimmCNNBackbone(Backbone):
     `conv_head`, `norm_head`, activation).
     """
 
+    channels_last = True
+
     def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
         super().__init__()
         network.reset_classifier(0)
@@ -61,6 +63,8 @@ class TimmCNNBackbone(Backbone):
 
 class ResNetBackbone(Backbone):
     """torchvision or timm ResNet: stem (conv1, bn1, act, maxpool), stages 1-3, then stage 4 with pooling."""
+
+    channels_last = True
 
     def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
         super().__init__()

