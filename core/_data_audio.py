@@ -20,7 +20,7 @@ from core import audio
 from core._data_folders import _Entry, _folder_of, _normalised_dir, _report_problems
 from core._data_report import _names, _Report, plural
 from core._data_tables import TABLE_EXTENSIONS
-from core.workers import available_threads
+from core.cpus import available_threads
 
 
 @dataclass(frozen=True)

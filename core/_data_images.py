@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from core._data_folders import _Entry, _folder_of, _normalised_dir, _report_problems
 from core._data_report import _Report
 from core._data_tables import TABLE_EXTENSIONS
-from core.workers import available_threads
+from core.cpus import available_threads
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

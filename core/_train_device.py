@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.workers import available_threads
+from core.cpus import available_threads
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.workers import available_threads
+from core.cpus import available_threads
 
 log = logging.getLogger(__name__)
 

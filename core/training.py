@@ -74,9 +74,9 @@ from core._train_optim import _class_weights, _lr_factor, _param_groups
 from core._train_record import CHECKPOINT_DIR, STEP_FLUSH_SECONDS
 from core.backbones import Backbone, Classifier
 from core.contracts import EpochEnd, StepEnd, TrainBegin, TrainCallback, TrainEnd, TrainingStopped
+from core.cpus import available_threads as available_threads
 from core.devices import pick as pick_device
 from core.preprocess import make_preprocessor
-from core.workers import available_threads as available_threads
 
 #: What `fit` returns: the `on_train_end` event (`core.contracts.TrainEnd`).
 FitResult = TrainEnd

@@ -40,6 +40,7 @@ from typing import Any
 
 import pandas as pd
 
+from core.cpus import available_threads as available_threads  # `name as name`: re-exported
 from core.dataset import Dataset
 from core.store import pid_alive
 
@@ -83,15 +84,6 @@ def gpu_ids() -> list[str]:
     count = torch.cuda.device_count()
     visible = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
     return visible[:count] if visible else [str(index) for index in range(count)]
-
-
-def available_threads() -> int:
-    """CPU cores this process may use (respects affinity / container limits where the OS reports them). Here, in a
-    module that does not load torch, so the server can ask it cheaply."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def worker_threads(concurrent_runs: int) -> int:
