@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import stats
+from core.metrics import evaluate_probabilities, expected_calibration_error
 
 log = logging.getLogger(__name__)
 
@@ -544,8 +545,6 @@ def estimate(
     its interval, support), calibration_error (after temperature scaling), calibration_error_before,
     refit_on_all, small_sample, protocol_reason.
     """
-    from core.evaluation import evaluate_probabilities, expected_calibration_error
-
     targets_array = np.asarray(targets, dtype=np.int64)
     metrics = evaluate_probabilities(probabilities, targets_array, classes, [""] * len(targets_array)).metrics
     return {
