@@ -16,6 +16,7 @@ from typing import Any
 from core import audio_baseline, backbones, smalldata
 from core import data as data_module
 from core import distributed as scale_out
+from core._job_file import JobFile, this_host, write_job_file
 from core._train_config import TrainConfig, _cache_plan, suggested_settings, uses_logistic_head
 from core._train_loop import fit
 from core.backbones import Backbone
@@ -143,15 +144,13 @@ def main_train(args: argparse.Namespace) -> int:
 
 
 def _write_cli_job_file(dataset: Dataset, config: TrainConfig, out: Path) -> None:
-    """The `job.json` a worker run has (`core.workers.JobFile`), so `train --resume OUT` can continue this run too.
+    """The `job.json` a worker run has (`core._job_file.JobFile`), so `train --resume OUT` can continue this run too.
 
     No worker pid: a server that starts meanwhile must not take the command for a worker it can follow.
     """
-    from core import workers
-
-    job = workers.JobFile(dataset=dataset, config=config.to_dict(), label=f"command line: {config.backbone}, "
-                          f"{config.frozen_groups} frozen", host=workers.this_host(), started_at=time.time())
-    workers.write_job_file(out, job)
+    job = JobFile(dataset=dataset, config=config.to_dict(), label=f"command line: {config.backbone}, "
+                  f"{config.frozen_groups} frozen", host=this_host(), started_at=time.time())
+    write_job_file(out, job)
 
 
 def _fit_and_report(

@@ -11,7 +11,8 @@ The server (`core.jobs`) and a worker talk only through files in the run folder,
 | `worker.log`   | the worker's stdout and stderr                  | people                                            |
 
 `job.json` holds what a run needs to start or resume anywhere: the data set (its rows, so a resumed run trains on
-exactly the same examples), the settings, the owner and the worker's pid. Each line of `events.jsonl` is
+exactly the same examples), the settings, the owner and the worker's pid; its contract is `core._job_file` (below
+the engine, so `python -m core train` writes it too), re-exported here. Each line of `events.jsonl` is
 `{"event": name, "data": {...}}` with the engine's callback events (`on_train_begin`, `on_step_end`,
 `on_epoch_end`, `on_train_end`; `data` is the typed event's `to_dict()`, `core.contracts`) and one last line,
 `result` (the `FitResult`) or `error` (`message`).
@@ -30,25 +31,24 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from core._job_file import DEFAULT_FIT as DEFAULT_FIT  # job.json's contract sits below the engine and the workers
+from core._job_file import JOB_FILE as JOB_FILE
+from core._job_file import JobFile as JobFile
+from core._job_file import read_job_file as read_job_file
+from core._job_file import this_host as this_host
+from core._job_file import write_job_file as write_job_file
 from core.cpus import available_threads as available_threads  # `name as name`: re-exported
-from core.dataset import Dataset
 from core.store import pid_alive
 
 log = logging.getLogger(__name__)
 
-JOB_FILE, EVENTS_FILE, STOP_FILE, LOG_FILE = "job.json", "events.jsonl", "stop", "worker.log"
-#: The engine the worker runs unless a job names another ('module:function'; tests name a tiny-model one).
-DEFAULT_FIT = "core.training:fit"
+EVENTS_FILE, STOP_FILE, LOG_FILE = "events.jsonl", "stop", "worker.log"
 #: How the server tells a worker how many CPU threads it may use.
 THREADS_ENV = "TRANSFER_STUDIO_WORKER_THREADS"
 #: How much lower than the server a worker's CPU priority is (POSIX nice value; 0 keeps them equal).
@@ -91,63 +91,7 @@ def worker_threads(concurrent_runs: int) -> int:
     return max(1, available_threads() // max(1, concurrent_runs))
 
 
-# ------------------------------------------------------------------------------------------------ job.json
-@dataclass
-class JobFile:
-    """What `job.json` holds: everything a worker needs to start or resume the run."""
-
-    dataset: Dataset
-    config: dict[str, Any]
-    owner: str | None = None
-    label: str = ""
-    fit: str = DEFAULT_FIT
-    worker_pid: int | None = None
-    host: str | None = None
-    started_at: float | None = None
-
-    def train_config(self) -> Any:
-        from core.training import TrainConfig
-
-        return TrainConfig.from_dict(self.config)
-
-
-def write_job_file(run_dir: str | Path, job: JobFile) -> None:
-    """Write (or rewrite) `job.json` atomically: a reader never sees half a file."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dataset = job.dataset
-    body = {
-        "dataset": {
-            "name": dataset.name, "modality": dataset.modality, "classes": list(dataset.classes),
-            "root": dataset.root, "split_given": dataset.split_given,
-            "rows": [[str(item), str(label), str(split)]
-                     for item, label, split in dataset.table[["item", "label", "split"]].itertuples(index=False)],
-        },
-        **{f.name: getattr(job, f.name) for f in dataclasses.fields(job) if f.name != "dataset"},
-    }
-    temporary = run_dir / (JOB_FILE + ".tmp")
-    temporary.write_text(json.dumps(body, default=str))
-    temporary.replace(run_dir / JOB_FILE)
-
-
-def read_job_file(run_dir: str | Path) -> JobFile:
-    """Read `job.json`; a run folder without one was not started by the Train page or `python -m core train`."""
-    path = Path(run_dir) / JOB_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{run_dir} holds no {JOB_FILE}: it is not a run folder of the Train page or of `python -m core train` "
-            "(or was written by a version that recorded no data set to resume on). Train again with the same "
-            "settings instead."
-        )
-    body = json.loads(path.read_text())
-    data = body.pop("dataset")
-    table = pd.DataFrame(data["rows"], columns=["item", "label", "split"])
-    dataset = Dataset(name=data["name"], modality=data["modality"], table=table, classes=list(data["classes"]),
-                      root=data.get("root"), split_given=bool(data.get("split_given")))
-    known = {f.name for f in dataclasses.fields(JobFile)}
-    return JobFile(dataset=dataset, **{k: v for k, v in body.items() if k in known})
-
-
+# --------------------------------------------------------------------------------------------- checkpoints
 def checkpoint_epoch(run_dir: str | Path) -> int | None:
     """The epoch of the run's last checkpoint (where a resume continues after), or None when it has none."""
     try:
@@ -318,10 +262,6 @@ def exit_message(code: int) -> str:
     if code < 0:
         return f"the training process ended unexpectedly (signal {-code})"
     return f"the training process ended unexpectedly (exit status {code})"
-
-
-def this_host() -> str:
-    return socket.gethostname()
 
 
 # -------------------------------------------------------------------------------------------- the worker side
