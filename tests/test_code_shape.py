@@ -1,5 +1,5 @@
-"""The shape the code keeps (issue 13): imports between `core` modules run one way at module level, and `core`
-never imports Streamlit."""
+"""The shape the code keeps (issue 13): imports between `core` modules run one way, at module level and inside
+functions alike, and `core` never imports Streamlit."""
 
 from __future__ import annotations
 
@@ -59,3 +59,70 @@ def test_no_module_of_core_or_the_pages_is_over_about_600_lines() -> None:
     long = {path.name: count for path in paths
             if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
     assert long == {}, f"over {MAX_MODULE_LINES} lines: {long}"
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """`if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`): a block only a type checker reads."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports_that_run(path: Path, modules: set[str]) -> dict[str, int]:
+    """The `core` modules `path` imports anywhere it can run one, inside functions too, each with its first line.
+
+    Blocks under `if TYPE_CHECKING:` are left out: Python never runs them (a name there only types an annotation).
+    """
+    found: dict[str, int] = {}
+    pending: list[ast.AST] = [ast.parse(path.read_text(encoding="utf-8"))]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending.extend(node.orelse)
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module == "core":
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("core."):
+            names = [node.module.split(".")[1]]
+        elif isinstance(node, ast.Import):
+            names = [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("core.")]
+        for name in names:
+            if name in modules and name != path.stem:
+                found[name] = min(found.get(name, node.lineno), node.lineno)
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def _a_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
+    """One import cycle of `graph` as its modules in order (the first is repeated at the end), or None."""
+    finished: set[str] = set()
+    for start in sorted(graph):
+        path: list[str] = []
+        on_path: set[str] = set()
+        branches = [iter([start])]
+        while branches:
+            following = next(branches[-1], None)
+            if following is None:
+                branches.pop()
+                if path:
+                    finished.add(path[-1])
+                    on_path.discard(path.pop())
+            elif following in on_path:
+                return [*path[path.index(following):], following]
+            elif following not in finished:
+                path.append(following)
+                on_path.add(following)
+                branches.append(iter(sorted(graph[following])))
+    return None
+
+
+def test_core_modules_import_each_other_one_way_counting_imports_inside_functions() -> None:
+    """An import inside a function closes a cycle as surely as one at the top: when two modules need each other,
+    what both need moves down into a third, lower module (`core.metrics`, `core._job_file`)."""
+    modules = {path.stem for path in CORE.glob("*.py")}
+    graph = {name: _imports_that_run(CORE / f"{name}.py", modules) for name in modules}
+    cycle = _a_cycle(graph)
+    edges = [f"core/{importer}.py:{graph[importer][imported]} imports core.{imported}"
+             for importer, imported in zip(cycle or [], (cycle or [])[1:], strict=False)]
+    assert cycle is None, "import cycle in core: " + "; ".join(edges)
