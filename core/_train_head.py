@@ -168,11 +168,26 @@ class _SmallDataHead:
         featurize = self.tuned_features(items, labels.numpy()) if self.tuning.on else None
         try:
             if self.protocol.name == "cross-validation":
-                result = smalldata.cross_validate_head(
-                    features, labels, self.dataset.num_classes, self.protocol.folds, seed=self.config.seed,
-                    balanced=balanced, progress=progress, on_iteration=iteration, stop_requested=self.stop_requested,
-                    class_embeddings=names, featurize=featurize, views=views,
-                )
+                def cross_validate(featurize: smalldata.Featurize | None, on_iteration: Any
+                                   ) -> smalldata.CrossValidation:
+                    return smalldata.cross_validate_head(
+                        features, labels, self.dataset.num_classes, self.protocol.folds, seed=self.config.seed,
+                        balanced=balanced, progress=progress, on_iteration=on_iteration,
+                        stop_requested=self.stop_requested, class_embeddings=names, featurize=featurize, views=views,
+                    )
+
+                if self.tuning.conditional:  # "auto": the frozen encoder's head first (seconds), then decide
+                    result = cross_validate(None, None)
+                    self.frozen_accuracy = float((result.oof_logits.argmax(axis=1) == labels.numpy()).mean())
+                    self.tuning = self.tuning.decided(self.frozen_accuracy, len(labels))
+                    log.info(self.tuning.reason)
+                    if self.tuning.on:
+                        result = cross_validate(self.tuned_features(items, labels.numpy()), iteration)
+                    else:
+                        for index, loss in enumerate(result.final.head.losses, 1):  # the chart's iterations
+                            iteration(index, loss)
+                else:
+                    result = cross_validate(featurize, iteration)
                 fitted, temperature = result.final, result.temperature
             else:
                 head_features, head_names = featurize(np.ones(len(labels), bool)) if featurize else (features, names)
@@ -275,6 +290,8 @@ class _SmallDataHead:
         if plan is None:
             return None
         record: dict[str, Any] = {"on": plan.on, "reason": plan.reason}
+        if getattr(self, "frozen_accuracy", None) is not None:  # "auto" decided on the frozen head's score
+            record["frozen_accuracy"] = self.frozen_accuracy
         if plan.on:
             record.update(tunings=plan.tunings, steps=plan.steps, recipe=dataclasses.asdict(contrastive.RECIPE),
                           method="contrastive (SetFit-style, sentence-transformers batch-all triplet loss)")

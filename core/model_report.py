@@ -104,6 +104,8 @@ def _estimate_lines(estimate: dict[str, Any], legacy_accuracy: Any) -> list[str]
         cross_validated = estimate.get("protocol") == "cross-validation"
         folds = " Each cross-validation fold tuned its own copy." if cross_validated else ""
         lines.append(f"- Encoder: {tuning['reason']}{folds}")
+    elif tuning.get("frozen_accuracy") is not None:  # "auto" scored the frozen encoder's head and kept it
+        lines.append(f"- Encoder: {tuning['reason']}")
     lexical = estimate.get("lexical") or {}
     if lexical:
         lines.append(f"- Delivered probabilities: {lexical_sentence(lexical)}")

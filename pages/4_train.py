@@ -234,8 +234,9 @@ if logistic and dataset.modality == "text" and get_spec(state.backbone_name).sen
         horizontal=True, key="train_sentence_tuning",
         help="Fine-tunes the sentence encoder so that texts with the same label embed close together (contrastive "
         "training on pairs of your texts, as SetFit does), then fits the logistic head on the new features. Each "
-        "cross-validation fold tunes its own copy, so the score stays honest. Auto tunes when the data is small "
-        "enough to do it in minutes here.",
+        "cross-validation fold tunes its own copy, so the score stays honest. Auto first scores the head on the "
+        "frozen encoder (seconds) and tunes only if that scores under 90 %, with at least 20 texts in every class "
+        "and a tuning estimated under 20 minutes.",
     )
     try:
         plan = sentence_tuning_plan(dataset, TrainConfig(

@@ -146,6 +146,8 @@ tuning = result.metrics.get("sentence_tuning") or {}
 if tuning.get("on"):
     st.caption(f"🎯 {tuning['reason']}" + (" Every fold tuned its own copy on its own training part only."
                                             if cross_validated else ""))
+elif tuning.get("frozen_accuracy") is not None:  # "auto" scored the frozen encoder's head and kept it
+    st.caption(tuning["reason"])
 if result.metrics.get("lexical"):
     st.caption(f"🔤 Delivered probabilities: {model_report.lexical_sentence(result.metrics['lexical'])} "
                "Turn this off under Train → Advanced settings.")

@@ -22,8 +22,19 @@ def test_the_plan_says_why_and_refuses_what_cannot_apply() -> None:
     assert "SetFit" in plan.reason and "96 steps" in plan.reason
     assert plan.cpu_minutes() == pytest.approx(96 * contrastive.CPU_SECONDS_PER_STEP / 60)
 
-    auto = contrastive.plan("auto", True, True, [64, 64], folds=5)  # not the default: it did not pay on the benchmark
-    assert not auto.on and "did not beat the frozen encoder" in auto.reason and auto.steps == plan.steps
+    # "auto" is conditional where tuning paid on the benchmark; the run decides on the frozen head's score
+    auto = contrastive.plan("auto", True, True, [64, 64], folds=5)
+    assert not auto.on and auto.conditional and auto.steps == plan.steps and "under 90 %" in auto.reason
+    tuned = auto.decided(0.70, 128)
+    assert tuned.on and not tuned.conditional and "70.0 % (cross-validated, n = 128)" in tuned.reason
+    kept = auto.decided(0.95, 128)
+    assert not kept.on and not kept.conditional and "little room" in kept.reason
+    assert plan.decided(0.5, 128) is plan  # a definite plan stays as it is
+    few = contrastive.plan("auto", True, True, [8, 8], folds=5)  # where tuning cost points on the benchmark
+    assert not few.on and not few.conditional and "fewer than 20" in few.reason
+    assert not contrastive.plan("auto", True, True, [64, 64], folds=0).conditional  # a held-out test split
+    big = contrastive.plan("auto", True, True, [3000, 3000], folds=5)
+    assert not big.conditional and "minutes on a 2-core CPU" in big.reason
     assert not contrastive.plan("off", True, True, [64, 64], 5).on
     assert "only a sentence encoder" in contrastive.plan("auto", False, True, [64, 64], 5).reason
     with pytest.raises(ValueError, match="only a sentence encoder"):
@@ -130,6 +141,28 @@ def test_a_run_tunes_the_encoder_per_fold_and_delivers_the_one_tuned_on_all(tmp_
     app.run()
     assert not app.exception, app.exception
     assert any("SetFit-style" in c.value and "its own training part only" in c.value for c in app.caption)
+
+
+@pytest.mark.integration
+def test_auto_tunes_the_encoder_only_where_the_frozen_head_scores_low(tmp_path: Path, monkeypatch) -> None:
+    """"auto" cross-validates the frozen encoder's head first; under 90 % it tunes, and the run says which and why."""
+    monkeypatch.setattr(contrastive, "AUTO_MIN_PER_CLASS", 10)  # half the texts: the same decision, half the time
+    data = _support_messages(10)
+    shuffled = data.table.assign(label=np.random.default_rng(0).permutation(data.table["label"].to_numpy()))
+    noise = Dataset(name="shuffled", modality="text", table=shuffled)  # labels that carry nothing: a low score
+    for dataset, name in ((data, "real"), (noise, "shuffled")):
+        result = fit(dataset, TrainConfig(backbone="all_minilm_l6_v2", frozen_groups=99, folds=2), tmp_path / name)
+        assert result.status == "completed"
+        record = result.estimate["sentence_tuning"]
+        assert record["on"] == (record["frozen_accuracy"] < contrastive.AUTO_TUNE_BELOW), record
+        assert f"n = {len(dataset.table)}" in record["reason"]
+        info = json.loads((Path(result.run_dir) / "run.json").read_text())
+        assert info["sentence_tuning"] == record  # run.json says what the run decided
+        from core.model_report import _estimate_lines
+
+        assert f"- Encoder: {record['reason']}" in "\n".join(_estimate_lines(result.estimate, None))
+        if name == "shuffled":
+            assert record["on"] and record["tunings"] == 3 and record["frozen_accuracy"] < 0.6
 
 
 def test_asking_to_tune_an_image_backbone_fails_with_a_clear_message(colour_dataset, tmp_path: Path) -> None:
