@@ -345,6 +345,9 @@ def scratch_baseline(
     settings["pretrained"] = False
     if "lexical" in config_fields:  # random weights alone: a TF-IDF model mixed in would be a second baseline inside
         settings["lexical"] = "off"
+    if "sentence_tuning" in config_fields:  # tuned on pairs only if the run was: "auto" decides on a frozen score,
+        tuned = bool((run_info.get("sentence_tuning") or {}).get("on"))  # which random weights always fail
+        settings["sentence_tuning"] = "on" if tuned else "off"
     if epochs is not None:
         settings["epochs"] = int(epochs)
     config = TrainConfig(**settings)

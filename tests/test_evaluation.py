@@ -322,6 +322,8 @@ def test_scratch_baseline_trains_the_same_recipe_without_pretrained_weights(colo
     scratch_run = workspace_subdir("baselines") / "tiny-run" / "scratch"
     recorded = json.loads((scratch_run / "run.json").read_text())
     assert recorded["config"]["pretrained"] is False and recorded["config"]["epochs"] == 2
+    # the encoder is tuned on pairs only if the run's was: "auto" would tune random weights (their frozen score is low)
+    assert recorded["config"]["sentence_tuning"] == "off"
     assert RunStore().list_runs() == [], "a baseline must not show up among the user's runs"
 
 
