@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "them (EfficientNet-Lite; default on)")
     train.add_argument("--sentence-tuning", choices=["auto", "on", "off"], default="auto",
                        help="with a sentence encoder and every group frozen, first tune the encoder on the labelled "
-                       "texts, SetFit-style (auto: with 20+ texts per class, tunes if the frozen encoder's head scores under 90 %% "
-                       "cross-validated)")
+                       "texts, SetFit-style (auto: with 20+ texts per class, tunes if the frozen encoder's head "
+                       "scores under 90 %% cross-validated)")
     train.add_argument("--refit", choices=["auto", "on", "off"], default="auto",
                        help="fine-tuning: after early stopping, retrain on train + validation for the chosen number "
                        "of epochs and deliver that model (auto: for small data, where cross-validation would apply)")
