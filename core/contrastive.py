@@ -100,7 +100,7 @@ class TuningPlan:
             f"{100 * AUTO_TUNE_BELOW:.0f} %, where tuning on pairs has little room to help (choose Always to try)."))
 
     def cpu_minutes(self) -> float:
-        return self.steps * CPU_SECONDS_PER_STEP / 60
+        return cpu_minutes(self.steps)
 
 
 def plan(
@@ -141,7 +141,7 @@ def plan(
         return TuningPlan(False, f"The encoder stays as pretrained: {cannot}.")
     cost = f"{tunings} tuning{'s' if tunings > 1 else ''}, {steps} steps"
     if setting == "auto":
-        minutes = steps * CPU_SECONDS_PER_STEP / 60
+        minutes = cpu_minutes(steps)
         rule = None
         if min(class_counts) < AUTO_MIN_PER_CLASS:
             rule = (f"a class has fewer than {AUTO_MIN_PER_CLASS} labelled texts, where tuning on pairs did not pay "
@@ -162,6 +162,11 @@ def plan(
         True, f"The encoder is first fine-tuned on pairs of your texts, SetFit-style ({cost}): texts with the same "
         "label move together, so the head separates them better.", tunings, steps,
     )
+
+
+def cpu_minutes(steps: int) -> float:
+    """About how long `steps` tuning steps take on 2 CPU cores, in minutes."""
+    return steps * CPU_SECONDS_PER_STEP / 60
 
 
 def steps_per_tuning(num_texts: int, recipe: Recipe = RECIPE) -> int:
