@@ -152,22 +152,33 @@ def load_clip(path: str, sample_rate: int) -> np.ndarray:
     return resample(to_mono(samples), info.sample_rate, sample_rate)
 
 
+def loudest_start(samples: np.ndarray, length: int) -> int:
+    """Where `fix_length` cuts a clip to `length` samples: the start of its loudest window, or, for a clip no longer
+    than that, minus the silence put before it (a shorter clip is centred)."""
+    count = len(samples)
+    if count <= length:
+        return -((length - count) // 2)
+    energy = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
+    window_energy = energy[length:] - energy[:-length]
+    return int(np.argmax(window_energy))
+
+
+def window(samples: np.ndarray, start: int, length: int) -> np.ndarray:
+    """`length` samples of a clip from `start` on (which may be negative), silence wherever that runs past its ends."""
+    cut = np.zeros(length, dtype=np.float32)
+    first, last = max(start, 0), min(start + length, len(samples))
+    if last > first:
+        cut[first - start : last - start] = samples[first:last]
+    return cut
+
+
 def fix_length(samples: np.ndarray, length: int) -> np.ndarray:
     """Exactly `length` samples: the loudest window of a longer clip, a shorter one centred in silence.
 
     The loudest window keeps the word of a clip with silence around it wherever the speaker started; it is
     deterministic, so training and prediction see the same cut.
     """
-    count = len(samples)
-    if count == length:
-        return samples.astype(np.float32)
-    if count < length:
-        before = (length - count) // 2
-        return np.pad(samples, (before, length - count - before)).astype(np.float32)
-    energy = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
-    window_energy = energy[length:] - energy[:-length]
-    start = int(np.argmax(window_energy))
-    return samples[start : start + length].astype(np.float32)
+    return window(samples, loudest_start(samples, length), length)
 
 
 def clip_waveform(path: str, settings: MelSettings, pad: bool = True) -> np.ndarray:
@@ -180,9 +191,12 @@ def clip_waveform(path: str, settings: MelSettings, pad: bool = True) -> np.ndar
         AudioReadError: the file cannot be decoded (see `read_audio`).
     """
     samples = load_clip(path, settings.sample_rate)
-    if not pad and len(samples) <= settings.clip_samples:
-        return samples.astype(np.float32)
-    return fix_length(samples, settings.clip_samples)
+    return fix_length(samples, cut_length(len(samples), settings, pad))
+
+
+def cut_length(count: int, settings: MelSettings, pad: bool = True) -> int:
+    """How long a clip of `count` samples is once cut: `clip_samples`, or its own length if shorter and not `pad`."""
+    return count if not pad and count <= settings.clip_samples else settings.clip_samples
 
 
 # ------------------------------------------------------------------------------------------------- spectrograms
@@ -237,9 +251,13 @@ def spectrogram_unit(samples: np.ndarray, settings: MelSettings) -> np.ndarray:
 
 def spectrogram_pixels(samples: np.ndarray, settings: MelSettings) -> Any:
     """The backbone's input for one clip already at `sample_rate`: a float32 tensor [3, height, width]."""
+    return unit_pixels(spectrogram_unit(fix_length(samples, settings.clip_samples), settings), settings)
+
+
+def unit_pixels(unit: np.ndarray, settings: MelSettings) -> Any:
+    """A [0, 1] spectrogram (`spectrogram_unit`) as the backbone's input: resized, normalised, in every channel."""
     import torch
 
-    unit = spectrogram_unit(fix_length(samples, settings.clip_samples), settings)
     picture = torch.from_numpy(np.ascontiguousarray(unit))[None, None]
     height, width = settings.image_size
     resized = torch.nn.functional.interpolate(picture, size=(height, width), mode="bilinear", align_corners=False)
@@ -298,11 +316,13 @@ __all__ = [
     "ClipInfo",
     "MelSettings",
     "clip_waveform",
+    "cut_length",
     "file_pixels",
     "file_thumbnail",
     "fix_length",
     "load_clip",
     "log_mel",
+    "loudest_start",
     "mel_filterbank",
     "mfcc_statistics",
     "read_audio",
@@ -311,4 +331,6 @@ __all__ = [
     "spectrogram_thumbnail",
     "spectrogram_unit",
     "to_mono",
+    "unit_pixels",
+    "window",
 ]
