@@ -1,8 +1,8 @@
 """The checks a project file gets before anything in it is used: it is opened like an upload from a stranger.
 
 Every entry name and size is checked before anything is written (`core._zipsafe`), any entry the format
-(`CONTRACT`) does not name is refused, weights must be safetensors, images must decode as the images a loaded
-data set holds, and a manifest-only project may name only files inside this server's data folders.
+(`CONTRACT`) does not name is refused, weights must be safetensors, images and sound clips must decode as the ones a
+loaded data set holds, and a manifest-only project may name only files inside this server's data folders.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from core import audio
 from core._project_format import (
     CONTRACT,
     FORMAT,
@@ -25,7 +26,7 @@ from core._project_format import (
     max_project_bytes,
 )
 from core._zipsafe import UnsafeArchive, ZipLimits, check_archive
-from core.data import inspect_image
+from core.data import inspect_clip, inspect_image
 from core.paths import data_root, workspace_subdir
 
 _CODE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".py", ".pyc")
@@ -102,19 +103,44 @@ def check_images(paths: list[Path], name: str) -> list[str]:
     return [digest for _, (digest, _, _) in inspected]
 
 
-def existing_paths(paths: list[str], name: str) -> list[str]:
-    """A manifest-only project names image files on disk: allowed only inside this workspace's data sets or the
-    operator's data root (an untrusted file must not make the server read anything else), and all must exist."""
+def check_clips(paths: list[Path], name: str) -> list[str]:
+    """Each clip is a 16 kHz mono wav, as loading normalised it, that decodes fully, whole and not silent (the same
+    check an uploaded clip gets, `core.data.inspect_clip`); returns the SHA-256 of their samples.
+
+    The header is read first, so a clip at another rate or with more channels is refused before it is decoded or
+    converted (a refused file leaves nothing behind, not even a converted copy)."""
+    import soundfile
+
+    def as_saved(path: Path) -> bool:
+        try:
+            header = soundfile.info(str(path))
+        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
+            return False
+        return (header.samplerate, header.channels) == (audio.MelSettings.sample_rate, 1)
+
+    inspected = [(path, inspect_clip(path) if as_saved(path) else None) for path in paths]
+    bad = [path for path, clip in inspected if clip is None or clip.item != path or clip.problem is not None]
+    if bad:
+        raise ProjectError(f"`{name}` was refused: {len(bad)} of its sound clips are not sound, are damaged, cut off "
+                           f"or silent, or are not stored as Transfer Studio saves them (16 kHz mono wav; e.g. "
+                           f"`data/files/{bad[0].name}`). Save the project again from Transfer Studio.")
+    return [clip.digest for _, clip in inspected if clip is not None]
+
+
+def existing_paths(paths: list[str], name: str, kind: str = "images") -> list[str]:
+    """A manifest-only project names image or clip files (`kind`) on disk: allowed only inside this workspace's data
+    sets or the operator's data root (an untrusted file must not make the server read anything else), and all must
+    exist."""
     allowed = [workspace_subdir("datasets").resolve()] + ([data_root()] if data_root() else [])
     resolved = [Path(p).resolve() for p in paths]
     outside = [str(p) for p in resolved if not any(p.is_relative_to(folder) for folder in allowed)]
     if outside:
-        raise ProjectError(f"`{name}` carries only the list of its images, and {len(outside)} of them lie outside "
+        raise ProjectError(f"`{name}` carries only the list of its {kind}, and {len(outside)} of them lie outside "
                            f"this server's data folders (e.g. `{outside[0]}`). Open it on the machine it was saved "
                            "on, or save it again with the data included.")
     missing = [str(p) for p in resolved if not p.is_file()]
     if missing:
-        raise ProjectError(f"`{name}` carries only the list of its images, and {len(missing)} of them are not on "
+        raise ProjectError(f"`{name}` carries only the list of its {kind}, and {len(missing)} of them are not on "
                            f"this machine (e.g. `{missing[0]}`). Open it where the data is, or save it again with "
                            "the data included.")
     return [str(p) for p in resolved]

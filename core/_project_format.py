@@ -22,7 +22,7 @@ MODEL_FILE = "model.safetensors"
 LEXICAL_FILE = "lexical.safetensors"  # core.ngrams.FILE: a text run's TF-IDF model, part of its delivered model
 MB = 1024**2
 _JSON_MAX_BYTES = 256 * MB
-_IMAGE_MAX_BYTES = 64 * MB
+_DATA_FILE_MAX_BYTES = 64 * MB
 _MODEL_MAX_BYTES = 4 * 1024 * MB
 RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}"
 FINISHED = ("completed", "stopped", "failed")
@@ -53,8 +53,15 @@ class ProjectFile:
     holds: str
 
 
-#: The whole format: an entry matching none of these refuses the file.
-
+#: The files a data set carries, by modality: a manifest row's `file` must name an entry of its data set's kind.
+DATA_FILES = {
+    "image": ProjectFile("data/files/<n>.<image type>", r"data/files/\d{6,9}\.(png|jpe?g|bmp|gif|webp|tiff?)",
+                         _DATA_FILE_MAX_BYTES, "save_project", "_read_dataset",
+                         "the images of the data set, when it is small enough to carry"),
+    "audio": ProjectFile("data/files/<n>.wav", r"data/files/\d{6,9}\.wav", _DATA_FILE_MAX_BYTES, "save_project",
+                         "_read_dataset", "the sound clips of the data set (16 kHz mono wav, as loading normalised "
+                         "them), when it is small enough to carry"),
+}
 
 #: The whole format: an entry matching none of these refuses the file.
 CONTRACT = (
@@ -64,8 +71,7 @@ CONTRACT = (
                 "one row per example: file (or text), label, split, source"),
     ProjectFile("data/report.json", r"data/report\.json", _JSON_MAX_BYTES, "save_project", "_read_dataset",
                 "the data check report the Data page shows"),
-    ProjectFile("data/files/<n>.<image type>", r"data/files/\d{6,9}\.(png|jpe?g|bmp|gif|webp|tiff?)", _IMAGE_MAX_BYTES,
-                "save_project", "_read_dataset", "the images of the data set, when it is small enough to carry"),
+    *DATA_FILES.values(),
     ProjectFile("runs/<run id>/run.json", rf"runs/{RUN_ID}/run\.json", _JSON_MAX_BYTES, "core.training",
                 "_import_run / load_trained", "the run's description: backbone, classes, settings, metrics"),
     ProjectFile("runs/<run id>/metrics.json", rf"runs/{RUN_ID}/metrics\.json", _JSON_MAX_BYTES, "save_project",

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from core._project_checks import (
+    check_clips,
     check_entries,
     check_format,
     check_images,
@@ -31,6 +32,7 @@ from core._project_checks import (
     zip_limits,
 )
 from core._project_format import (
+    DATA_FILES,
     FINISHED,
     LEXICAL_FILE,
     MB,
@@ -103,13 +105,14 @@ def _read_dataset(
     staging: Path, manifest: dict[str, Any], name: str
 ) -> tuple[Dataset, dict[str, Any], dict[str, str], Callable[[], None]]:
     """The data set, its report, a map from each example's name in the project to its item here, and the function
-    that moves the images to `workspace/datasets/project-<hash of the manifest and every image's bytes>/` (so the
-    same data, from whichever project file, lands in one folder and keeps one fingerprint)."""
+    that moves the images or clips to `workspace/datasets/project-<hash of the manifest and every file's content>/`
+    (so the same data, from whichever project file, lands in one folder and keeps one fingerprint)."""
     described = manifest.get("dataset")
     rows = read_json(staging, "data/manifest.json", name)
     report = read_json(staging, "data/report.json", name)
-    if not isinstance(described, dict) or described.get("modality") not in ("image", "text"):
-        raise ProjectError(f"`{name}`: project.json does not describe an image or text data set; it is damaged.")
+    if not isinstance(described, dict) or described.get("modality") not in ("image", "audio", "text"):
+        raise ProjectError(f"`{name}`: project.json does not describe an image, sound or text data set; it is "
+                           "damaged.")
     classes = described.get("classes")
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise ProjectError(f"`{name}`: project.json's class list is missing or not a list of names; it is damaged.")
@@ -123,21 +126,28 @@ def _read_dataset(
         raise ProjectError(f"`{name}`: {len(bad)} row(s) of data/manifest.json lack a {key}, a known class or a "
                            f"split (train/val/test), e.g. row {bad[0] + 1}; the file is damaged.")
     names = [str(row[key]) for row in rows]
+    kind = "clips" if modality == "audio" else "images"
     root = None
     place_files: Callable[[], None] = lambda: None  # noqa: E731 - texts and manifest-only data have no files
     if key == "file":
+        foreign = [n for n in names if not re.fullmatch(DATA_FILES[modality].pattern, n)]
+        if foreign:
+            raise ProjectError(f"`{name}` was refused: its manifest names {len(foreign)} file(s) that are not "
+                               f"{kind} inside the project (`{DATA_FILES[modality].name}`), e.g. `{foreign[0]}`. "
+                               "Save the project again from Transfer Studio.")
         missing = [n for n in names if not (staging / n).is_file()]
         if missing:
-            raise ProjectError(f"`{name}` lacks {len(missing)} image(s) its manifest lists, e.g. `{missing[0]}`; "
-                               "the file is incomplete.")
+            raise ProjectError(f"`{name}` lacks {len(missing)} of the {kind} its manifest lists, e.g. "
+                               f"`{missing[0]}`; the file is incomplete.")
         content = hashlib.sha256((staging / "data" / "manifest.json").read_bytes())
-        for image_digest in check_images([staging / n for n in names], name):
-            content.update(image_digest.encode())
+        check_files = check_clips if modality == "audio" else check_images
+        for file_digest in check_files([staging / n for n in names], name):
+            content.update(file_digest.encode())
         root = workspace_subdir("datasets") / f"project-{content.hexdigest()[:24]}"
         items = [str(root / PurePosixPath(n).name) for n in names]
         place_files = partial(_place_files, staging / "data" / "files", root)
     elif key == "path":
-        items = existing_paths(names, name)
+        items = existing_paths(names, name, kind)
     else:
         items = names
     table = pd.DataFrame({"item": items, "label": [row["label"] for row in rows],
@@ -154,7 +164,7 @@ def _read_dataset(
 
 
 def _place_files(files: Path, root: Path) -> None:
-    """Move the project's images into their data set folder, unless the same project was opened before."""
+    """Move the project's images or clips into their data set folder, unless the same project was opened before."""
     if root.exists():
         return
     try:

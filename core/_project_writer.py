@@ -1,5 +1,5 @@
-"""Saving a project: the data set (its images, or only their manifest), the settings and the chosen runs, as one zip
-in the format `core._project_format.CONTRACT` declares.
+"""Saving a project: the data set (its texts, images or sound clips, or only their manifest), the settings and the
+chosen runs, as one zip in the format `core._project_format.CONTRACT` declares.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def save_project(
         run_dirs: the run folders to carry (see `project_runs`); a run's checkpoints stay behind, its model,
             metrics and recorded estimate travel.
         chosen_run: the run folder step 5 tests now.
-        carry_data: carry the images (True) or only their manifest (False); default: carry them when they add up
-            to at most `max_carried_data_bytes()`. Texts always travel in the manifest.
+        carry_data: carry the images or sound clips (True) or only their manifest (False); default: carry them
+            when they add up to at most `max_carried_data_bytes()`. Texts always travel in the manifest.
     """
     run_dirs = [str(run_dir) for run_dir in run_dirs]
     rows, files = _manifest(dataset, carry_data)
@@ -113,8 +113,10 @@ def save_project(
         archive.writestr("project.json", json.dumps(manifest, indent=2))
         archive.writestr("data/manifest.json", json.dumps(rows))
         archive.writestr("data/report.json", json.dumps(report or {}, default=str))
+        # images barely compress; 16-bit wav clips shrink by about a quarter
+        stored = zipfile.ZIP_STORED if dataset.modality == "image" else zipfile.ZIP_DEFLATED
         for name, path in files:
-            archive.write(path, f"data/files/{name}", compress_type=zipfile.ZIP_STORED)  # images barely compress
+            archive.write(path, f"data/files/{name}", compress_type=stored)
         for name, (folder, info) in run_entries.items():
             archive.writestr(f"runs/{name}/run.json", json.dumps(info, indent=2, default=str))
             archive.writestr(f"runs/{name}/metrics.json", json.dumps(_store_record(info, folder), default=str))
@@ -136,7 +138,8 @@ def project_file_name(dataset: Dataset) -> str:
 
 
 def _manifest(dataset: Dataset, carry_data: bool | None) -> tuple[list[dict[str, Any]], list[tuple[str, Path]]]:
-    """The manifest rows, and (name in the zip, path) of every image to carry (none for texts or manifest only).
+    """The manifest rows, and (name in the zip, path) of every image or clip to carry (none for texts or manifest
+    only). Clips are the data set's items as loading normalised them (16 kHz mono wav), so they travel as they are.
 
     A row's first key names the example: `text`, `file` (its entry in the zip) or `path` (manifest only); then
     `label`, `split` and, when the data set records it, `source` (the name the user's file had).
@@ -150,7 +153,8 @@ def _manifest(dataset: Dataset, carry_data: bool | None) -> tuple[list[dict[str,
     paths = [Path(str(item)) for item in table["item"]]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
-        raise ProjectError(f"{len(missing)} image(s) of {dataset.name} are no longer on disk (e.g. {missing[0]}); "
+        kind = "clip(s)" if dataset.modality == "audio" else "image(s)"
+        raise ProjectError(f"{len(missing)} {kind} of {dataset.name} are no longer on disk (e.g. {missing[0]}); "
                            "load the data set again before saving the project.")
     if carry_data is None:
         carry_data = sum(path.stat().st_size for path in paths) <= max_carried_data_bytes()
@@ -158,7 +162,10 @@ def _manifest(dataset: Dataset, carry_data: bool | None) -> tuple[list[dict[str,
         return [{"path": str(path), **row} for path, row in zip(paths, labelled, strict=True)], []
     rows, files = [], []
     for index, (path, row) in enumerate(zip(paths, labelled, strict=True)):
-        suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_EXTENSIONS else ".png"
+        if dataset.modality == "audio":
+            suffix = ".wav"
+        else:
+            suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_EXTENSIONS else ".png"
         name = f"{index:06d}{suffix}"
         rows.append({"file": f"data/files/{name}", **row})
         files.append((name, path))

@@ -8,7 +8,7 @@ is checked before anything is written (`core._zipsafe`), and any entry the forma
 
 The format is declared once, in `CONTRACT`: each file, who writes it and who reads it. Readers read what the
 writer wrote, nothing else. Run folders keep their run id unless this workspace already has that id; imported
-runs get the new data set's fingerprint (image paths differ between machines) and the opening workspace
+runs get the new data set's fingerprint (file paths differ between machines) and the opening workspace
 (`core.workspaces`) as owner, in that workspace's runs folder. Opening the same data and runs again in the same
 workspace (the same file, or a later save with more runs) reuses what the first opening brought in.
 
@@ -104,7 +104,7 @@ def _remember_opened(owner: str, opened: OpenedProject) -> None:
 
 def last_opened(owner: str) -> tuple[float, OpenedProject] | None:
     """The latest project this browser opened, and when (seconds since the epoch); None when there is none or its
-    images are gone. Only this workspace's own record is read (`apply_to_state` wrote it)."""
+    images or clips are gone. Only this workspace's own record is read (`apply_to_state` wrote it)."""
     path = _opened_path(owner)
     record = read_json_file(path) if path is not None else {}
     if not record:
@@ -114,7 +114,7 @@ def last_opened(owner: str) -> tuple[float, OpenedProject] | None:
         dataset = Dataset(name=described["name"], modality=described["modality"],
                           table=pd.DataFrame(described["table"]), classes=list(described["classes"]),
                           root=described["root"], split_given=bool(described["split_given"]))
-        if dataset.modality == "image" and not all(Path(item).is_file() for item in dataset.table["item"]):
+        if dataset.modality != "text" and not all(Path(item).is_file() for item in dataset.table["item"]):
             return None
         exists = [run_dir for run_dir in record["run_dirs"] if (Path(run_dir) / "run.json").is_file()]
         opened = OpenedProject(
