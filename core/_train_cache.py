@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from core import backbones
+from core import backbones, clip_length
 from core import distributed as scale_out
 from core import features as feature_cache
 from core._train_config import TrainConfig, feature_taps
@@ -157,9 +157,10 @@ def frozen_features(
     computation's progress ("on_step_end" with done / total examples); it is not called when the cache had them.
     """
 
-    backbone = backbones.load_backbone(backbone_name, pretrained=True)
-    if backbone.spec.modality != dataset.modality:
+    if backbones.get_spec(backbone_name).modality != dataset.modality:
         return None
+    backbone_name = clip_length.backbone_for(dataset, backbone_name)  # sound: the "auto" clip length a run hears
+    backbone = backbones.load_backbone(backbone_name, pretrained=True)
     num_groups = len(backbone.group_names)
     default = TrainConfig(backbone_name, frozen_groups=num_groups)  # what the Train page runs for feature extraction
     backbone.set_feature_taps(feature_taps(backbone.spec, default, num_groups, num_groups))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import audio_baseline, backbones, smalldata
+from core import audio_baseline, backbones, clip_length, smalldata
 from core import data as data_module
 from core import distributed as scale_out
 from core._job_file import JobFile, this_host, write_job_file
@@ -76,7 +76,7 @@ def train_arguments(config: TrainConfig, data: str, out: str, text_column: str |
     parts += ["--seed", str(config.seed), "--device", str(config.device)]
     parts += ["--head", str(config.head), "--protocol", str(config.protocol)]
     defaults = TrainConfig(config.backbone, config.frozen_groups)
-    for name in ("folds", "sentence_tuning", "refit", "lexical", "views"):
+    for name in ("folds", "sentence_tuning", "refit", "lexical", "views", "clip_seconds"):
         if getattr(config, name) != getattr(defaults, name):
             parts += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
     if not config.multi_block:
@@ -99,7 +99,8 @@ def config_from_args(args: argparse.Namespace, dataset: Dataset, backbone_name: 
         protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5,
         head=getattr(args, "head", None) or "auto", multi_block=getattr(args, "multi_block", True),
         sentence_tuning=getattr(args, "sentence_tuning", None) or "auto", refit=getattr(args, "refit", None) or "auto",
-        lexical=getattr(args, "lexical", None) or "auto", views=getattr(args, "views", None) or 0, **chosen,
+        lexical=getattr(args, "lexical", None) or "auto", views=getattr(args, "views", None) or 0,
+        clip_seconds=getattr(args, "clip_seconds", None) or "auto", **chosen,
     )
 
 
@@ -109,8 +110,13 @@ def main_train(args: argparse.Namespace) -> int:
     options = {k: v for k, v in (("text_column", args.text_column), ("label_column", args.label_column)) if v}
     dataset = data_module.load_path(args.data, **options)[0]  # a file, a folder or a sample ("sample-images")
     backbone_name = args.backbone or backbones.default_backbone(dataset.modality)
+    try:  # sound: the clip length heard travels in the name (`core.clip_length`)
+        backbone_name = clip_length.backbone_for(dataset, backbone_name, getattr(args, "clip_seconds", "auto"))
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
     backbone = backbones.load_backbone(backbone_name, pretrained=True)
-    config = config_from_args(args, dataset, backbone_name, len(backbone.group_names))
+    config = clip_length.resolve(config_from_args(args, dataset, backbone_name, len(backbone.group_names)), dataset)
     out = Path(args.out)
     if scale_out.launched():  # one of several processes that `--processes` (or a launcher) started
         with scale_out.from_environment(config.device) as distributed:

@@ -8,10 +8,12 @@ are pooled into the features (`feature_taps`). The page shows it before a run st
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from core import preprocess, smalldata
+from core._backbone_catalogue import CLIP_SECONDS_RANGE
 from core.dataset import Dataset
 
 CACHE_MODES = ("features", "activations", "none")
@@ -65,6 +67,9 @@ class TrainConfig:
         lexical: texts with the logistic head: "auto" mixes a TF-IDF n-gram model into the delivered probabilities
             (`core.ngrams`: an equal vote of the two; fitted and scored on the same folds); "off" keeps the
             head alone.
+        clip_seconds: sound clips: how many seconds of each clip the backbone hears (cut around the loudest part,
+            or padded with silence); "auto" keeps the backbone's own length unless the clips are clearly longer
+            (`core.clip_length`). A run records the number, and its backbone name carries it (`name@2s`).
     """
 
     backbone: str
@@ -93,6 +98,7 @@ class TrainConfig:
     refit: str = "auto"
     lexical: str = "auto"
     views: int = 0
+    clip_seconds: float | str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError with a message a user can act on when a value is out of range."""
@@ -133,6 +139,15 @@ class TrainConfig:
             problems.append(f"lexical must be 'auto' or 'off', not {self.lexical!r}")
         if not 0 <= self.views <= MAX_VIEWS:
             problems.append(f"views must be between 0 and {MAX_VIEWS}, not {self.views}")
+        if self.clip_seconds != "auto":
+            low, high = CLIP_SECONDS_RANGE
+            try:
+                seconds = float(self.clip_seconds)
+            except (TypeError, ValueError):
+                seconds = math.nan
+            if not low <= seconds <= high:
+                problems.append(
+                    f"clip_seconds must be 'auto' or between {low:g} and {high:g}, not {self.clip_seconds!r}")
         if problems:
             raise ValueError("Invalid training settings: " + "; ".join(problems) + ".")
 

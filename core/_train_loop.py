@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from core import backbones, smalldata, stats
+from core import backbones, clip_length, smalldata, stats
 from core import distributed as scale_out
 from core import features as feature_cache
 from core._train_cache import cached_states
@@ -82,6 +82,11 @@ class _Trainer(_RunRecording, _SmallDataHead):
         distributed: scale_out.Distributed | None = None,
     ) -> None:
         config.validate()
+        config = clip_length.resolve(config, dataset)  # sound: the clip length heard travels in the backbone's name
+        if backbone is not None and backbone.spec.name != config.backbone:
+            if backbones.base_name(backbone.spec.name) != backbones.base_name(config.backbone):
+                raise ValueError(f"The backbone passed ({backbone.spec.name}) is not the run's ({config.backbone}).")
+            backbone.spec = backbones.get_spec(config.backbone)  # the same network, hearing another clip length
         self.dataset, self.config = dataset, config
         self.fingerprint = dataset.fingerprint
         self.distributed = distributed

@@ -27,8 +27,11 @@ from typing import Any
 
 from core._backbone_catalogue import _REGISTRY as _REGISTRY  # tests seed a catalogue entry without its checks
 from core._backbone_catalogue import (
+    CLIP_SECONDS_RANGE,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    base_name,
+    clip_variant,
     get_spec,
     list_specs,
     register,
@@ -108,10 +111,10 @@ def main_backbones(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "FAMILIES", "IMAGENET_MEAN", "IMAGENET_STD", "LOAD_LOCK", "WEIGHTS_DIR_ENV", "Availability",
+    "CLIP_SECONDS_RANGE", "FAMILIES", "IMAGENET_MEAN", "IMAGENET_STD", "LOAD_LOCK", "WEIGHTS_DIR_ENV", "Availability",
     "Backbone", "BackboneSpec", "BackboneUnavailable", "Classifier", "ConvNeXtBackbone", "HFASTBackbone",
-    "HFEncoderBackbone", "HFSpeechBackbone",
-    "ResNetBackbone", "TimmCNNBackbone", "ViTBackbone", "WeightsMismatch", "availability", "catalogue_rows",
-    "default_backbone", "get_spec", "input_summary", "list_specs", "load_backbone", "load_network", "main_backbones",
-    "map_lukemelas_efficientnet", "register", "unregister", "weights_dir", "weights_folder",
+    "HFEncoderBackbone", "HFSpeechBackbone", "ResNetBackbone", "TimmCNNBackbone", "ViTBackbone", "WeightsMismatch",
+    "availability", "base_name", "catalogue_rows", "clip_variant", "default_backbone", "get_spec", "input_summary",
+    "list_specs", "load_backbone", "load_network", "main_backbones", "map_lukemelas_efficientnet", "register",
+    "unregister", "weights_dir", "weights_folder",
 ]

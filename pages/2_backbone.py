@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import jobs, recommend
+from core import clip_length, jobs, recommend
 from core.backbones import availability, catalogue_rows, default_backbone, get_spec, input_summary
 from pages._ui import require
 
@@ -119,6 +120,25 @@ chosen = st.selectbox(
 
 spec = get_spec(chosen)
 status = availability(chosen)
+clip_choice = "auto"
+if spec.modality == "audio":  # how much of each clip it hears: the run's backbone name carries the length
+    own = clip_length.own_seconds(chosen)
+    durations = clip_length.dataset_durations(state.dataset)
+    auto = clip_length.auto_clip_seconds(durations, own)
+    allowed = clip_length.offered_lengths(chosen)
+    median = float(np.median(durations)) if len(durations) else own
+    clip_choice = st.selectbox(
+        "Clip length", ["auto", *allowed], key="backbone_clip_seconds",
+        index=(["auto", *allowed].index(state.scratch.get("clip_seconds", "auto"))
+               if state.scratch.get("clip_seconds", "auto") in ["auto", *allowed] else 0),
+        format_func=lambda value: (f"Auto: {auto:g} s for your clips (median {median:.2f} s)" if value == "auto"
+                                   else f"{value:g} s" + (" (the backbone's own)" if value == own else "")),
+        help=f"Each clip is cut to this length around its loudest part, or padded with silence. Auto keeps the "
+        f"backbone's own {own:g} s unless your clips are clearly longer: then their median, at most "
+        f"{clip_length.AUTO_LONGEST:g} s. Longer clips keep more of each sound and cost more.",
+    )
+    state.scratch["clip_seconds"] = clip_choice
+    spec = get_spec(clip_length.backbone_for(state.dataset, chosen, clip_choice))
 with st.container(border=True):
     st.subheader(spec.title)
     st.markdown(spec.description)
@@ -147,7 +167,7 @@ if status.available:
         if state.backbone_name is not None:
             state.frozen_groups = None  # the layer groups belong to the old backbone
         state.backbone_name = chosen
-    if jobs.warm_up_features(state.dataset, chosen):
+    if jobs.warm_up_features(state.dataset, clip_length.backbone_for(state.dataset, chosen, clip_choice)):
         st.caption("⚡ Its features for your data are being computed in the background, so training with the "
                    "backbone frozen can start at once.")
     st.page_link("pages/3_freezing.py", label="Next: choose what to freeze", icon="➡️")

@@ -349,8 +349,8 @@ def test_data_page_loads_the_sound_sample_with_one_click_and_shows_players_and_s
     dataset = at.session_state["studio"].dataset
     assert dataset.modality == "audio" and dataset.name == "Sample: spoken words"
     assert len(at.get("audio")) == 6 * 4 and len(at.get("imgs")) + len(at.get("image")) >= 6
-    # a project file of clips would not open again, so saving one is not offered (it says so instead)
-    assert not at.get("download_button") and any("sound clips is not built yet" in c.value for c in at.caption)
+    # a project of sound clips saves and opens like one of images
+    assert at.get("download_button") and any("its sound clips, or only their list" in c.value for c in at.caption)
     assert any("every clip 1 s long" in c.value for c in at.caption)
 
 
