@@ -6,7 +6,8 @@ centre crop + normalise; training adds the chosen augmentation. Texts: the backb
 per batch and truncated to the spec's `max_tokens`. Sound: `core.audio`'s log-mel spectrogram picture, with the
 settings the spec carries (`spec.extra["audio"]`), so a clip becomes the same [3, H, W] tensor an image does; for an
 audio foundation model (AST, wav2vec 2.0, HuBERT) the clip, mono at 16 kHz and cut to length, goes through the
-model's own Hugging Face feature extractor instead (fbank frames [1024, 128], or the normalised waveform).
+model's own Hugging Face feature extractor instead (fbank frames [1024, 128], or the normalised waveform). Training
+clips take the chosen augmentation from `core.audio_augment` (shifted cut, gain, noise, spectrogram masks).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from core import audio
+from core import audio, audio_augment
 from core.backbones import LOAD_LOCK, BackboneSpec, BackboneUnavailable, weights_folder
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ AUGMENTATIONS: dict[str, str] = {
     "none": "no changes: every epoch sees the same, centre-cropped images",
     "light": "random crops (keeping at least 60 % of the photo) and left-right flips",
     "strong": "random crops (down to 25 %), flips, colour changes and RandAugment distortions",
-}
+}  # for sound clips: `core.audio_augment.describe`
 
 
 class Preprocessor:
@@ -37,7 +38,7 @@ class Preprocessor:
 
     Attributes:
         spec: the backbone this preprocessing belongs to.
-        augmentation: "none", "light" or "strong" (applies to images when `train=True`).
+        augmentation: "none", "light" or "strong" (applies to images and sound clips when `train=True`).
         cache_key: a short string that changes whenever evaluation-time preprocessing would change; feature
             caches key on it.
     """
@@ -53,13 +54,10 @@ class Preprocessor:
         self._tokenizer: Any = None
         self._feature_extractor: Any = None
         self.audio_settings: audio.MelSettings | None = None
+        self._sound_recipe: audio_augment.SoundAugmentation | None = None
         if spec.modality == "audio":
-            if augmentation != "none":
-                raise ValueError(
-                    f"Augmentation {augmentation!r} is built for images; sound clips train without augmentation "
-                    "for now (choose 'none')."
-                )
             self.audio_settings = audio_settings(spec)
+            self._sound_recipe = audio_augment.RECIPES.get(augmentation)
         if spec.modality == "image":
             self._eval_transform = _image_transform(spec, training=False)
             self._train_transform = (
@@ -94,8 +92,10 @@ class Preprocessor:
             return " ".join(str(item).split())
         if self.audio_settings is not None:
             try:
+                if train and self._sound_recipe is not None:
+                    return self._augmented_sound(str(item), self._sound_recipe)
                 if uses_feature_extractor(self.spec):
-                    return self._model_input(str(item))
+                    return self._extracted(audio.clip_waveform(str(item), self.audio_settings, pad=self._pads_clips))
                 return audio.file_pixels(str(item), self.audio_settings)
             except audio.AudioReadError as error:
                 raise ValueError(f"Cannot read the sound file {Path(item).name!r} ({item}): {error}") from error
@@ -107,13 +107,27 @@ class Preprocessor:
         transform = self._train_transform if train else self._eval_transform
         return transform(rgb)
 
-    def _model_input(self, path: str) -> torch.Tensor:
-        """A clip as the foundation model's input: its feature extractor's `input_values` for the cut waveform."""
-        settings = self.audio_settings
-        pad = bool(self.spec.extra["feature_extractor"].get("pad_clips", True))
-        samples = audio.clip_waveform(path, settings, pad=pad)
-        values = self.feature_extractor(samples, sampling_rate=settings.sample_rate, return_tensors="np")
+    @property
+    def _pads_clips(self) -> bool:
+        """Whether a foundation model's shorter clips are centred in silence (AST's extractor pads its own frames)."""
+        return bool(self.spec.extra["feature_extractor"].get("pad_clips", True))
+
+    def _extracted(self, samples: Any) -> torch.Tensor:
+        """A cut clip as the foundation model's input: its feature extractor's `input_values`."""
+        values = self.feature_extractor(samples, sampling_rate=self.audio_settings.sample_rate, return_tensors="np")
         return torch.from_numpy(values["input_values"][0]).float()
+
+    def _augmented_sound(self, path: str, recipe: audio_augment.SoundAugmentation) -> torch.Tensor:
+        """A training view of a clip: the recipe's shifted cut, gain and noise, then the model's input; the
+        spectrogram backbone's picture also gets the recipe's masks (a foundation model's extractor makes its own
+        features, so it hears the waveform changes only)."""
+        settings, rng = self.audio_settings, audio_augment.random_source()
+        samples = audio.load_clip(path, settings.sample_rate)
+        if uses_feature_extractor(self.spec):
+            length = audio.cut_length(len(samples), settings, self._pads_clips)
+            return self._extracted(audio_augment.augmented_clip(samples, length, recipe, rng))
+        clip = audio_augment.augmented_clip(samples, settings.clip_samples, recipe, rng)
+        return audio.unit_pixels(audio_augment.masked(audio.spectrogram_unit(clip, settings), recipe, rng), settings)
 
     def collate(self, loaded: list[Any]) -> Any:
         """A batch of loaded examples: a stacked image tensor, or a dict of `input_ids` and `attention_mask`."""

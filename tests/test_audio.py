@@ -205,11 +205,6 @@ def test_unreadable_clip_in_preprocessing_names_the_file(tmp_path: Path) -> None
         make_preprocessor(get_spec("efficientnet_lite0_audio")).load(str(path))
 
 
-def test_augmentation_is_refused_for_audio_with_the_reason() -> None:
-    with pytest.raises(ValueError, match="without augmentation"):
-        make_preprocessor(get_spec("efficientnet_lite0_audio"), augmentation="light")
-
-
 # ------------------------------------------------------------------------------------------ baseline and export
 
 

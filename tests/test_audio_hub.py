@@ -177,6 +177,35 @@ def test_the_ast_input_is_its_feature_extractor_on_the_loudest_window(weights_di
     np.testing.assert_allclose(values.numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["wav2vec2_base", "ast_audioset"])
+def test_hub_models_hear_the_waveform_augmentation_only(
+    name: str, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """"strong" shifts, changes the gain of and adds noise to a training clip before the model's own extractor; no
+    spectrogram masks (the extractor makes the features); evaluation stays the extractor on the plain cut."""
+    from core import audio_augment
+
+    if availability(name).source == "cache":
+        pytest.skip(f"{name} is in this machine's Hugging Face cache; the cache comes first")
+    save_tiny(name, weights_dir)
+    clip = tmp_path / "word.wav"
+    clip.write_bytes(wav_bytes(tone(880.0, seconds=0.8)))  # shorter than either model's clip length
+    strong, plain = make_preprocessor(get_spec(name), "strong"), make_preprocessor(get_spec(name))
+
+    def no_masks(*args: object) -> None:
+        raise AssertionError("a hub model's input was masked")
+
+    monkeypatch.setattr(audio_augment, "masked", no_masks)
+    torch.manual_seed(3)
+    first, second = strong.load(str(clip), train=True), strong.load(str(clip), train=True)
+    torch.manual_seed(3)
+    again = strong.load(str(clip), train=True)
+    evaluation = plain.load(str(clip))
+    assert first.shape == evaluation.shape
+    assert not torch.equal(first, evaluation) and not torch.equal(first, second) and torch.equal(first, again)
+    assert torch.equal(strong.load(str(clip)), evaluation)
+
+
 # ------------------------------------------------------------------------------- the engine, predict, export
 
 
