@@ -87,6 +87,7 @@ __all__ = [
     "extract_zip",
     "format_report",
     "guess_columns",
+    "clips_in_zip",
     "images_in_zip",
     "inspect_clip",
     "inspect_image",
@@ -173,13 +174,28 @@ def images_in_zip(source: bytes | str | os.PathLike[str], name: str | None = Non
     Raises:
         DataError: the archive cannot be used (see `extract_zip`), or it holds no image.
     """
+    return _files_in_zip(source, name, IMAGE_EXTENSIONS, "images")
+
+
+def clips_in_zip(source: bytes | str | os.PathLike[str], name: str | None = None) -> list[tuple[str, Path]]:
+    """The sound clips of a zip to classify, as `images_in_zip` gives images (named by their path inside it).
+
+    Raises:
+        DataError: the archive cannot be used (see `extract_zip`), or it holds no sound file.
+    """
+    return _files_in_zip(source, name, audio.AUDIO_EXTENSIONS, "sound clips")
+
+
+def _files_in_zip(
+    source: bytes | str | os.PathLike[str], name: str | None, extensions: frozenset[str], what: str
+) -> list[tuple[str, Path]]:
     name = name or (Path(source).name if not isinstance(source, bytes) else "the archive")
     folder = extract_zip(source, name)
     files, _ = _scan(folder)
-    images = [(file.as_posix(), folder / file) for file in files if file.suffix.lower() in IMAGE_EXTENSIONS]
-    if not images:
-        raise DataError(f"`{name}` holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    return images
+    found = [(file.as_posix(), folder / file) for file in files if file.suffix.lower() in extensions]
+    if not found:
+        raise DataError(f"`{name}` holds no {what} ({', '.join(sorted(extensions))}).")
+    return found
 
 
 def load_folder(

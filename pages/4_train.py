@@ -371,6 +371,7 @@ values = {
     "refit": refit,
     "lexical": lexical,
     "views": views,
+    "clip_seconds": state.scratch.get("clip_seconds", "auto") if dataset.modality == "audio" else "auto",
 }
 
 if submitted and not active:

@@ -277,17 +277,18 @@ top_k = st.slider("Classes to show per example", 1, max(1, len(classes)), min(3,
 
 
 def _saved_uploads(files: list[Any]) -> tuple[list[str], list[str]]:
-    """Uploaded images written into the workspace (the preprocessor reads files); returns (paths, names).
+    """Uploaded images or clips written into the workspace (the preprocessor reads files); returns (paths, names).
 
-    A zip is opened and each image in it is named by its path inside the zip (`cats/0000.png`), so that rows of the
-    prediction table stay apart and can be traced back to the user's own files.
+    A zip is opened and each image or clip in it is named by its path inside the zip (`cats/0000.png`), so that rows
+    of the prediction table stay apart and can be traced back to the user's own files.
     """
     folder = workspace_subdir("predict", get_state().owner)
     paths, names = [], []
     for file in files:
         content = file.getvalue()
         if file.name.lower().endswith(".zip"):
-            for inside, path in data.images_in_zip(content, name=file.name):
+            in_zip = data.clips_in_zip if dataset.modality == "audio" else data.images_in_zip
+            for inside, path in in_zip(content, name=file.name):
                 paths.append(str(path))
                 names.append(inside)
             continue
@@ -316,8 +317,11 @@ try:
             inputs, names = _saved_uploads(files)
             evaluation.check_image_files(inputs, names)
     elif dataset.modality == "audio":
-        uploads = st.file_uploader("Sound clips to classify", type=AUDIO_TYPES, accept_multiple_files=True,
-                                   key="test_predict_clips")
+        uploads = st.file_uploader(
+            "Sound clips to classify, or a zip of them", type=[*AUDIO_TYPES, "zip"], accept_multiple_files=True,
+            key="test_predict_clips", help="A zip keeps its folders: each row of the predictions names the clip by "
+            "its path inside the zip, such as `birds/0001.wav`.",
+        )
         if uploads:
             inputs, names = _saved_uploads(list(uploads))
             evaluation.check_audio_files(inputs, names)
@@ -352,7 +356,7 @@ if inputs:
         },
     )
     repeated = len(names) - len(set(names))
-    if dataset.modality == "image" and repeated:
+    if dataset.modality in ("image", "audio") and repeated:
         st.caption(f"Some file names repeat ({repeated} of {len(names)}): a browser sends file names without their "
                    "folders. Upload a zip to keep the folders in the table and the CSV.")  # fmt: skip
     st.download_button(

@@ -54,6 +54,14 @@ def clips_zip(extra: dict[str, bytes] | None = None, per_class: int = 6) -> byte
     return buffer.getvalue()
 
 
+def zip_of(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
 def codes(report: dict) -> set[str]:
     return {problem["code"] for problem in report["warnings"] + report["errors"]}
 
@@ -402,6 +410,15 @@ def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
     assert not at.exception, at.exception
     table = next(frame.value for frame in at.dataframe if "input" in frame.value.columns)
     assert table["input"].tolist() == ["whistle.wav"] and table["prediction"].iloc[0] in dataset.classes
+    # a zip of clips: each row names the clip by its path inside the zip, so same-named clips stay apart
+    clips = zip_of({"high/1.wav": clip, "low/1.wav": wav_bytes(tone(220.0, seed=51)), "notes.txt": b"Tuesday"})
+    at.file_uploader(key="test_predict_clips").set_value(("new.zip", clips, "application/zip")).run()
+    assert not at.exception, at.exception
+    table = next(frame.value for frame in at.dataframe if "input" in frame.value.columns)
+    assert table["input"].tolist() == ["high/1.wav", "low/1.wav"]
+    at.file_uploader(key="test_predict_clips").set_value(
+        ("texts.zip", zip_of({"notes.txt": b"hello"}), "application/zip")).run()
+    assert any("`texts.zip` holds no sound clips" in error.value for error in at.error)
 
     at.audio_input(key="test_live_audio").set_value(("recording.wav", clip, "audio/wav")).run()
     assert not at.exception, at.exception

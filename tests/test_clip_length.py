@@ -110,7 +110,9 @@ def test_auto_hears_the_whole_clip_where_the_loudest_second_misses_the_class(tmp
     assert json.loads((result.bundle_dir / "preprocessing.json").read_text())["clip_seconds"] == 2.0
 
 
-def test_the_backbone_page_offers_the_length_and_says_what_auto_chose(tmp_path: Path) -> None:
+def test_the_backbone_page_offers_the_length_and_says_what_auto_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_jobs: None
+) -> None:
     from streamlit.testing.v1 import AppTest
 
     from core.session import StudioState
@@ -127,3 +129,14 @@ def test_the_backbone_page_offers_the_length_and_says_what_auto_chose(tmp_path: 
     length.set_value(1.0).run()
     assert any(header.value == "EfficientNet-Lite0 on spectrograms" for header in at.subheader)
     assert state.scratch["clip_seconds"] == 1.0 and state.backbone_name == "efficientnet_lite0_audio"
+    # ... and the run the Train page starts hears that length (its fit is a stand-in: only the config matters)
+    from core import _jobs_job
+
+    heard = []
+    monkeypatch.setattr(_jobs_job, "_default_fit", lambda: lambda dataset, config, *args, **kwargs: heard.append(
+        config.clip_seconds))
+    state.frozen_groups = 9
+    at.switch_page("pages/4_train.py").run()
+    at.button(key="train-submit").click().run()
+    assert not at.exception, at.exception
+    assert state.job is not None and state.job.config.clip_seconds == 1.0
