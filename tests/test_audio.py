@@ -23,6 +23,7 @@ from core.backbones import Classifier, get_spec
 from core.data import DataError, load_path, load_sample, load_zip
 from core.dataset import Dataset
 from core.preprocess import audio_settings, make_preprocessor
+from tests.test_data import make_zip as zip_of
 from tests.tiny import TINY_SPEC, TinyCNN
 
 RATE = 16000
@@ -51,14 +52,6 @@ def clips_zip(extra: dict[str, bytes] | None = None, per_class: int = 6) -> byte
                 archive.writestr(f"tones/{label}/{index}.wav", wav_bytes(tone(frequency, seed=index + 1)))
         for name, data in (extra or {}).items():
             archive.writestr(f"tones/{name}", data)
-    return buffer.getvalue()
-
-
-def zip_of(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in entries.items():
-            archive.writestr(name, content)
     return buffer.getvalue()
 
 
