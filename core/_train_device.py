@@ -106,7 +106,9 @@ def _loader(
     """A DataLoader over a preprocessor; its own generator keeps the global RNG (dropout, augmentation) untouched.
 
     `batches` (the indices of each batch, in order) replaces batch size and shuffling: one process's shares of a
-    multi-process run.
+    multi-process run. Loader processes seed their augmentation from the generator; a training loader without one
+    (a seeded augmented view, `_SmallDataHead.augmented_views`) takes it from the global RNG, so the caller's seed
+    decides the view there too and not only when decoding in the process.
     """
     def collate(examples: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
         loaded, classes = zip(*examples, strict=True)
@@ -117,11 +119,13 @@ def _loader(
             _Examples(items, labels, preprocessor, train), batch_sampler=batches, collate_fn=collate,
             **_worker_options(preprocessor),
         )
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if train else 0)
     return torch.utils.data.DataLoader(
         _Examples(items, labels, preprocessor, train),
         batch_size=batch_size,
         shuffle=shuffle,
-        generator=generator if generator is not None else torch.Generator().manual_seed(0),
+        generator=generator,
         collate_fn=collate,
         **_worker_options(preprocessor),
     )

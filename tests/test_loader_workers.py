@@ -57,3 +57,20 @@ def test_worker_processes_give_the_same_batches_in_the_same_order(tmp_path: Path
     for (x0, y0), (x1, y1) in zip(in_process, forked, strict=True):
         assert torch.equal(y0, y1)
         assert torch.equal(x0, x1)
+
+
+def test_a_seeded_augmented_view_is_the_seeds_in_worker_processes_too(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training loader without a generator of its own (an augmented view for the logistic head) seeds its worker
+    processes from the global RNG: another seed, another view; the same seed, the same view, as in the process."""
+    dataset = make_colour_dataset(tmp_path / "colours", per_class=3)
+    items, labels = dataset.split("train")
+    augmented = make_preprocessor(TINY_SPEC, "light")
+    monkeypatch.setenv("TRANSFER_STUDIO_LOADER_WORKERS", "1")
+
+    def view(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return torch.cat([batch for batch, _ in _train_device._loader(items, labels, augmented, True, 4)])
+
+    first = view(1)
+    assert torch.equal(view(1), first) and not torch.equal(view(2), first)
