@@ -240,11 +240,14 @@ def freeze_every_group(page: Page) -> None:
     expect(slider).to_be_visible(timeout=120_000)  # the backbone loads first
     frozen = main(page).get_by_test_id("stMetric").filter(has_text="Frozen layer groups")
     value = frozen.get_by_test_id("stMetricValue")
+    # On a busy machine (three sessions training) a rerun takes seconds: wait for the page before each key press.
+    wait_idle(page)
     slider.focus()
     slider.press("Home")
-    expect(value).to_have_text(re.compile(r"^0 of \d+$"))
+    expect(value).to_have_text(re.compile(r"^0 of \d+$"), timeout=60_000)
     wait_idle(page)
+    slider.focus()
     slider.press("End")
-    expect(value).to_have_text(re.compile(r"^(\d+) of \1$"))
+    expect(value).to_have_text(re.compile(r"^(\d+) of \1$"), timeout=60_000)
     wait_idle(page)
     expect(main(page).get_by_test_id("stException")).to_have_count(0)
