@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight classes in the loss (default: on when the largest class is > 3x the smallest)")
     train.add_argument("--backbone-lr-factor", type=float)
     # = core.preprocess.AUGMENTATIONS, spelled out to keep the CLI light (a test checks they agree)
-    train.add_argument("--augmentation", choices=["none", "light", "strong"])
+    train.add_argument("--augmentation", choices=["none", "light", "strong"],
+                       help="training examples only (default none, which lets frozen layers be cached). Images: "
+                       "light = crops and flips, strong = also colour and RandAugment. Clips: light = a shifted cut "
+                       "and a gain, strong = also noise and, on spectrograms, SpecAugment masks (the numbers: "
+                       "core/audio_augment.py)")
     train.add_argument("--patience", type=int)
     train.add_argument("--protocol", choices=["auto", "cross-validation", "test split"], default="auto",
                        help="how scores are estimated (default: cross-validation and a refit on all labels for small "
@@ -88,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="texts with the logistic head: mix a TF-IDF n-gram model into the delivered probabilities "
                        "(an equal vote, estimated on the same folds; auto) or keep the head alone (off)")
     train.add_argument("--views", type=int, default=0, metavar="N",
-                       help="images with the logistic head: learn also from N augmented views of each image (crops, "
-                       "flips), computed once through the frozen backbone and cached; 0 = off (default)")
+                       help="images and sound clips with the logistic head: learn also from N augmented views of "
+                       "each example (images: crops, flips; clips: a shifted cut, a gain), computed once through the "
+                       "frozen backbone and cached; 0 = off (default)")
     train.add_argument("--clip-seconds", type=_clip_seconds, default="auto", metavar="SECONDS",
                        help="sound clips: seconds of each clip the backbone hears, cut around the loudest part or "
                        "padded with silence (auto, the default: the backbone's own length, 1 s for the offline one, "

@@ -46,9 +46,9 @@ class _SmallDataHead:
                             self.backbone.spec.sentence_encoder, self.logistic)
 
     def augmented_views(self, items: list[str], labels: torch.Tensor) -> torch.Tensor | None:
-        """`config.views` augmented views of each image (light: crops and flips), through the frozen backbone once:
-        [N, views, D], row i the views of items[i]. Each view is seeded and cached on disk like the features, so a
-        second run on the same data reuses them."""
+        """`config.views` augmented views of each image or clip (the "light" augmentation: crops and flips, or a
+        shifted cut and a gain), through the frozen backbone once: [N, views, D], row i the views of items[i]. Each
+        view is seeded and cached on disk like the features, so a second run on the same data reuses them."""
         if not self.config.views:
             return None
 
@@ -72,7 +72,7 @@ class _SmallDataHead:
             if result is None:
                 raise TrainingStopped
             views.append(result["view"].states.float().cpu())
-        log.info("Learning from %d augmented views of each of %d images", self.config.views, len(items))
+        log.info("Learning from %d augmented views of each of %d examples", self.config.views, len(items))
         return torch.stack(views, dim=1)
 
     def split_logits(self, split_name: str, cache: dict | None) -> tuple[np.ndarray, np.ndarray]:

