@@ -17,7 +17,7 @@ from typing import Any
 
 import streamlit as st
 
-from core import compare, devices, freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
+from core import audio_augment, compare, devices, freezing, jobs, preprocess  # noqa: F401 - imported here so the worker starts training sooner
 from core.backbones import get_spec
 from core.data import random_split_source
 from core.session import StudioState
@@ -38,6 +38,17 @@ _ENGINE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+def _augmentation_help(modality: str) -> str:
+    """What the augmentation setting does for this kind of data (sound: the recipes' own numbers)."""
+    cached = " 'none' lets frozen layers be cached (much faster)."
+    if modality == "text":
+        return "Texts train without augmentation."
+    if modality == "audio":
+        return (f"Training clips only. Light: {audio_augment.describe('light')}. Strong: "
+                f"{audio_augment.describe('strong')}." + cached)
+    return "Random flips/crops/colour for training images." + cached
+
+
 def _group_count(backbone_name: str) -> int | None:
     """How many layer groups the backbone has, from its catalogue entry (no loading); None when unknown."""
     try:
@@ -277,11 +288,7 @@ with st.form("train-settings"):
     c1, c2, _ = front.columns(3)
     augmentation = c1.selectbox(
         "Augmentation", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults["augmentation"]),
-        disabled=dataset.modality != "image",
-        help="Random flips/crops/colour for images; 'none' lets frozen layers be cached (much faster)."
-        + {"text": " Texts train without augmentation.",
-           "audio": " Sound clips train without augmentation (not built yet: no time shifts or noise)."}.get(
-            dataset.modality, ""),
+        disabled=dataset.modality == "text", help=_augmentation_help(dataset.modality),
     )
     if not logistic:
         class_weights = c2.checkbox(
@@ -337,6 +344,14 @@ with st.form("train-settings"):
             "accuracy benchmark 4 views gained 5.8 / 3.8 / 1.4 points at 8 / 20 / 64 digits per class and tied on "
             "the faces, at 2-6x the training time).",
         ))
+    elif logistic and dataset.modality == "audio":
+        views = int(c3.number_input(
+            "Augmented views per clip", 0, MAX_VIEWS, 0, key="train_views",
+            help="Sound clips: the head also learns from this many copies of each labelled clip, each with the "
+            f"light augmentation ({audio_augment.describe('light')}), each run once through the frozen backbone "
+            "and cached (one more feature pass per view). The estimate stays honest: a copy only ever joins its own "
+            "clip's fold. 0 = off (the default; what views gain on sound has not been measured yet).",
+        ))
     label = "Train in the queue" if others_active and not active else "🚀 Train"
     submitted = st.form_submit_button(label, type="primary", disabled=active, key="train-submit")
 
@@ -360,7 +375,7 @@ values = {
     "class_weights": bool(class_weights),
     "backbone_lr_factor": float(backbone_lr_factor),
     "grad_clip": float(grad_clip),
-    "augmentation": augmentation if dataset.modality == "image" else "none",
+    "augmentation": augmentation if dataset.modality != "text" else "none",
     "patience": int(patience),
     "seed": int(seed),
     "device": device,

@@ -411,11 +411,18 @@ def test_a_sentence_encoder_offers_tuning_on_the_texts_and_says_what_it_costs():
     assert not [r for r in at.radio if r.key == "train_sentence_tuning"]
 
 
-def test_augmentation_is_offered_for_images_only(colour_dataset):
-    """Sound clips train without augmentation (the preprocessing refuses it), so the page does not offer it."""
+def test_augmentation_is_offered_for_images_and_sound_and_says_what_it_does(colour_dataset, three_groups,
+                                                                             monkeypatch):
+    """Images and sound clips augment while training, texts do not; the help says what each setting does to a clip
+    (the recipes' own numbers), the run gets the chosen setting, and with every group frozen sound clips get
+    augmented views per clip as images get them per image."""
     from core.dataset import Dataset
 
-    for modality, offered in (("image", True), ("audio", False)):
+    def no_training(dataset, config, run_dir, **kwargs):
+        raise ValueError("only the settings are looked at here")
+
+    monkeypatch.setattr(_jobs_job, "_default_fit", lambda: no_training)
+    for modality, offered in (("image", True), ("audio", True), ("text", False)):
         data = Dataset(colour_dataset.name, modality, colour_dataset.table, colour_dataset.classes,
                        root=colour_dataset.root)
         at = _app(data)
@@ -423,5 +430,17 @@ def test_augmentation_is_offered_for_images_only(colour_dataset):
         assert not at.exception, at.exception
         augmentation = next(box for box in at.selectbox if box.label == "Augmentation")
         assert augmentation.disabled is not offered
-        if not offered:
-            assert "Sound clips train without augmentation" in augmentation.help
+        if modality == "audio":
+            assert "Light: the cut window moves by up to ±10 % of the clip" in augmentation.help
+            assert "white or pink noise at 10-30 dB" in augmentation.help and "masked" in augmentation.help
+            augmentation.set_value("strong")
+            at.button(key="train-submit").click().run()  # the form sends its values with the click
+            assert not at.exception, at.exception
+            assert _state(at).job.config.augmentation == "strong"  # the page passes it on for sound
+
+            at = _app(data, frozen_groups=3)
+            at.run()
+            assert "Augmented views per clip" in _inputs(at.expander[0])
+            assert "±10 % of the clip" in at.number_input(key="train_views").help
+        elif modality == "text":
+            assert augmentation.help == "Texts train without augmentation."
