@@ -39,7 +39,7 @@ class TrainConfig:
         class_weights: weight the loss by inverse class frequency, for imbalanced data.
         backbone_lr_factor: the unfrozen backbone layers learn at `lr * backbone_lr_factor` (discriminative rates).
         grad_clip: clip the gradient norm to this value (0 or None = off).
-        augmentation: "none", "light" or "strong" (training images only; caching needs "none").
+        augmentation: "none", "light" or "strong" (training images and sound clips only; caching needs "none").
         patience: stop after this many epochs without a better validation loss (0 or None = never stop early).
         seed: seeds data order, head initialisation, dropout and augmentation.
         device: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:1" or "mps".
