@@ -60,10 +60,10 @@ class TrainConfig:
             split, train again from the pretrained weights on train + validation for that many epochs, and deliver
             (and score on the test split) that model. "auto" does so where the data is small (the rule under which
             feature extraction cross-validates, `core.smalldata.choose_protocol`); "on" or "off".
-        views: images with the logistic head: this many augmented views of each labelled image (random crops
-            keeping at least 60 %, flips: the "light" augmentation) go once through the frozen backbone, and the
-            head learns from them beside the originals (`smalldata.with_views`: a view only ever joins its own
-            image's fold). 0 = off.
+        views: images and sound clips with the logistic head: this many augmented views of each labelled example
+            (the "light" augmentation: random crops keeping at least 60 % and flips; for clips a shifted cut and a
+            gain) go once through the frozen backbone, and the head learns from them beside the originals
+            (`smalldata.with_views`: a view only ever joins its own example's fold). 0 = off.
         lexical: texts with the logistic head: "auto" mixes a TF-IDF n-gram model into the delivered probabilities
             (`core.ngrams`: an equal vote of the two; fitted and scored on the same folds); "off" keeps the
             head alone.
@@ -174,7 +174,7 @@ def _cache_plan(config: TrainConfig, frozen: int, num_groups: int) -> tuple[str,
         return "none", "Every layer is fine-tuned, so nothing can be cached: each batch runs the whole network."
     if config.augmentation != "none":
         return "none", (
-            f"Augmentation ({config.augmentation}) changes every training image each epoch, so the frozen layers "
+            f"Augmentation ({config.augmentation}) changes every training example each epoch, so the frozen layers "
             "must run again every epoch. Turn augmentation off to compute them once and train much faster."
         )
     if frozen >= num_groups:
