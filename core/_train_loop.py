@@ -460,7 +460,8 @@ class _Trainer(_RunRecording, _SmallDataHead):
         )
         info.update(protocol=self.protocol.name, protocol_reason=self.protocol.reason, folds=self.protocol.folds,
                     head="logistic" if self.logistic else "gradient", sentence_tuning=self.tuning.on,
-                    sentence_tuning_reason=self.tuning.reason, sentence_tuning_steps=self.tuning.steps)
+                    sentence_tuning_reason=self.tuning.reason if self.dataset.modality == "text" else "",
+                    sentence_tuning_steps=self.tuning.steps)  # images and clips: nothing to say about text tuning
         if self.logistic:
             grid = smalldata.l2_grid(self.backbone.spec.sentence_encoder)
             info.update(epochs=len(grid), start_epoch=1, steps_per_epoch=0, total_steps=0)

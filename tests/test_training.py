@@ -84,6 +84,7 @@ def test_tiny_model_learns_and_the_run_is_recorded(colour_dataset: Dataset, tmp_
     assert losses[-1] < losses[0] * 0.8
     assert result.val_accuracy is not None and result.val_accuracy > 0.5
     assert recorder.begin["steps_per_epoch"] == 3 and recorder.begin["total_steps"] == 12
+    assert recorder.begin["sentence_tuning_reason"] == ""  # an image run has nothing to say about tuning on texts
     assert [s["step"] for s in recorder.steps] == list(range(1, 13))
     assert [e["epoch"] for e in recorder.epochs] == [1, 2, 3, 4]
     assert recorder.end is result
