@@ -18,9 +18,10 @@ from typing import Any
 
 import pandas as pd
 
+from core._run_folder import JOB as JOB_FILE
+from core._run_folder import write_text_at_once
 from core.dataset import Dataset
 
-JOB_FILE = "job.json"
 #: The engine the worker runs unless a job names another ('module:function'; tests name a tiny-model one).
 DEFAULT_FIT = "core.training:fit"
 
@@ -58,9 +59,7 @@ def write_job_file(run_dir: str | Path, job: JobFile) -> None:
         },
         **{f.name: getattr(job, f.name) for f in dataclasses.fields(job) if f.name != "dataset"},
     }
-    temporary = run_dir / (JOB_FILE + ".tmp")
-    temporary.write_text(json.dumps(body, default=str))
-    temporary.replace(run_dir / JOB_FILE)
+    write_text_at_once(run_dir / JOB_FILE, json.dumps(body, default=str))
 
 
 def read_job_file(run_dir: str | Path) -> JobFile:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -17,6 +16,7 @@ from core import audio_baseline, backbones, clip_length, smalldata
 from core import data as data_module
 from core import distributed as scale_out
 from core._job_file import JobFile, this_host, write_job_file
+from core._run_folder import write_metrics
 from core._train_config import TrainConfig, _cache_plan, suggested_settings, uses_logistic_head
 from core._train_loop import fit
 from core.backbones import Backbone
@@ -174,18 +174,10 @@ def _fit_and_report(
         return 2
     if not recording:
         return 0 if result.status == "completed" else 1
-    metrics = {
-        "run_id": result.run_id, "status": result.status, "history": result.history,
-        "best_epoch": result.best_epoch, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss,
-        "test_accuracy": result.test_accuracy, "cache_mode": result.cache_mode, "device": result.device,
-        "precision": result.precision, "seconds": round(result.seconds, 2),
-        "processes": distributed.world_size if distributed is not None else 1,
-    }
-    if result.estimate:  # the contract: protocol, folds, n, accuracy and macro-F1 with their 95 % intervals, ...
-        metrics.update(result.estimate)
-        if dataset.modality == "audio":  # what pretraining adds: the same head on MFCC statistics, same protocol
-            metrics["baseline"] = _audio_baseline(dataset, config, backbone, result.estimate)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    baseline = None
+    if result.estimate and dataset.modality == "audio":  # what pretraining adds: the same head on MFCC statistics
+        baseline = _audio_baseline(dataset, config, backbone, result.estimate)
+    write_metrics(out, result, processes=distributed.world_size if distributed is not None else 1, baseline=baseline)
     if result.estimate:
 
         estimate = result.estimate

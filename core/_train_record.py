@@ -2,7 +2,8 @@
 
 A checkpoint holds everything a resumed run needs to continue exactly as if it had never stopped: the trainable
 weights, the optimizer's state, every random generator's state and the loop's counters (`checkpoint/last.*`); the
-frozen layers are written once (`checkpoint/frozen.safetensors`) and the best epoch's weights beside them.
+frozen layers are written once (`checkpoint/frozen.safetensors`) and the best epoch's weights beside them. The
+folder's files are declared in `core._run_folder`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core import ngrams
+from core._run_folder import (
+    BEST_WEIGHTS,
+    CHECKPOINT_DIR,
+    CHECKPOINT_STATE,
+    CHECKPOINT_WEIGHTS,
+    FROZEN_WEIGHTS,
+    LEXICAL,
+    MODEL,
+    RUN_INFO,
+    temporary,
+    write_text_at_once,
+)
 from core.contracts import EpochEnd, StepEnd, TrainEnd
 from core.paths import is_runs_folder
 
 log = logging.getLogger("core.training")  # the public module's name: what callers silence or watch
 
 STEP_FLUSH_SECONDS = 2.0
-CHECKPOINT_DIR = "checkpoint"
 
 
 def _module_prefixes(model: nn.Module, modules: Sequence[nn.Module]) -> list[str]:
@@ -153,13 +164,13 @@ class _RunRecording:
             return self.store.create_run(**arguments)
 
     def _read_run_json(self) -> dict[str, Any]:
-        if self.run_dir is None or not (self.run_dir / "run.json").exists():
-            raise FileNotFoundError(f"Cannot resume: {self.run_dir} holds no run.json; start a new run instead.")
-        if not (self.run_dir / CHECKPOINT_DIR / "last.json").exists():
+        if self.run_dir is None or not (self.run_dir / RUN_INFO).exists():
+            raise FileNotFoundError(f"Cannot resume: {self.run_dir} holds no {RUN_INFO}; start a new run instead.")
+        if not (self.run_dir / CHECKPOINT_STATE).exists():
             raise FileNotFoundError(
                 f"Cannot resume: {self.run_dir} has no epoch checkpoint (the run stopped before its first epoch)."
             )
-        return json.loads((self.run_dir / "run.json").read_text())
+        return json.loads((self.run_dir / RUN_INFO).read_text())
 
     def _frozen_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.model.state_dict().items() if k.startswith(tuple(self.frozen_prefixes))}
@@ -182,19 +193,19 @@ class _RunRecording:
             "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
             "optimizer": optim_plain, "rng": rng_plain, "cache_mode": self.cache_mode,
         }
-        directory = self.checkpoint_dir
-        save_file(_cpu_state(tensors), directory / "last.tmp")
-        (directory / "last.json.tmp").write_text(json.dumps(plain))
-        (directory / "last.tmp").replace(directory / "last.safetensors")
-        (directory / "last.json.tmp").replace(directory / "last.json")
-        self.store.log_checkpoint(self.run_id, epoch, directory / "last.safetensors")
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        weights, state = self.run_dir / CHECKPOINT_WEIGHTS, self.run_dir / CHECKPOINT_STATE
+        save_file(_cpu_state(tensors), temporary(weights))
+        temporary(state).write_text(json.dumps(plain))
+        temporary(weights).replace(weights)
+        temporary(state).replace(state)
+        self.store.log_checkpoint(self.run_id, epoch, weights)
 
     def _load_checkpoint(self) -> None:
-        directory = self.checkpoint_dir
-        if (directory / "frozen.safetensors").exists():
-            self.model.load_state_dict(load_file(directory / "frozen.safetensors"), strict=False)
-        tensors = load_file(directory / "last.safetensors")
-        plain = json.loads((directory / "last.json").read_text())
+        if (self.run_dir / FROZEN_WEIGHTS).exists():
+            self.model.load_state_dict(load_file(self.run_dir / FROZEN_WEIGHTS), strict=False)
+        tensors = load_file(self.run_dir / CHECKPOINT_WEIGHTS)
+        plain = json.loads((self.run_dir / CHECKPOINT_STATE).read_text())
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=False)
         _load_optimizer_state(self.optimizer, tensors, plain["optimizer"])
         self.pending_rng = (tensors, plain["rng"])  # applied just before training resumes
@@ -204,8 +215,8 @@ class _RunRecording:
         self.best_epoch = plain["best_epoch"]
         self.bad_epochs = int(plain["bad_epochs"])
         self.history = list(plain["history"])
-        if (directory / "best.safetensors").exists():
-            self.best_state = load_file(directory / "best.safetensors")
+        if (self.run_dir / BEST_WEIGHTS).exists():
+            self.best_state = load_file(self.run_dir / BEST_WEIGHTS)
         log.info("Resuming run %s at epoch %d", self.run_dir, self.start_epoch)
 
     def write_run_json(self) -> None:
@@ -241,18 +252,15 @@ class _RunRecording:
             "refit": getattr(self, "refit_record", None),
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        temporary = self.run_dir / "run.json.tmp"
-        temporary.write_text(json.dumps(info, indent=2, default=str))
-        temporary.replace(self.run_dir / "run.json")
+        write_text_at_once(self.run_dir / RUN_INFO, json.dumps(info, indent=2, default=str))
 
     def save_model(self) -> None:
         """The kept weights (best epoch if any, else the current ones) as the run's `model.safetensors`."""
         state = self.model.state_dict()
-        temporary = self.run_dir / "model.tmp"
-        save_file(_cpu_state(state), temporary)
-        temporary.replace(self.run_dir / "model.safetensors")
+        save_file(_cpu_state(state), temporary(self.run_dir / MODEL))
+        temporary(self.run_dir / MODEL).replace(self.run_dir / MODEL)
         if getattr(self, "lexical", None) is not None:
-            self.lexical.save(self.run_dir / ngrams.FILE)
+            self.lexical.save(self.run_dir / LEXICAL)
 
     def finish(self) -> TrainEnd:
         """Write the model, run.json and the store record for the final status; build the result."""

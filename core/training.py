@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file
 
 from core import backbones, ngrams
+from core._run_folder import CHECKPOINT_DIR, LEXICAL, MODEL, RUN_INFO
 from core._train_cache import _gathered_states, cached_states, frozen_features, prepare_features
 from core._train_cli import (
     NOT_ON_THE_COMMAND_LINE,
@@ -71,7 +72,7 @@ from core._train_device import (
 from core._train_head import ENCODE_BATCH, _tuning_plan, sentence_tuning_plan
 from core._train_loop import _Events, _Trainer, fit
 from core._train_optim import _class_weights, _lr_factor, _param_groups
-from core._train_record import CHECKPOINT_DIR, STEP_FLUSH_SECONDS
+from core._train_record import STEP_FLUSH_SECONDS
 from core.backbones import Backbone, Classifier
 from core.contracts import EpochEnd, StepEnd, TrainBegin, TrainCallback, TrainEnd, TrainingStopped
 from core.cpus import available_threads as available_threads
@@ -101,27 +102,26 @@ def load_trained(
     """
 
     run_dir = Path(run_dir)
-    info_path, model_path = run_dir / "run.json", run_dir / "model.safetensors"
+    info_path, model_path = run_dir / RUN_INFO, run_dir / MODEL
     if not info_path.exists() or not model_path.exists():
         raise FileNotFoundError(
-            f"{run_dir} is not a finished run folder: it needs run.json and model.safetensors. Train a model first."
+            f"{run_dir} is not a finished run folder: it needs {RUN_INFO} and {MODEL}. Train a model first."
         )
-    info = json.loads(info_path.read_text())
+    run_info = json.loads(info_path.read_text())
     if backbone is None:
-
-        backbone = backbones.load_backbone(info["backbone"], pretrained=False)
-    backbone.set_feature_taps(info.get("feature_taps") or ())  # runs from before multi-block features have none
-    model = Classifier(backbone, len(info["classes"]))
+        backbone = backbones.load_backbone(run_info["backbone"], pretrained=False)
+    backbone.set_feature_taps(run_info["feature_taps"])
+    model = Classifier(backbone, len(run_info["classes"]))
     missing, unexpected = model.load_state_dict(load_file(model_path), strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"The weights in {model_path} do not fit backbone {info['backbone']!r} "
+            f"The weights in {model_path} do not fit backbone {run_info['backbone']!r} "
             f"(missing {len(missing)}, unexpected {len(unexpected)} tensors), e.g. {(missing or unexpected)[:3]}."
         )
-    if (run_dir / ngrams.FILE).is_file():  # texts: the TF-IDF model mixed into the probabilities
-        model.lexical = ngrams.load(run_dir / ngrams.FILE)
+    if (run_dir / LEXICAL).is_file():  # texts: the TF-IDF model mixed into the probabilities
+        model.lexical = ngrams.load(run_dir / LEXICAL)
     model.to(device).eval()
-    return model, make_preprocessor(backbone.spec, "none"), info
+    return model, make_preprocessor(backbone.spec, "none"), run_info
 
 
 

@@ -2,13 +2,10 @@
 server; Cancel can kill a run at once; a restarted server finds its runs again.
 
 The server (`core.jobs`) and a worker talk only through files in the run folder, so that either side may restart:
-
-| file           | written by                                      | read by                                           |
-| -------------- | ----------------------------------------------- | ------------------------------------------------- |
-| `job.json`     | the server before the worker starts; CLI train  | the worker; `resume_run` (the Resume button, CLI) |
-| `events.jsonl` | the worker: one engine event a line             | the server's job, which turns it into snapshots   |
-| `stop`         | the server, when Stop is pressed                | the worker, once per batch (graceful stop)        |
-| `worker.log`   | the worker's stdout and stderr                  | people                                            |
+`job.json` (the server before the worker starts, or CLI train; read by the worker and `resume_run`), `events.jsonl`
+(the worker, one engine event a line; read by the server's job), `stop` (the server, when Stop is pressed; read by
+the worker once per batch) and `worker.log` (the worker's output, for people). `core._run_folder` declares them
+with the rest of the run folder.
 
 `job.json` holds what a run needs to start or resume anywhere: the data set (its rows, so a resumed run trains on
 exactly the same examples), the settings, the owner and the worker's pid; its contract is `core._job_file` (below
@@ -43,12 +40,13 @@ from core._job_file import JobFile as JobFile
 from core._job_file import read_job_file as read_job_file
 from core._job_file import this_host as this_host
 from core._job_file import write_job_file as write_job_file
+from core._run_folder import CHECKPOINT_STATE, EVENTS, STOP, WORKER_LOG, write_metrics
 from core.cpus import available_threads as available_threads  # `name as name`: re-exported
 from core.store import pid_alive
 
 log = logging.getLogger(__name__)
 
-EVENTS_FILE, STOP_FILE, LOG_FILE = "events.jsonl", "stop", "worker.log"
+EVENTS_FILE, STOP_FILE, LOG_FILE = EVENTS, STOP, WORKER_LOG  # the run folder's contract: core._run_folder
 #: How the server tells a worker how many CPU threads it may use.
 THREADS_ENV = "TRANSFER_STUDIO_WORKER_THREADS"
 #: How much lower than the server a worker's CPU priority is (POSIX nice value; 0 keeps them equal).
@@ -95,22 +93,15 @@ def worker_threads(concurrent_runs: int) -> int:
 def checkpoint_epoch(run_dir: str | Path) -> int | None:
     """The epoch of the run's last checkpoint (where a resume continues after), or None when it has none."""
     try:
-        return int(json.loads(_last_checkpoint(run_dir).read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
+        return int(json.loads((Path(run_dir) / CHECKPOINT_STATE).read_text())["epoch"])
+    except (OSError, ValueError):
         return None
-
-
-def _last_checkpoint(run_dir: str | Path) -> Path:
-    """The engine's record of its last epoch checkpoint (`core.training` writes it; its folder name is the engine's)."""
-    from core.training import CHECKPOINT_DIR
-
-    return Path(run_dir) / CHECKPOINT_DIR / "last.json"
 
 
 def checkpoint_history(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-epoch metrics up to the last checkpoint: what a resumed run starts from."""
     try:
-        return list(json.loads(_last_checkpoint(run_dir).read_text()).get("history") or [])
+        return list(json.loads((Path(run_dir) / CHECKPOINT_STATE).read_text())["history"])
     except (OSError, ValueError):
         return []
 
@@ -349,19 +340,6 @@ def resume_run(run_dir: str | Path, fit: Callable[..., Any] | None = None, callb
     return engine(job.dataset, job.train_config(), Path(run_dir), callbacks=callbacks, resume=True)
 
 
-def write_metrics(run_dir: str | Path, result: Any) -> Path:
-    """`metrics.json` as `python -m core train` writes it: the result's numbers and, if any, its estimate."""
-    summary = _plain(result)
-    metrics = {key: summary.get(key) for key in (
-        "run_id", "status", "history", "best_epoch", "val_accuracy", "val_loss", "test_accuracy", "cache_mode",
-        "device", "precision")}  # fmt: skip
-    metrics["seconds"] = round(float(summary.get("seconds") or 0.0), 2)
-    metrics.update(summary.get("estimate") or {})
-    path = Path(run_dir) / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2, default=str))
-    return path
-
-
 def main_resume(args: argparse.Namespace) -> int:
     """`python -m core train --resume RUN_DIR`: finish a run from its last epoch checkpoint; write metrics.json."""
     from core.training import _LogProgress
@@ -371,7 +349,7 @@ def main_resume(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         log.error("%s", error)
         return 2
-    path = write_metrics(args.resume, result)
+    path = write_metrics(args.resume, _plain(result))
     log.info("Resumed run %s: %s, best epoch %s, test accuracy %s -> %s", result.run_id, result.status,
              result.best_epoch, result.test_accuracy, path)
     return 0 if result.status == "completed" else 1

@@ -71,6 +71,7 @@ def write_run(folder: Path, model: Classifier, dataset: Dataset, run_id: str = "
         "modality": dataset.modality,
         "classes": dataset.classes,
         "frozen_groups": 0,
+        "feature_taps": [],
         "config": {"backbone": "tiny_cnn", "frozen_groups": 0, "epochs": 2, "seed": 0},
         "dataset_name": dataset.name,
         "dataset_fingerprint": dataset.fingerprint,

@@ -131,7 +131,7 @@ def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder.mkdir()
     save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(folder / "model.safetensors"))
     info = {"run_id": "minilm-run", "backbone": "all_minilm_l6_v2", "modality": "text", "classes": list(_DECISIVE),
-            "frozen_groups": 7, "num_groups": 7, "status": "completed"}
+            "frozen_groups": 7, "num_groups": 7, "feature_taps": [], "status": "completed"}
     (folder / "run.json").write_text(json.dumps(info), encoding="utf-8")
     return folder
 
