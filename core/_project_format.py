@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core._run_folder import EXAMPLES, LEXICAL, MODEL, RUN_INFO
 from core.dataset import Dataset
 
 FORMAT = "transfer-studio-project"
 FORMAT_VERSION = 1
 PROJECT_SUFFIX = ".tsproject.zip"
-MODEL_FILE = "model.safetensors"
-LEXICAL_FILE = "lexical.safetensors"  # core.ngrams.FILE: a text run's TF-IDF model, part of its delivered model
+MODEL_FILE = MODEL  # a run's files keep their run folder's names (core._run_folder) inside the project
+LEXICAL_FILE = LEXICAL  # a text run's TF-IDF model, part of its delivered model
+#: The run store's record of a run (status, summary, epochs, steps): a project's own file, not the run folder's
+#: metrics.json of the command line, though it has its name.
+STORE_RECORD_FILE = "metrics.json"
 MB = 1024**2
 _JSON_MAX_BYTES = 256 * MB
 _DATA_FILE_MAX_BYTES = 64 * MB
@@ -72,18 +77,19 @@ CONTRACT = (
     ProjectFile("data/report.json", r"data/report\.json", _JSON_MAX_BYTES, "save_project", "_read_dataset",
                 "the data check report the Data page shows"),
     *DATA_FILES.values(),
-    ProjectFile("runs/<run id>/run.json", rf"runs/{RUN_ID}/run\.json", _JSON_MAX_BYTES, "core.training",
-                "_import_run / load_trained", "the run's description: backbone, classes, settings, metrics"),
-    ProjectFile("runs/<run id>/metrics.json", rf"runs/{RUN_ID}/metrics\.json", _JSON_MAX_BYTES, "save_project",
-                "_import_run", "the run store's record: status, summary, per-epoch and per-step metrics"),
-    ProjectFile("runs/<run id>/examples.json", rf"runs/{RUN_ID}/examples\.json", _JSON_MAX_BYTES, "core.training",
-                "core.evaluation.recorded_estimate", "the examples the run's estimate rests on"),
-    ProjectFile("runs/<run id>/model.safetensors", rf"runs/{RUN_ID}/model\.safetensors", _MODEL_MAX_BYTES,
+    ProjectFile(f"runs/<run id>/{RUN_INFO}", rf"runs/{RUN_ID}/{re.escape(RUN_INFO)}", _JSON_MAX_BYTES,
+                "core.training", "_import_run / load_trained", "the run's description: backbone, classes, settings, "
+                "metrics"),
+    ProjectFile(f"runs/<run id>/{STORE_RECORD_FILE}", rf"runs/{RUN_ID}/{re.escape(STORE_RECORD_FILE)}",
+                _JSON_MAX_BYTES, "save_project", "_import_run",
+                "the run store's record: status, summary, per-epoch and per-step metrics"),
+    ProjectFile(f"runs/<run id>/{EXAMPLES}", rf"runs/{RUN_ID}/{re.escape(EXAMPLES)}", _JSON_MAX_BYTES,
+                "core.training", "core.evaluation.recorded_estimate", "the examples the run's estimate rests on"),
+    ProjectFile(f"runs/<run id>/{MODEL}", rf"runs/{RUN_ID}/{re.escape(MODEL)}", _MODEL_MAX_BYTES,
                 "core.training", "core.training.load_trained", "the trained weights (safetensors only)"),
-    ProjectFile("runs/<run id>/lexical.safetensors", rf"runs/{RUN_ID}/lexical\.safetensors", _MODEL_MAX_BYTES,
+    ProjectFile(f"runs/<run id>/{LEXICAL}", rf"runs/{RUN_ID}/{re.escape(LEXICAL)}", _MODEL_MAX_BYTES,
                 "core.training", "core.ngrams.load", "a text run's TF-IDF model mixed into its probabilities"),
 )
-_RUN_FILES = ("run.json", "metrics.json", "examples.json", MODEL_FILE)
 
 
 def max_project_bytes() -> int:

@@ -38,10 +38,12 @@ from core._project_format import (
     MB,
     MODEL_FILE,
     RUN_ID,
+    STORE_RECORD_FILE,
     OpenedProject,
     ProjectError,
     max_project_bytes,
 )
+from core._run_folder import EXAMPLES, RUN_INFO
 from core._zipsafe import UnsafeArchive, extract_archive
 from core.dataset import SPLITS, Dataset
 from core.paths import workspace_subdir
@@ -215,20 +217,20 @@ def _read_runs(staging: Path, manifest: dict[str, Any], dataset: Dataset, name: 
     runs = []
     for entry in entries:
         folder = str(entry.get("folder", ""))
-        if not re.fullmatch(rf"runs/{RUN_ID}", folder) or not (staging / folder / "run.json").is_file():
+        if not re.fullmatch(rf"runs/{RUN_ID}", folder) or not (staging / folder / RUN_INFO).is_file():
             raise ProjectError(f"`{name}`: the run `{folder}` that project.json lists is not in the file; it is "
                                "damaged.")
-        info = read_json(staging, f"{folder}/run.json", name)
-        record = read_json(staging, f"{folder}/metrics.json", name)
+        info = read_json(staging, f"{folder}/{RUN_INFO}", name)
+        record = read_json(staging, f"{folder}/{STORE_RECORD_FILE}", name)
         if not isinstance(info, dict) or not isinstance(record, dict):
-            raise ProjectError(f"`{name}`: `{folder}` holds a run.json or metrics.json that is not a record.")
+            raise ProjectError(f"`{name}`: `{folder}` holds a {RUN_INFO} or {STORE_RECORD_FILE} that is not a record.")
         if info.get("classes") != dataset.classes:
             raise ProjectError(f"`{name}`: the run `{folder}` was trained on other classes than the project's data.")
         examples = None
-        if (staging / folder / "examples.json").is_file():
-            examples = read_json(staging, f"{folder}/examples.json", name)
+        if (staging / folder / EXAMPLES).is_file():
+            examples = read_json(staging, f"{folder}/{EXAMPLES}", name)
             if not isinstance(examples, dict) or not isinstance(examples.get("items"), list):
-                raise ProjectError(f"`{name}`: `{folder}/examples.json` is not a record of examples; it is damaged.")
+                raise ProjectError(f"`{name}`: `{folder}/{EXAMPLES}` is not a record of examples; it is damaged.")
         has_model = (staging / folder / MODEL_FILE).is_file()
         if has_model:
             check_safetensors(staging / folder / MODEL_FILE, f"{folder}/{MODEL_FILE}", name)
@@ -258,11 +260,11 @@ def _import_run(
         target.mkdir(parents=True)
         info.update(run_id=run_id, dataset_fingerprint=dataset.fingerprint, dataset_name=dataset.name,
                     imported_from=imported_from)
-        (target / "run.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        (target / RUN_INFO).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
         if run.examples is not None:
             examples = {**run.examples, "dataset_fingerprint": dataset.fingerprint,
                         "items": [item_of.get(str(item), str(item)) for item in run.examples["items"]]}
-            (target / "examples.json").write_text(json.dumps(examples), encoding="utf-8")
+            (target / EXAMPLES).write_text(json.dumps(examples), encoding="utf-8")
         if run.has_model:
             shutil.move(staging / run.folder / MODEL_FILE, target / MODEL_FILE)
             if (staging / run.folder / LEXICAL_FILE).is_file():
@@ -288,7 +290,7 @@ def _earlier_import(store: RunStore, owner: str | None, fingerprint: str, import
         return None
     for record in store.list_runs(owner=owner, dataset_fingerprint=fingerprint):
         if (record.get("summary") or {}).get("imported_from") == imported_from and record.get("run_dir"):
-            if Path(record["run_dir"], "run.json").is_file():
+            if Path(record["run_dir"], RUN_INFO).is_file():
                 return str(record["run_dir"])
     return None
 

@@ -21,10 +21,12 @@ from core._project_format import (
     MODEL_FILE,
     PROJECT_SUFFIX,
     RUN_ID,
+    STORE_RECORD_FILE,
     ProjectError,
     max_carried_data_bytes,
     read_json_file,
 )
+from core._run_folder import EXAMPLES, RUN_INFO
 from core.dataset import IMAGE_EXTENSIONS, Dataset
 from core.paths import check_in_workspace
 from core.store import RunStore, new_run_id
@@ -51,10 +53,10 @@ def project_runs(dataset: Dataset, owner: str | None, known_run_dirs: Iterable[s
         except PermissionError as refused:
             log.warning("Not carried in the project: %s", refused)
             continue
-        info = read_json_file(Path(run_dir) / "run.json")
-        if info.get("dataset_fingerprint") == dataset.fingerprint and info.get("status") in FINISHED:
+        run_info = read_json_file(Path(run_dir) / RUN_INFO)
+        if run_info.get("dataset_fingerprint") == dataset.fingerprint and run_info.get("status") in FINISHED:
             found.append(str(run_dir))
-    return [run_dir for run_dir in dict.fromkeys(found) if (Path(run_dir) / "run.json").is_file()]
+    return [run_dir for run_dir in dict.fromkeys(found) if (Path(run_dir) / RUN_INFO).is_file()]
 
 
 def save_project(
@@ -88,13 +90,13 @@ def save_project(
     runs, run_entries = [], {}
     for run_dir in run_dirs:
         folder = Path(run_dir)
-        info = read_json_file(folder / "run.json")
-        if not info:
-            raise ProjectError(f"The run folder {folder} has no readable run.json, so it cannot be saved.")
-        name = _run_name(str(info.get("run_id") or folder.name), {r["folder"] for r in runs})
-        runs.append({"run_id": str(info.get("run_id") or folder.name), "folder": f"runs/{name}",
+        run_info = read_json_file(folder / RUN_INFO)
+        if not run_info:
+            raise ProjectError(f"The run folder {folder} has no readable {RUN_INFO}, so it cannot be saved.")
+        name = _run_name(str(run_info["run_id"]), {r["folder"] for r in runs})
+        runs.append({"run_id": str(run_info["run_id"]), "folder": f"runs/{name}",
                      "has_model": (folder / MODEL_FILE).is_file(), "chosen": run_dir == chosen_run})
-        run_entries[name] = (folder, info)
+        run_entries[name] = (folder, run_info)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -117,13 +119,14 @@ def save_project(
         stored = zipfile.ZIP_STORED if dataset.modality == "image" else zipfile.ZIP_DEFLATED
         for name, path in files:
             archive.write(path, f"data/files/{name}", compress_type=stored)
-        for name, (folder, info) in run_entries.items():
-            archive.writestr(f"runs/{name}/run.json", json.dumps(info, indent=2, default=str))
-            archive.writestr(f"runs/{name}/metrics.json", json.dumps(_store_record(info, folder), default=str))
-            examples = read_json_file(folder / "examples.json")
+        for name, (folder, run_info) in run_entries.items():
+            archive.writestr(f"runs/{name}/{RUN_INFO}", json.dumps(run_info, indent=2, default=str))
+            archive.writestr(f"runs/{name}/{STORE_RECORD_FILE}",
+                             json.dumps(_store_record(run_info, folder), default=str))
+            examples = read_json_file(folder / EXAMPLES)
             if examples:
-                examples["items"] = [item_names.get(str(item), str(item)) for item in examples.get("items", [])]
-                archive.writestr(f"runs/{name}/examples.json", json.dumps(examples))
+                examples["items"] = [item_names.get(str(item), str(item)) for item in examples["items"]]
+                archive.writestr(f"runs/{name}/{EXAMPLES}", json.dumps(examples))
             for weights in (MODEL_FILE, LEXICAL_FILE):
                 if (folder / MODEL_FILE).is_file() and (folder / weights).is_file():
                     archive.write(folder / weights, f"runs/{name}/{weights}")

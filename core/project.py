@@ -48,6 +48,7 @@ from core._project_format import (
 )
 from core._project_reader import open_project
 from core._project_writer import project_file_name, project_runs, save_project
+from core._run_folder import RUN_INFO
 from core.dataset import Dataset
 from core.paths import workspace_subdir
 
@@ -116,7 +117,7 @@ def last_opened(owner: str) -> tuple[float, OpenedProject] | None:
                           root=described["root"], split_given=bool(described["split_given"]))
         if dataset.modality != "text" and not all(Path(item).is_file() for item in dataset.table["item"]):
             return None
-        exists = [run_dir for run_dir in record["run_dirs"] if (Path(run_dir) / "run.json").is_file()]
+        exists = [run_dir for run_dir in record["run_dirs"] if (Path(run_dir) / RUN_INFO).is_file()]
         opened = OpenedProject(
             dataset=dataset, report=record["report"], backbone_name=record["backbone_name"],
             frozen_groups=record["frozen_groups"], protocol=record["protocol"], train_config=record["train_config"],
