@@ -33,11 +33,12 @@ import torch
 from torch import nn
 
 from core import devices
-from core._export_bundle import load_bundle  # the bundle reader sits below core.export, which builds on this module
+from core._export_bundle import MANIFEST_FILE, load_bundle  # the bundle reader sits below core.export (built on this)
 from core._prediction_inputs import PredictionInputError, file_inputs, texts_from_inputs
 from core._prediction_inputs import check_audio_files as check_audio_files
 from core._prediction_inputs import check_image_files as check_image_files
 from core._prediction_inputs import read_texts as read_texts
+from core._run_folder import EXAMPLES, MODEL, RUN_INFO
 from core.dataset import Dataset
 from core.metrics import Evaluation as Evaluation  # the scoring sits below the training engine, which uses it too
 from core.metrics import confidence_at as confidence_at
@@ -139,12 +140,13 @@ def evaluate(
 
 def recorded_estimate(run_dir: str | Path) -> Evaluation | None:
     """The evaluation a run recorded of itself (`examples.json`): out-of-fold predictions under cross-validation,
-    test-split predictions otherwise. None for a run that recorded none (trained before runs did).
+    test-split predictions otherwise. None for a run that recorded none (it stopped or failed before its estimate,
+    or had no test examples).
 
     The estimate's own extras (protocol and its reason, calibration error before temperature scaling) are in
     `metrics`, read from run.json.
     """
-    path = Path(run_dir) / "examples.json"
+    path = Path(run_dir) / EXAMPLES
     if not path.exists():
         return None
     recorded = json.loads(path.read_text())
@@ -214,21 +216,26 @@ def load_model(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
         raise ModelLoadError(
             f"{folder} is not a folder. Give a run folder (workspace/runs/<run_id>) or an exported model bundle."
         )
-    if (folder / "manifest.json").is_file():
+    if (folder / MANIFEST_FILE).is_file():
         return load_bundle(folder)
-    if (folder / "run.json").is_file():
+    if (folder / RUN_INFO).is_file():
         from core.training import load_trained  # the engine sits above this module: imported when a run is opened
 
         return load_trained(folder)
     raise ModelLoadError(
-        f"{folder} holds no model: give a run folder with run.json and model.safetensors "
+        f"{folder} holds no model: give a run folder with {RUN_INFO} and {MODEL} "
         "(workspace/runs/<run_id>), or a bundle written by `python -m core export`."
     )
 
 
+def has_model(run_dir: str | Path) -> bool:
+    """Whether the run folder holds a trained model (`model.safetensors`, written when the run ends)."""
+    return (Path(run_dir) / MODEL).is_file()
+
+
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     """The run record (`run.json`) of a run folder, or an empty dict when it has none."""
-    record = Path(run_dir) / "run.json"
+    record = Path(run_dir) / RUN_INFO
     if not record.is_file():
         return {}
     try:
@@ -244,10 +251,8 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
 def main_predict(args: argparse.Namespace) -> int:
     """`python -m core predict --model DIR INPUT...`: top-k classes of images or clips (files or folders) or texts."""
     try:
-        model, preprocessor, info = load_model(args.model)
-        classes = list(info.get("classes") or [])
-        spec = getattr(getattr(model, "backbone", None), "spec", None)
-        modality = info.get("modality") or getattr(spec, "modality", "image")
+        model, preprocessor, run_info = load_model(args.model)
+        classes, modality = list(run_info["classes"]), run_info["modality"]  # a run's run.json or a bundle's record
         inputs = texts_from_inputs(args.inputs) if modality == "text" else file_inputs(args.inputs, modality)
         if not inputs:
             raise PredictionInputError("Nothing to predict: give image or sound files / folders, or texts.")
@@ -257,8 +262,6 @@ def main_predict(args: argparse.Namespace) -> int:
         # changed bundle (BundleError): all carry a message that says what to do.
         sys.stderr.write(f"error: {error}\n")
         return 2
-    if not classes:
-        classes = [str(i) for i in range(probabilities.shape[1])]
     table = top_k_table(inputs, probabilities, classes, top_k=args.top_k)
     if getattr(args, "json", False):
         records = [

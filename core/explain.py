@@ -323,9 +323,9 @@ def main_explain(args: argparse.Namespace) -> int:
     from core import evaluation
 
     try:
-        model, preprocessor, info = evaluation.load_model(args.model)
+        model, preprocessor, run_info = evaluation.load_model(args.model)
         spec = _spec_of(model)
-        classes = list(info.get("classes") or [])
+        classes = list(run_info["classes"])
         item = str(args.input)
         if spec.modality == "text":
             file = Path(item)

@@ -85,6 +85,7 @@ from core._export_parity import (
     compare_probabilities,
     reference_probabilities,
 )
+from core._run_folder import EXAMPLES
 from core.backbones import get_spec
 from core.evaluation import evaluate_probabilities, recorded_estimate
 from core.model_report import model_report
@@ -330,7 +331,7 @@ def _load_dataset(spec: str) -> Any:
 
 def _run_test_items(run_dir: Path, run_info: dict[str, Any]) -> tuple[list[str], list[int] | None]:
     """The examples the run's estimate rests on, as the trainer records them in `examples.json`."""
-    path = run_dir / "examples.json"
+    path = run_dir / EXAMPLES
     if not path.is_file():
         return [], None
     recorded = json.loads(path.read_text(encoding="utf-8"))
@@ -353,9 +354,9 @@ def export_run(
     if dataset is not None:
         items, targets = dataset.split("test")
         counts = dataset.counts()
-        if list(dataset.classes) != [str(name) for name in run_info.get("classes") or dataset.classes]:
+        if list(dataset.classes) != [str(name) for name in run_info["classes"]]:
             raise ExportError(
-                f"The data set's classes {dataset.classes} differ from the model's {run_info.get('classes')}: "
+                f"The data set's classes {dataset.classes} differ from the model's {run_info['classes']}: "
                 "give the data set the model was trained on."
             )
     else:

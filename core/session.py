@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from core import jobs, project
 from core.dataset import Dataset
+from core.evaluation import has_model
 from core.store import RunStore
 
 log = logging.getLogger(__name__)
-
-#: The file a run folder holds once it has a model to test (`core.training` writes it).
-MODEL_FILE = "model.safetensors"
 
 
 @dataclass
@@ -139,4 +136,4 @@ def _has_model(record: dict[str, Any]) -> bool:
         return False
     if record["status"] == "stopped" and (record.get("summary") or {}).get("best_epoch") is None:
         return False  # stopped inside its first epoch: the head is untrained
-    return (Path(record["run_dir"]) / MODEL_FILE).exists()
+    return has_model(record["run_dir"])

@@ -555,10 +555,8 @@ def _labelled_of_run(model_dir: str) -> Dataset | None:
 def main_suggest_labels(args: argparse.Namespace) -> int:
     """`python -m core suggest-labels --model RUN_DIR --data UNLABELLED [--top 20] [--json] [--out list.csv]`."""
     try:
-        model, preprocessor, info = evaluation.load_model(args.model)
-        classes = list(info.get("classes") or [])
-        spec = getattr(getattr(model, "backbone", None), "spec", None)
-        modality = str(info.get("modality") or getattr(spec, "modality", "image"))
+        model, preprocessor, run_info = evaluation.load_model(args.model)
+        classes, modality = list(run_info["classes"]), str(run_info["modality"])  # run.json or a bundle's record
         unlabelled = read_unlabelled(args.data, modality, text_column=getattr(args, "text_column", None))
         result = suggest_labels(model, preprocessor, classes, unlabelled, top=args.top,
                                 labelled=_labelled_of_run(args.model), device=getattr(args, "device", None))

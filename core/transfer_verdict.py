@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core import stats
+from core._run_folder import EXAMPLES, RUN_INFO
 from core.evaluation import Evaluation, ModelLoadError, read_run_info, recorded_estimate
 from core.no_transfer import BaselineResult, examples_digest, load_baselines, train_baselines
 
@@ -187,16 +188,16 @@ def main_baselines(args: argparse.Namespace) -> int:
     run_info = read_run_info(run_dir)
     try:
         if not run_info:
-            raise ModelLoadError(f"{run_dir} holds no run.json: give a run folder (workspace/runs/<run_id>, or the "
+            raise ModelLoadError(f"{run_dir} holds no {RUN_INFO}: give a run folder (workspace/runs/<run_id>, or the "
                                  "--out of `python -m core train`).")
         dataset = load_path(args.data)[0] if args.data else read_job_file(run_dir).dataset
-        if [str(name) for name in run_info.get("classes") or dataset.classes] != list(dataset.classes):
+        if [str(name) for name in run_info["classes"]] != list(dataset.classes):
             raise ValueError(f"The data set's classes {dataset.classes} differ from the run's {run_info['classes']}: "
                              "give the data the run was trained on.")
         estimate = recorded_estimate(run_dir)
         if estimate is None:
-            log.warning("%s recorded no examples.json (trained before runs did): the baselines are scored on the test "
-                        "split and compared without pairing.", run_dir)
+            log.warning("%s recorded no %s (it ended before its estimate): the baselines are scored on the test split "
+                        "and compared without pairing.", run_dir, EXAMPLES)
         train_baselines(dataset, run_info, kinds=args.kinds, epochs=args.epochs, estimate=estimate,
                         progress=lambda share, note: log.info("%3.0f%% %s", 100 * share, note))
     except (ModelLoadError, DataError, FileNotFoundError, ValueError, RuntimeError, OSError) as error:

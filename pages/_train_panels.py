@@ -7,7 +7,6 @@ redraw on their own beat (`core.jobs` owns the worker), so the rest of the page 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core import compare, jobs
-from core.evaluation import read_run_info
+from core.evaluation import has_model, read_run_info
 from core.session import StudioState
 
 log = logging.getLogger(__name__)
@@ -125,16 +124,14 @@ def _run_records(run_dirs: list[str]) -> list[dict[str, Any]]:
 
 
 def _record_from_folder(run_dir: str) -> dict[str, Any] | None:
-    path = Path(run_dir) / "run.json"
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
+    run_info = read_run_info(run_dir)
+    if not run_info:
         return None
-    metrics = info.get("metrics") or {}
+    metrics = run_info["metrics"]
     return {
-        "run_id": info.get("run_id", Path(run_dir).name),
-        "status": info.get("status", "?"),
-        "config": info.get("config") or {},
+        "run_id": run_info["run_id"],
+        "status": run_info["status"],
+        "config": run_info["config"],
         "best_epoch": metrics.get("best_epoch"),
         "val_accuracy": metrics.get("val_accuracy"),
         "history": metrics.get("history") or [],
@@ -252,7 +249,7 @@ def live_panel(job_id: str) -> None:
 
 def _adopt_finished_run(state: StudioState, job: jobs.TrainingJob) -> None:
     """A finished run with a saved model becomes the session's model for step 5 (once)."""
-    if job.status not in ("completed", "stopped") or not (Path(job.run_dir) / "model.safetensors").exists():
+    if job.status not in ("completed", "stopped") or not has_model(job.run_dir):
         return
     if job.status == "stopped" and job.snapshot().best_epoch is None:
         return  # stopped before a first epoch ended: the head is untrained
