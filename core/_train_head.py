@@ -20,6 +20,7 @@ import torch
 
 from core import backbones, contrastive, ngrams, smalldata, stats
 from core import features as feature_cache
+from core._run_folder import EXAMPLES, write_text_at_once
 from core._train_cache import cached_states
 from core._train_config import TrainConfig, _cache_plan, uses_logistic_head
 from core.contracts import EpochEnd, StepEnd, TrainingStopped
@@ -128,9 +129,7 @@ class _SmallDataHead:
             "probabilities": np.round(np.asarray(probabilities, dtype=np.float64), 6).tolist(),
             "dataset_fingerprint": self.fingerprint,
         }
-        temporary = self.run_dir / "examples.json.tmp"
-        temporary.write_text(json.dumps(examples))
-        temporary.replace(self.run_dir / "examples.json")
+        write_text_at_once(self.run_dir / EXAMPLES, json.dumps(examples))
 
     def run_logistic(self, cache: dict[str, feature_cache.CachedStates]) -> None:
         """Feature extraction for real: logistic regression by L-BFGS, L2 by inner CV, estimated by the protocol.

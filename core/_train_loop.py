@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from core import backbones, clip_length, smalldata, stats
 from core import distributed as scale_out
 from core import features as feature_cache
+from core._run_folder import BEST_WEIGHTS, FROZEN_WEIGHTS
 from core._train_cache import cached_states
 from core._train_config import TrainConfig, _cache_plan, feature_taps, uses_logistic_head
 from core._train_device import (
@@ -247,7 +248,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
         if previous is not None:
             self._load_checkpoint()
         elif self.frozen_prefixes:
-            save_file(_cpu_state(self._frozen_state()), self.checkpoint_dir / "frozen.safetensors")
+            save_file(_cpu_state(self._frozen_state()), self.checkpoint_path(FROZEN_WEIGHTS))
         self.write_run_json()
 
     def build_cache(self) -> dict[str, feature_cache.CachedStates] | None:
@@ -482,7 +483,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
             if is_best:
                 self.best_val_loss, self.best_epoch, self.bad_epochs = monitored, epoch, 0
                 self.best_state = _cpu_state(self._trainable_state())
-                save_file(self.best_state, self.checkpoint_dir / "best.safetensors")
+                save_file(self.best_state, self.checkpoint_path(BEST_WEIGHTS))
             else:
                 self.bad_epochs += 1
             ended = EpochEnd(

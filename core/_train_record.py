@@ -145,11 +145,10 @@ class _RunRecording:
             self.pending_steps = []
             self.last_flush = time.monotonic()
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        path = self.run_dir / CHECKPOINT_DIR
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def checkpoint_path(self, name: str) -> Path:
+        """Where the checkpoint file `name` (a `core._run_folder` name under CHECKPOINT_DIR) goes; makes the folder."""
+        (self.run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        return self.run_dir / name
 
     def _create_record(self) -> str:
         wanted = self.run_dir.name if is_runs_folder(self.run_dir.resolve().parent) else None
@@ -193,8 +192,7 @@ class _RunRecording:
             "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
             "optimizer": optim_plain, "rng": rng_plain, "cache_mode": self.cache_mode,
         }
-        self.checkpoint_dir.mkdir(exist_ok=True)
-        weights, state = self.run_dir / CHECKPOINT_WEIGHTS, self.run_dir / CHECKPOINT_STATE
+        weights, state = self.checkpoint_path(CHECKPOINT_WEIGHTS), self.checkpoint_path(CHECKPOINT_STATE)
         save_file(_cpu_state(tensors), temporary(weights))
         temporary(state).write_text(json.dumps(plain))
         temporary(weights).replace(weights)
