@@ -30,8 +30,10 @@ $(VENV)/.test-installed: $(VENV)/.app-installed
 app: $(VENV)/.app-installed
 	$(BIN)/streamlit run app.py
 
+# Two pytest processes: the browser tests (one group, one server, in order) beside all the others. They wait on the
+# app much of the time, so the two share the 2 cores well.
 test: $(VENV)/.test-installed
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 e2e: $(VENV)/.test-installed
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m e2e
