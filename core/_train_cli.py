@@ -182,7 +182,7 @@ def _fit_and_report(
 
         estimate = result.estimate
         log.info("%s", estimate["protocol_reason"])
-        if (estimate.get("sentence_tuning") or {}).get("reason"):
+        if dataset.modality == "text" and (estimate.get("sentence_tuning") or {}).get("reason"):
             log.info("%s", estimate["sentence_tuning"]["reason"])
         log.info(
             "Done: accuracy %s, macro-F1 %s, n = %d (%s%s), calibration error %.1f%% (%.1f%% before) -> %s",

@@ -5,9 +5,11 @@ speech models, 10.24 s for AST). That suits spoken words; a bird call or a machi
 itself. A run's `TrainConfig.clip_seconds` says what to hear instead:
 
 - a number: every clip is cut (around its loudest part) or padded with silence to that many seconds;
-- "auto" (the default): the entry's own length, unless the clips are clearly longer (their median more than a
-  quarter above it): then their median, to the half second, at most 10 s. Whole clips, then, as PANNs and AST
-  hear ESC-50's 5 s clips; and a set of 1 s words keeps the length the sample's numbers were measured at.
+- "auto" (the default): the entry's own length, unless the sound in the clips clearly lasts longer (its median
+  more than a quarter above it): then that median, to the half second, at most 10 s. Whole sounds, then, as PANNs
+  and AST hear ESC-50's 5 s clips; and words, even padded with silence or noise to 2 s, keep the length the
+  sample's numbers were measured at. The sound's length is the span within 20 dB of the clip's loudest 20 ms
+  (`sound_seconds`): spoken words padded to 2 s scored 82.6 % when heard whole and 90.3 % at the loudest 1 s.
 
 The chosen length travels in the backbone's name (`efficientnet_lite0_audio@2s`, `core.backbones.clip_variant`): the
 run records it, and prediction, export and the baselines read it back from there.
@@ -33,6 +35,8 @@ AUTO_STEP = 0.5
 AUTO_LONGEST = 10.0
 #: "auto" keeps the entry's length until the median clip is this much longer.
 AUTO_MARGIN = 1.25
+#: A frame counts as sound within this many dB of the clip's loudest frame (background noise and padding do not).
+SOUND_DB = 20.0
 #: The lengths offered besides "auto" and the entry's own (seconds).
 OFFERED = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 
@@ -40,26 +44,40 @@ _DURATIONS: dict[str, np.ndarray] = {}
 _DURATIONS_LOCK = threading.Lock()
 
 
-def clip_durations(items: Sequence[str]) -> np.ndarray:
-    """The length of each clip file in seconds, read from the file headers (nothing is decoded)."""
+def sound_seconds(path: str) -> float:
+    """How long the sound in a clip file lasts (seconds): from the first to the last 20 ms frame within
+    `SOUND_DB` of the clip's loudest frame. Silence or quiet background padding around a word does not count, so a
+    1 s word padded to 2 s lasts about 1 s; a tone that goes on quietly after a loud start counts whole."""
     import soundfile
 
-    return np.array([soundfile.info(str(item)).duration for item in items], dtype=float)
+    samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1)
+    frame = max(1, int(rate * 0.02))
+    frames = len(mono) // frame
+    if frames == 0:
+        return len(mono) / rate
+    energy = (mono[: frames * frame].reshape(frames, frame) ** 2).mean(axis=1)
+    peak = float(energy.max())
+    if peak <= 0:
+        return 0.0
+    loud = np.flatnonzero(energy >= peak * 10 ** (-SOUND_DB / 10))
+    return float((loud[-1] - loud[0] + 1) * frame / rate)
 
 
-def dataset_durations(dataset: Dataset) -> np.ndarray:
-    """`clip_durations` of every clip of `dataset`, remembered per data set (its fingerprint)."""
+def dataset_sound_seconds(dataset: Dataset) -> np.ndarray:
+    """`sound_seconds` of every clip of `dataset`, remembered per data set (its fingerprint)."""
     with _DURATIONS_LOCK:
         known = _DURATIONS.get(dataset.fingerprint)
     if known is None:
-        known = clip_durations(dataset.table["item"].astype(str).tolist())
+        known = np.array([sound_seconds(item) for item in dataset.table["item"].astype(str)], dtype=float)
         with _DURATIONS_LOCK:
             _DURATIONS[dataset.fingerprint] = known
     return known
 
 
 def auto_clip_seconds(durations: Sequence[float] | np.ndarray, own_seconds: float) -> float:
-    """The "auto" length for clips of these `durations` on a backbone whose entry hears `own_seconds`."""
+    """The "auto" length for clips whose sound lasts `durations` (`sound_seconds`), on a backbone whose entry hears
+    `own_seconds`."""
     lengths = np.asarray(durations, dtype=float)
     if not len(lengths):
         return own_seconds
@@ -86,7 +104,7 @@ def chosen_seconds(dataset: Dataset, backbone_name: str, clip_seconds: float | s
     if clip_seconds != "auto":
         return float(clip_seconds)
     own = own_seconds(backbone_name)
-    return auto_clip_seconds(dataset_durations(dataset), own)
+    return auto_clip_seconds(dataset_sound_seconds(dataset), own)
 
 
 def backbone_for(dataset: Dataset, backbone_name: str, clip_seconds: float | str = "auto") -> str:
@@ -121,5 +139,5 @@ def resolve(config: TrainConfig, dataset: Dataset) -> TrainConfig:
 
 __all__ = [
     "AUTO_LONGEST", "AUTO_MARGIN", "AUTO_STEP", "OFFERED", "auto_clip_seconds", "backbone_for", "chosen_seconds",
-    "clip_durations", "dataset_durations", "offered_lengths", "own_seconds", "resolve",
+    "dataset_sound_seconds", "offered_lengths", "own_seconds", "resolve", "sound_seconds",
 ]

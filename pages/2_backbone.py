@@ -123,7 +123,7 @@ status = availability(chosen)
 clip_choice = "auto"
 if spec.modality == "audio":  # how much of each clip it hears: the run's backbone name carries the length
     own = clip_length.own_seconds(chosen)
-    durations = clip_length.dataset_durations(state.dataset)
+    durations = clip_length.dataset_sound_seconds(state.dataset)
     auto = clip_length.auto_clip_seconds(durations, own)
     allowed = clip_length.offered_lengths(chosen)
     median = float(np.median(durations)) if len(durations) else own
@@ -131,11 +131,13 @@ if spec.modality == "audio":  # how much of each clip it hears: the run's backbo
         "Clip length", ["auto", *allowed], key="backbone_clip_seconds",
         index=(["auto", *allowed].index(state.scratch.get("clip_seconds", "auto"))
                if state.scratch.get("clip_seconds", "auto") in ["auto", *allowed] else 0),
-        format_func=lambda value: (f"Auto: {auto:g} s for your clips (median {median:.2f} s)" if value == "auto"
+        format_func=lambda value: (f"Auto: {auto:g} s for your clips (their sound lasts {median:.2f} s, median)"
+                                   if value == "auto"
                                    else f"{value:g} s" + (" (the backbone's own)" if value == own else "")),
         help=f"Each clip is cut to this length around its loudest part, or padded with silence. Auto keeps the "
-        f"backbone's own {own:g} s unless your clips are clearly longer: then their median, at most "
-        f"{clip_length.AUTO_LONGEST:g} s. Longer clips keep more of each sound and cost more.",
+        f"backbone's own {own:g} s unless the sound in your clips clearly lasts longer (silence and quiet background "
+        f"around it do not count): then its median length, at most {clip_length.AUTO_LONGEST:g} s. Longer clips keep "
+        "more of each sound and cost more.",
     )
     state.scratch["clip_seconds"] = clip_choice
     spec = get_spec(clip_length.backbone_for(state.dataset, chosen, clip_choice))

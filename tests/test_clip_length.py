@@ -49,6 +49,32 @@ def test_auto_keeps_the_backbones_length_unless_the_clips_are_clearly_longer() -
     assert clip_length.auto_clip_seconds([], 1.0) == 1.0
 
 
+def test_the_sound_lasts_from_its_first_to_its_last_loud_moment_not_the_whole_file(tmp_path: Path) -> None:
+    """Padding and background noise do not count; a quieter stretch after a loud start does (within 20 dB)."""
+    noise = np.random.default_rng(0).normal(0.0, 0.005, 2 * RATE).astype(np.float32)  # about -40 dB of the tone
+    padded = noise.copy()
+    padded[RATE // 2: RATE // 2 + int(0.6 * RATE)] += tone(440.0, seconds=0.6)
+    (tmp_path / "word.wav").write_bytes(wav_bytes(padded))
+    assert clip_length.sound_seconds(str(tmp_path / "word.wav")) == pytest.approx(0.6, abs=0.04)
+    dataset = two_second_clips(tmp_path / "clips", per_class=2)
+    assert clip_length.dataset_sound_seconds(dataset) == pytest.approx(np.full(4, 2.0), abs=0.04)
+    (tmp_path / "silence.wav").write_bytes(wav_bytes(np.zeros(RATE, dtype=np.float32)))
+    assert clip_length.sound_seconds(str(tmp_path / "silence.wav")) == 0.0
+
+
+def padded_words(folder: Path) -> Dataset:
+    """Two tones of 0.6 s each placed at random in 2 s of quiet noise: words as a recorder pads them."""
+    rng = np.random.default_rng(1)
+    for label, frequency in (("low", 220.0), ("high", 3520.0)):
+        (folder / label).mkdir(parents=True)
+        for index in range(3):
+            clip = rng.normal(0.0, 0.005, 2 * RATE).astype(np.float32)
+            start = int(rng.integers(0, int(1.4 * RATE)))
+            clip[start: start + int(0.6 * RATE)] += tone(frequency, seconds=0.6, seed=index)
+            (folder / label / f"{index}.wav").write_bytes(wav_bytes(clip))
+    return load_path(folder)[0]
+
+
 def test_the_length_is_a_setting_of_the_run_checked_and_on_the_command_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="clip_seconds must be 'auto' or between 0.25 and 30"):
         TrainConfig("efficientnet_lite0_audio", 9, clip_seconds=60).validate()
@@ -68,6 +94,8 @@ def test_the_length_is_a_setting_of_the_run_checked_and_on_the_command_line(tmp_
     resolved = clip_length.resolve(TrainConfig("efficientnet_lite0_audio", 9), dataset)
     assert (resolved.backbone, resolved.clip_seconds) == ("efficientnet_lite0_audio@2s", 2.0)
     assert clip_length.resolve(resolved, dataset) == resolved  # idempotent: a resumed run keeps its length
+    padded = clip_length.resolve(TrainConfig("efficientnet_lite0_audio", 9), padded_words(tmp_path / "padded"))
+    assert (padded.backbone, padded.clip_seconds) == ("efficientnet_lite0_audio", 1.0)  # 2 s files, 0.6 s sounds
     chosen = clip_length.resolve(TrainConfig("efficientnet_lite0_audio@2s", 9, clip_seconds=1.0), dataset)
     assert (chosen.backbone, chosen.clip_seconds) == ("efficientnet_lite0_audio", 1.0)  # the number wins
 
@@ -124,7 +152,7 @@ def test_the_backbone_page_offers_the_length_and_says_what_auto_chose(
     at.run()
     assert not at.exception, at.exception
     length = at.selectbox(key="backbone_clip_seconds")
-    assert length.value == "auto" and "Auto: 2 s for your clips (median 2.00 s)" in length.format_func("auto")
+    assert length.value == "auto" and "Auto: 2 s for your clips (their sound lasts 2.00 s" in length.format_func("auto")
     assert any(header.value == "EfficientNet-Lite0 on spectrograms (2 s clips)" for header in at.subheader)
     length.set_value(1.0).run()
     assert any(header.value == "EfficientNet-Lite0 on spectrograms" for header in at.subheader)
