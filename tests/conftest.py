@@ -17,6 +17,24 @@ os.environ.setdefault("TRANSFER_STUDIO_MAX_JOBS", "1")  # one training slot, wha
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`make test` (`pytest -n 2 --dist loadgroup`): every browser test (tests/e2e/) in one process, in order, with
+    one app server and one Chromium, as they were written; each other test goes wherever a process is free.
+
+    pytest-xdist's own loadgroup marks a group by rewriting the test's node id, which pytest 9 no longer reads, so
+    the scheduler here groups by folder instead.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BrowserTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "e2e" if nodeid.startswith("tests/e2e/") else nodeid
+
+    return BrowserTestsTogether(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_workspace(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own workspace folder, so runs, caches and uploads never leak between tests."""

@@ -18,15 +18,6 @@ from core import browser as driver
 from core.browser import CHROMIUM_ARGS, RUN_COUNTER_SCRIPT, VIEWPORT, wait_app_loaded  # noqa: F401
 from tests.e2e.studio import ARTIFACTS
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `pytest -n N --dist loadgroup` (make test) the browser tests run in one process, in order, with one
-    server and one Chromium, beside the other tests in another process."""
-    for item in items:
-        if item.get_closest_marker("e2e") is not None:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
-
-
 # Waits on what the page shows: seconds on a machine whose cores the other tests share (five by default).
 expect.set_options(timeout=20_000)
 
