@@ -152,31 +152,15 @@ def load_clip(path: str, sample_rate: int) -> np.ndarray:
     return resample(to_mono(samples), info.sample_rate, sample_rate)
 
 
-#: Windows within this share of the loudest one hold the same sound: `loudest_start` takes the middle one of them.
-LOUDEST_SHARE = 0.99
-
-
 def loudest_start(samples: np.ndarray, length: int) -> int:
     """Where `fix_length` cuts a clip to `length` samples: the start of its loudest window, or, for a clip no longer
-    than that, minus the silence put before it (a shorter clip is centred).
-
-    A sound shorter than the window fits in many windows that are all about as loud (within `LOUDEST_SHARE`, the
-    background noise deciding between them); the middle one of those centres the sound, as a short clip is centred,
-    so a word sits in the same place of the picture however much silence the recording had around it.
-    """
+    than that, minus the silence put before it (a shorter clip is centred)."""
     count = len(samples)
     if count <= length:
         return -((length - count) // 2)
     energy = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
     window_energy = energy[length:] - energy[:-length]
-    loudest = int(np.argmax(window_energy))
-    near = window_energy >= LOUDEST_SHARE * window_energy[loudest]
-    first, last = loudest, loudest  # the stretch of near-loudest windows around the loudest (not another sound's)
-    while first > 0 and near[first - 1]:
-        first -= 1
-    while last < len(near) - 1 and near[last + 1]:
-        last += 1
-    return (first + last) // 2
+    return int(np.argmax(window_energy))
 
 
 def window(samples: np.ndarray, start: int, length: int) -> np.ndarray:

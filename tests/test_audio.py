@@ -167,17 +167,6 @@ def test_fix_length_keeps_the_loudest_window_and_centres_short_clips() -> None:
     assert np.allclose(cut, 0.9)
     padded = audio.fix_length(np.ones(10, np.float32), 20)
     assert padded[:5].sum() == 0 and padded[5:15].sum() == 10 and padded[15:].sum() == 0
-    # a word shorter than the window, in a long quiet recording: the window centres it (as a short clip is centred),
-    # wherever the speaker started, instead of the first window that holds it all
-    for start in (8000, 20000):
-        recording = np.random.default_rng(start).normal(0.0, 0.005, 48000).astype(np.float32)
-        recording[start:start + 9600] += tone(440.0, seconds=0.6)
-        cut = audio.fix_length(recording, 16000)
-        loud = np.flatnonzero(np.abs(cut) > 0.1)
-        assert abs((loud[0] + loud[-1]) / 2 - 8000) < 200, (start, loud[0], loud[-1])
-    two_sounds = np.zeros(48000, np.float32)
-    two_sounds[2000:4000] = two_sounds[40000:42000] = 0.5  # as loud as each other, far apart: one of them, whole
-    assert np.count_nonzero(audio.fix_length(two_sounds, 16000)) == 2000
 
 
 def test_spectrogram_pixels_shape_range_and_determinism(tmp_path: Path) -> None:
