@@ -91,10 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lexical", choices=["auto", "off"], default="auto",
                        help="texts with the logistic head: mix a TF-IDF n-gram model into the delivered probabilities "
                        "(an equal vote, estimated on the same folds; auto) or keep the head alone (off)")
-    train.add_argument("--views", type=int, default=0, metavar="N",
+    train.add_argument("--views", type=int, metavar="N",
                        help="images and sound clips with the logistic head: learn also from N augmented views of "
                        "each example (images: crops, flips; clips: a shifted cut, a gain), computed once through the "
-                       "frozen backbone and cached; 0 = off (default)")
+                       "frozen backbone and cached; 0 = off (default: 2 for sound clips with the logistic head, "
+                       "else 0)")
     train.add_argument("--clip-seconds", type=_clip_seconds, default="auto", metavar="SECONDS",
                        help="sound clips: seconds of each clip the backbone hears, cut around the loudest part or "
                        "padded with silence (auto, the default: the backbone's own length, 1 s for the offline one, "

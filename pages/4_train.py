@@ -24,6 +24,7 @@ from core.session import StudioState
 from core.training import (
     AUGMENTATIONS,
     MAX_VIEWS,
+    SOUND_VIEWS,
     TrainConfig,
     sentence_tuning_plan,
     suggested_settings,
@@ -346,11 +347,13 @@ with st.form("train-settings"):
         ))
     elif logistic and dataset.modality == "audio":
         views = int(c3.number_input(
-            "Augmented views per clip", 0, MAX_VIEWS, 0, key="train_views",
+            "Augmented views per clip", 0, MAX_VIEWS, int(defaults.get("views", 0)), key="train_views",
             help="Sound clips: the head also learns from this many copies of each labelled clip, each with the "
             f"light augmentation ({audio_augment.describe('light')}), each run once through the frozen backbone "
             "and cached (one more feature pass per view). The estimate stays honest: a copy only ever joins its own "
-            "clip's fold. 0 = off (the default; what views gain on sound has not been measured yet).",
+            f"clip's fold. 0 = off. Default {SOUND_VIEWS}: on the spoken-words sample two views gained 1.6 points on "
+            "average (4 seeds) and made transfer's interval clear the MFCC baseline's more often, for about 1.7x "
+            "the time.",
         ))
     label = "Train in the queue" if others_active and not active else "🚀 Train"
     submitted = st.form_submit_button(label, type="primary", disabled=active, key="train-submit")

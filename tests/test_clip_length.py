@@ -168,3 +168,23 @@ def test_the_backbone_page_offers_the_length_and_says_what_auto_chose(
     at.button(key="train-submit").click().run()
     assert not at.exception, at.exception
     assert state.job is not None and state.job.config.clip_seconds == 1.0
+
+
+def test_sound_learns_from_two_views_of_each_clip_by_default_where_the_head_can(tmp_path: Path) -> None:
+    """`SOUND_VIEWS` for clips with every group frozen (the logistic head); none for a gradient head; the number the
+    user gives, 0 included, survives the command line the Train page shows."""
+    from core.__main__ import build_parser
+    from core.training import SOUND_VIEWS
+
+    dataset = two_second_clips(tmp_path / "clips", per_class=2)
+
+    def views(*options: str) -> int:
+        args = build_parser().parse_args(["train", "--data", "clips.zip", *options])
+        return config_from_args(args, dataset, "efficientnet_lite0_audio", 9).views
+
+    assert SOUND_VIEWS == 2 and views() == 2
+    assert views("--head", "gradient") == 0 and views("--augmentation", "light") == 0
+    assert views("--views", "0") == 0 and views("--views", "3") == 3
+    chosen = TrainConfig("efficientnet_lite0_audio", 9, views=0)
+    args = build_parser().parse_args(["train", *train_arguments(chosen, "clips.zip", "out")])
+    assert config_from_args(args, dataset, chosen.backbone, 9).views == 0
