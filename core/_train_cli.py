@@ -120,7 +120,7 @@ def main_train(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 2
     backbone = backbones.load_backbone(backbone_name, pretrained=True)
-    config = clip_length.resolve(config_from_args(args, dataset, backbone_name, len(backbone.group_names)), dataset)
+    config = config_from_args(args, dataset, backbone_name, len(backbone.group_names))  # fit resolves the length
     out = Path(args.out)
     if scale_out.launched():  # one of several processes that `--processes` (or a launcher) started
         with scale_out.from_environment(config.device) as distributed:

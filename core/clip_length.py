@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core import audio
 from core._backbone_catalogue import clip_range
 from core._train_config import TrainConfig
 from core.backbones import base_name, clip_variant, get_spec
@@ -40,18 +41,16 @@ SOUND_DB = 20.0
 #: The lengths offered besides "auto" and the entry's own (seconds).
 OFFERED = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 
-_DURATIONS: dict[str, np.ndarray] = {}
-_DURATIONS_LOCK = threading.Lock()
+_SOUND_SECONDS: dict[str, np.ndarray] = {}
+_SOUND_SECONDS_LOCK = threading.Lock()
 
 
 def sound_seconds(path: str) -> float:
     """How long the sound in a clip file lasts (seconds): from the first to the last 20 ms frame within
     `SOUND_DB` of the clip's loudest frame. Silence or quiet background padding around a word does not count, so a
     1 s word padded to 2 s lasts about 1 s; a tone that goes on quietly after a loud start counts whole."""
-    import soundfile
-
-    samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    mono = samples.mean(axis=1)
+    samples, info = audio.read_audio(str(path))
+    mono, rate = audio.to_mono(samples), info.sample_rate
     frame = max(1, int(rate * 0.02))
     frames = len(mono) // frame
     if frames == 0:
@@ -66,12 +65,12 @@ def sound_seconds(path: str) -> float:
 
 def dataset_sound_seconds(dataset: Dataset) -> np.ndarray:
     """`sound_seconds` of every clip of `dataset`, remembered per data set (its fingerprint)."""
-    with _DURATIONS_LOCK:
-        known = _DURATIONS.get(dataset.fingerprint)
+    with _SOUND_SECONDS_LOCK:
+        known = _SOUND_SECONDS.get(dataset.fingerprint)
     if known is None:
         known = np.array([sound_seconds(item) for item in dataset.table["item"].astype(str)], dtype=float)
-        with _DURATIONS_LOCK:
-            _DURATIONS[dataset.fingerprint] = known
+        with _SOUND_SECONDS_LOCK:
+            _SOUND_SECONDS[dataset.fingerprint] = known
     return known
 
 
