@@ -149,7 +149,7 @@ class _SmallDataHead:
         grid_size = len(smalldata.l2_grid(self.backbone.spec.sentence_encoder))
 
         def iteration(index: int, loss: float) -> None:
-            self.global_step = index
+            self.state.global_step = index
             self.events.emit("on_step_end", StepEnd(
                 phase="train", step=index, global_step=index, epoch=grid_size,
                 loss=loss, train_loss=loss, lr=0.0, progress=0.95,
@@ -200,16 +200,16 @@ class _SmallDataHead:
             raise TrainingStopped from None
         fitted.head.to_linear(self.model.head[-1], temperature)
         chosen = next((i for i, point in enumerate(fitted.grid, 1) if point.l2 == fitted.head.l2), None)
-        self.best_epoch = chosen
+        self.state.best_epoch = chosen
         for index, point in enumerate(fitted.grid, 1):
             ended = EpochEnd(
                 epoch=index, train_loss=point.train_loss, train_accuracy=None, val_loss=point.log_loss,
                 val_accuracy=point.accuracy, lr=0.0, l2=point.l2, toward_names=point.toward_names,
                 seconds=0.0, best_epoch=chosen, is_best=index == chosen, total_epochs=len(fitted.grid),
             )
-            self.record_epoch(ended, checkpoint=False)
+            self.recorder.on_epoch_end(self.state, self.control, ended)  # recorded, not checkpointed: no resume
             self.events.emit("on_epoch_end", ended)
-        self.flush_steps(force=True)
+        self.recorder.flush(force=True)
         cross_validated = self.protocol.name == "cross-validation"
         lexical_oof = self.fit_lexical(items, labels.numpy(), result.fold_of if cross_validated else None)
         if cross_validated:
@@ -252,7 +252,7 @@ class _SmallDataHead:
         for step, fold in enumerate([*folds, None]):
             self.check_stop(lockstep=False)
             self.events.emit("on_step_end", StepEnd(
-                phase="train", step=0, global_step=self.global_step, epoch=0, progress=0.95,
+                phase="train", step=0, global_step=self.state.global_step, epoch=0, progress=0.95,
                 note=f"TF-IDF n-gram model {step + 1} of {len(folds) + 1}",
             ))
             learn = np.ones(len(texts), bool) if fold is None else fold_of != fold

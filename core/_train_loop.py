@@ -1,8 +1,10 @@
 """The training loop: one run of `fit`, set up, trained epoch by epoch (or by the logistic head), and finished.
 
-The loop knows nothing of charts: it sends typed events (`core.contracts`) to its listeners and honours a stop
-flag within one batch. Recording (`core._train_record`) and the small-data head and estimate (`core._train_head`)
-are the trainer's other two halves.
+The loop knows nothing of charts: it keeps its counters in a `TrainState`, tells its own listeners
+(`core._train_listeners`: early stopping, run recording, checkpointing) of each event with the state and the
+`TrainControl` flags they set, sends typed events (`core.contracts`) to the user's callbacks, and honours a stop
+flag within one batch. Writing the run (`core._train_record`) and the small-data head and estimate
+(`core._train_head`) are the trainer's other two halves.
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from core import backbones, clip_length, smalldata, stats
 from core import distributed as scale_out
 from core import features as feature_cache
-from core._run_folder import BEST_WEIGHTS, FROZEN_WEIGHTS
 from core._train_cache import cached_states
 from core._train_config import TrainConfig, _cache_plan, feature_taps, uses_logistic_head
 from core._train_device import (
@@ -35,8 +35,10 @@ from core._train_device import (
     uses_channels_last,
 )
 from core._train_head import _SmallDataHead
+from core._train_listeners import _Checkpointing, _EarlyStopping, _RunRecorder
 from core._train_optim import _class_weights, _lr_factor, _param_groups
-from core._train_record import _cpu_state, _module_prefixes, _RunRecording, _set_rng_state
+from core._train_record import _cpu_state, _module_prefixes, _RunRecording
+from core._train_state import TrainControl, TrainListener, TrainState, _Events
 from core.backbones import Backbone, Classifier
 from core.contracts import EpochEnd, StepEnd, TrainBegin, TrainEnd, TrainingStopped
 from core.dataset import Dataset
@@ -50,24 +52,12 @@ from core.store import RunStore, new_run_id
 log = logging.getLogger("core.training")  # the public module's name: what callers silence or watch
 
 
-class _Events:
-    """Sends each event to every listener that has its method (`core.contracts.TrainCallback`'s, all optional)."""
-
-    def __init__(self, callbacks: Sequence[Any]) -> None:
-        self.callbacks = list(callbacks)
-
-    def emit(self, name: str, payload: TrainBegin | StepEnd | EpochEnd | TrainEnd) -> None:
-        for callback in self.callbacks:
-            method = getattr(callback, name, None)
-            if callable(method):
-                method(payload)
-
-
 class _Trainer(_RunRecording, _SmallDataHead):
     """One run of `fit`: set-up, the cache pass, the loop (or the logistic head) and the finish.
 
     Its two other halves are mixins over the same state: `_RunRecording` writes the run out (store, run.json,
-    checkpoints, the model) and `_SmallDataHead` fits the logistic head and makes every run's estimate.
+    checkpoints, the model) and `_SmallDataHead` fits the logistic head and makes every run's estimate. Its
+    listeners (`self.listeners`) decide when: early stopping, then recording, then checkpointing.
     """
 
     def __init__(
@@ -104,21 +94,25 @@ class _Trainer(_RunRecording, _SmallDataHead):
         self.started = time.perf_counter()
         self.backbone = backbone
         self.run_id = ""
-        self.history: list[dict[str, Any]] = []
-        self.pending_steps: list[tuple[int, int, dict[str, Any]]] = []
-        self.last_flush = time.monotonic()
+        self.state, self.control = TrainState(), TrainControl()
+        self.recorder = _RunRecorder(self.store)
+        self.listeners: list[TrainListener] = [_EarlyStopping(config.patience), self.recorder, _Checkpointing(self)]
         self.cache_seconds = 0.0
         self.cache_reused = False
         self.status = "running"
         self.error: str | None = None
         self.test_accuracy: float | None = None
-        self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.scaler: Any = None
         self.estimate: dict[str, Any] | None = None
         self.protocol: smalldata.Protocol | None = None
 
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def notify(self, event: str, payload: Any) -> None:
+        """Tell the loop's own listeners, in order, of an event (a `TrainListener` method) with the state and flags."""
+        for listener in self.listeners:
+            getattr(listener, event)(self.state, self.control, payload)
 
     def stop_requested(self) -> bool:
         return self.stop_event is not None and self.stop_event.is_set()
@@ -138,7 +132,6 @@ class _Trainer(_RunRecording, _SmallDataHead):
     # -- set-up ----------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-
         config, dataset = self.config, self.dataset
         self.device = pick_device(config.device) if self.distributed is None else self.distributed.device
         self.precision = resolve_precision(config.precision, self.device)
@@ -158,7 +151,6 @@ class _Trainer(_RunRecording, _SmallDataHead):
 
         _seed_everything(config.seed)
         if self.backbone is None:
-
             self.backbone = backbones.load_backbone(config.backbone, pretrained=config.pretrained)
         if self.backbone.spec.modality != dataset.modality:
             raise ValueError(
@@ -237,18 +229,12 @@ class _Trainer(_RunRecording, _SmallDataHead):
         self.schedule_start, self.schedule_steps = 0, self.total_steps  # the learning-rate schedule's own steps
         self.phase, self.refit_record = "train", None
         self.frozen_prefixes = _module_prefixes(self.model, self.backbone.groups()[: self.frozen])
-        self.start_epoch, self.global_step = 1, 0
-        self.best_val_loss, self.best_epoch, self.bad_epochs = math.inf, None, 0
-        self.best_state: dict[str, torch.Tensor] | None = None
         self.pending_rng: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
 
         # What a refit starts from: the pretrained backbone and this seed's fresh head (a resumed run rebuilds the
         # same, seeded, before its checkpoint is loaded).
         self.initial_state = _cpu_state(self._trainable_state()) if self.refit else None
-        if previous is not None:
-            self._load_checkpoint()
-        elif self.frozen_prefixes:
-            save_file(_cpu_state(self._frozen_state()), self.checkpoint_path(FROZEN_WEIGHTS))
+        self.open_checkpoints(resuming=previous is not None)
         self.write_run_json()
 
     def build_cache(self) -> dict[str, feature_cache.CachedStates] | None:
@@ -357,7 +343,6 @@ class _Trainer(_RunRecording, _SmallDataHead):
         yield from _loader(items, labels, self.eval_preprocessor, False, max(self.config.batch_size, 64))
 
     def set_train_mode(self) -> None:
-
         set_train_mode(self.model)
 
     def evaluate(self, split_name: str, cache: dict | None) -> tuple[float | None, float | None]:
@@ -390,7 +375,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
         total_loss, correct, count = 0.0, 0, 0
         epoch_started = time.perf_counter()
         for batch_index, (batch, labels) in enumerate(self.train_batches(epoch, cache)):
-            factor = _lr_factor(self.global_step - self.schedule_start, self.schedule_steps, self.warmup_steps)
+            factor = _lr_factor(self.state.global_step - self.schedule_start, self.schedule_steps, self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
             batch = to_device(batch, self.device, self.channels_last)
@@ -402,7 +387,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
             )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"The training loss became {float(loss)} at step {self.global_step + 1}; lower the learning "
+                    f"The training loss became {float(loss)} at step {self.state.global_step + 1}; lower the learning "
                     "rate or turn on gradient clipping."
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -418,7 +403,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
                 self.scaler.update()
             else:
                 self.optimizer.step()
-            self.global_step += 1
+            self.state.global_step += 1
             size = int(labels.shape[0])
             batch_loss = float(loss.detach())
             batch_correct = int((logits.detach().argmax(dim=1) == labels).sum())
@@ -426,7 +411,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
             correct += batch_correct
             count += size
             step = StepEnd(
-                phase=self.phase, step=self.global_step, global_step=self.global_step,
+                phase=self.phase, step=self.state.global_step, global_step=self.state.global_step,
                 total_steps=self.total_steps, epoch=epoch, batch=batch_index + 1,
                 batches=self.steps_per_epoch, loss=batch_loss, train_loss=batch_loss,
                 train_accuracy=batch_correct / size, lr=self.optimizer.param_groups[0]["lr"],
@@ -434,7 +419,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
                 note=self.refit_note if self.phase == "refit" else None,
             )
             self.events.emit("on_step_end", step)
-            self.record_step(step)
+            self.notify("on_step_end", step)
             self.check_stop()
         if self.distributed is not None:  # the epoch's numbers over every rank's shares (step metrics are rank 0's)
             total_loss, correct, count = self.distributed.sum([total_loss, correct, count])
@@ -449,8 +434,8 @@ class _Trainer(_RunRecording, _SmallDataHead):
         info = {
             "run_id": self.run_id, "run_dir": str(self.run_dir), "device": str(self.device),
             "precision": self.precision, "cache_mode": self.cache_mode, "cache_note": self.cache_note,
-            "epochs": self.config.epochs, "start_epoch": self.start_epoch, "steps_per_epoch": self.steps_per_epoch,
-            "total_steps": self.total_steps, "num_train": len(self.train_items), "num_val": len(self.val_items),
+            "epochs": self.config.epochs, "start_epoch": self.state.start_epoch, "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch, "num_train": len(self.train_items), "num_val": len(self.val_items),
             "num_test": len(self.test_items), "classes": list(self.dataset.classes), "frozen_groups": self.frozen,
             "num_groups": self.num_groups, "backbone": self.config.backbone,
             "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
@@ -466,33 +451,27 @@ class _Trainer(_RunRecording, _SmallDataHead):
         if self.logistic:
             grid = smalldata.l2_grid(self.backbone.spec.sentence_encoder)
             info.update(epochs=len(grid), start_epoch=1, steps_per_epoch=0, total_steps=0)
-        self.events.emit("on_train_begin", TrainBegin(**info))
+        begin = TrainBegin(**info)
+        self.notify("on_train_begin", begin)
+        self.events.emit("on_train_begin", begin)
         cache = self.build_cache()
         if self.logistic:
             self.run_logistic(cache)
             self.status = "completed"
             return self.finish()
-        if self.pending_rng is not None:
-            _set_rng_state(*self.pending_rng)
-            self.pending_rng = None
-        for epoch in range(self.start_epoch, self.config.epochs + 1):
+        self.restore_rng()  # a resumed run's generators, as its checkpoint left them
+        for epoch in range(self.state.start_epoch, self.config.epochs + 1):
+            self.state.epoch = epoch
             metrics = self.train_epoch(epoch, cache)
             val_loss, val_accuracy = self.evaluate("val", cache)
-            monitored = val_loss if val_loss is not None else metrics["train_loss"]
-            is_best = monitored < self.best_val_loss
-            if is_best:
-                self.best_val_loss, self.best_epoch, self.bad_epochs = monitored, epoch, 0
-                self.best_state = _cpu_state(self._trainable_state())
-                save_file(self.best_state, self.checkpoint_path(BEST_WEIGHTS))
-            else:
-                self.bad_epochs += 1
+            self.notify("on_evaluate", val_loss if val_loss is not None else metrics["train_loss"])
             ended = EpochEnd(
                 epoch=epoch, train_loss=metrics["train_loss"], train_accuracy=metrics["train_accuracy"],
                 val_loss=val_loss, val_accuracy=val_accuracy, lr=self.optimizer.param_groups[0]["lr"],
-                seconds=metrics["train_seconds"], best_epoch=self.best_epoch, is_best=is_best,
+                seconds=metrics["train_seconds"], best_epoch=self.state.best_epoch, is_best=self.control.should_save,
                 total_epochs=self.config.epochs,
             )
-            self.record_epoch(ended, checkpoint=True)
+            self.notify("on_epoch_end", ended)  # into the history and the store, then the checkpoint and run.json
             self.events.emit("on_epoch_end", ended)
             log.info(
                 "epoch %d/%d train_loss %.4f val_loss %s val_accuracy %s",
@@ -500,13 +479,13 @@ class _Trainer(_RunRecording, _SmallDataHead):
                 f"{val_loss:.4f}" if val_loss is not None else "-",
                 f"{val_accuracy:.3f}" if val_accuracy is not None else "-",
             )
-            if self.config.patience and self.bad_epochs >= self.config.patience:
-                log.info("Early stop: no better validation loss for %d epochs", self.bad_epochs)
+            if self.control.should_stop:
+                log.info("Early stop: no better validation loss for %d epochs", self.state.bad_epochs)
                 break
             self.check_stop()
         self.restore_best()
         temperature = None
-        if self.refit and self.best_epoch is not None:
+        if self.refit and self.state.best_epoch is not None:
             temperature = self.refit_on_train_and_val(cache)
         if self.distributed is not None:  # every rank takes part in the summed pass; rank 0 then writes the estimate
             _, self.test_accuracy = self.evaluate("test", cache)
@@ -526,7 +505,7 @@ class _Trainer(_RunRecording, _SmallDataHead):
 
         val_logits, val_labels = self.split_logits("val", cache)
         temperature = stats.fit_temperature(val_logits, val_labels)
-        epochs, first_items = int(self.best_epoch), len(self.train_items)
+        epochs, first_items = int(self.state.best_epoch), len(self.train_items)
         self.model.load_state_dict(self.initial_state, strict=False)
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, self.config), lr=self.config.lr)
         self.train_items = [*self.train_items, *self.val_items]
@@ -535,14 +514,15 @@ class _Trainer(_RunRecording, _SmallDataHead):
             merged = feature_cache.concatenate([cache["train"], cache["val"]])
             cache = {**cache, "train": merged}
         self.steps_per_epoch = math.ceil(len(self.train_items) / self.config.batch_size)
-        self.schedule_start, self.schedule_steps = self.global_step, self.steps_per_epoch * self.config.epochs
+        self.schedule_start, self.schedule_steps = self.state.global_step, self.steps_per_epoch * self.config.epochs
         self.warmup_steps = int(round(self.config.warmup_fraction * self.schedule_steps))
-        self.total_steps = self.global_step + self.steps_per_epoch * epochs
+        self.total_steps = self.state.global_step + self.steps_per_epoch * epochs
         self.phase = "refit"
         self.refit_note = (f"retraining on train + validation ({len(self.train_items)} examples) for the "
                            f"{epochs} epoch{'s' if epochs > 1 else ''} early stopping chose")
         log.info("%s", self.refit_note[0].upper() + self.refit_note[1:])
-        self.events.emit("on_step_end", StepEnd(phase="refit", step=self.global_step, global_step=self.global_step,
+        self.events.emit("on_step_end", StepEnd(phase="refit", step=self.state.global_step,
+                                                global_step=self.state.global_step,
                                                 total_steps=self.total_steps, note=self.refit_note))
         started = time.perf_counter()
         for epoch in range(1, epochs + 1):
@@ -553,10 +533,6 @@ class _Trainer(_RunRecording, _SmallDataHead):
                              "first_examples": first_items, "seconds": time.perf_counter() - started,
                              "final_train_loss": metrics["train_loss"]}
         return temperature
-
-    def restore_best(self) -> None:
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state, strict=False)
 
 
 def fit(

@@ -1,4 +1,6 @@
-"""How a run is recorded as it goes: the run store's record, `run.json`, epoch checkpoints and the kept model.
+"""What a run writes: the run store's record, `run.json`, epoch checkpoints and the kept model.
+
+When it writes them during the loop is its listeners' part (`core._train_listeners`: recording, checkpointing).
 
 A checkpoint holds everything a resumed run needs to continue exactly as if it had never stopped: the trainable
 weights, the optimizer's state, every random generator's state and the loop's counters (`checkpoint/last.*`); the
@@ -34,12 +36,13 @@ from core._run_folder import (
     temporary,
     write_text_at_once,
 )
-from core.contracts import EpochEnd, StepEnd, TrainEnd
+from core._train_state import TrainState
+from core.contracts import TrainEnd
 from core.paths import is_runs_folder
 
 log = logging.getLogger("core.training")  # the public module's name: what callers silence or watch
 
-STEP_FLUSH_SECONDS = 2.0
+STEP_FLUSH_SECONDS = 2.0  # how often the steps heard go into the run store (`core._train_listeners._RunRecorder`)
 
 
 def _module_prefixes(model: nn.Module, modules: Sequence[nn.Module]) -> list[str]:
@@ -116,34 +119,10 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, t
 
 
 class _RunRecording:
-    """The recording half of a run (`core._train_loop._Trainer`): its store record, run folder and checkpoints.
+    """The writing half of a run (`core._train_loop._Trainer`): its store record, run folder and checkpoints.
 
-    A mixin: it reads the trainer's state (model, optimizer, history, counters) and writes it out.
+    A mixin: it reads the trainer's state (model, optimizer, `TrainState`) and writes it out.
     """
-
-    def record_step(self, step: StepEnd) -> None:
-        """A step of the loop into the run store (its loss, accuracy and rate), written every few seconds."""
-        self.pending_steps.append(
-            (step.global_step, step.epoch, {"loss": step.loss, "train_accuracy": step.train_accuracy, "lr": step.lr})
-        )
-        self.flush_steps()
-
-    def record_epoch(self, ended: EpochEnd, checkpoint: bool) -> None:
-        """An epoch into the history and the run store, after the steps before it; with `checkpoint` (the gradient
-        loop, which can resume) also its checkpoint and run.json."""
-        record = ended.to_dict()
-        self.history.append(record)
-        self.flush_steps(force=True)
-        self.store.log_epoch(self.run_id, ended.epoch, record)
-        if checkpoint:
-            self.save_checkpoint(ended.epoch)
-            self.write_run_json()
-
-    def flush_steps(self, force: bool = False) -> None:
-        if self.pending_steps and (force or time.monotonic() - self.last_flush > STEP_FLUSH_SECONDS):
-            self.store.log_steps(self.run_id, self.pending_steps)
-            self.pending_steps = []
-            self.last_flush = time.monotonic()
 
     def checkpoint_path(self, name: str) -> Path:
         """Where the checkpoint file `name` (a `core._run_folder` name under CHECKPOINT_DIR) goes; makes the folder."""
@@ -187,17 +166,32 @@ class _RunRecording:
         rng_tensors, rng_plain = _rng_state()
         tensors.update(optim_tensors)
         tensors.update(rng_tensors)
-        plain = {
-            "epoch": epoch, "global_step": self.global_step, "best_val_loss": self.best_val_loss,
-            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
-            "optimizer": optim_plain, "rng": rng_plain, "cache_mode": self.cache_mode,
-        }
+        plain = {"epoch": epoch, **self.state.counters(), "optimizer": optim_plain, "rng": rng_plain,
+                 "cache_mode": self.cache_mode}
         weights, state = self.checkpoint_path(CHECKPOINT_WEIGHTS), self.checkpoint_path(CHECKPOINT_STATE)
         save_file(_cpu_state(tensors), temporary(weights))
         temporary(state).write_text(json.dumps(plain))
         temporary(weights).replace(weights)
         temporary(state).replace(state)
         self.store.log_checkpoint(self.run_id, epoch, weights)
+
+    def open_checkpoints(self, resuming: bool) -> None:
+        """At set-up: a resumed run reads its epoch checkpoint back; a new one writes its frozen layers, once."""
+        if resuming:
+            self._load_checkpoint()
+        elif self.frozen_prefixes:
+            save_file(_cpu_state(self._frozen_state()), self.checkpoint_path(FROZEN_WEIGHTS))
+
+    def restore_rng(self) -> None:
+        """A resumed run's random generators as its checkpoint left them: applied just before its first epoch."""
+        if self.pending_rng is not None:
+            _set_rng_state(*self.pending_rng)
+            self.pending_rng = None
+
+    def restore_best(self) -> None:
+        """The kept weights back into the model (the best epoch's, or a refit's), before it is saved and scored."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state, strict=False)
 
     def _load_checkpoint(self) -> None:
         if (self.run_dir / FROZEN_WEIGHTS).exists():
@@ -207,18 +201,13 @@ class _RunRecording:
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=False)
         _load_optimizer_state(self.optimizer, tensors, plain["optimizer"])
         self.pending_rng = (tensors, plain["rng"])  # applied just before training resumes
-        self.start_epoch = int(plain["epoch"]) + 1
-        self.global_step = int(plain["global_step"])
-        self.best_val_loss = float(plain["best_val_loss"])
-        self.best_epoch = plain["best_epoch"]
-        self.bad_epochs = int(plain["bad_epochs"])
-        self.history = list(plain["history"])
+        self.state = TrainState.resumed(plain)
         if (self.run_dir / BEST_WEIGHTS).exists():
             self.best_state = load_file(self.run_dir / BEST_WEIGHTS)
-        log.info("Resuming run %s at epoch %d", self.run_dir, self.start_epoch)
+        log.info("Resuming run %s at epoch %d", self.run_dir, self.state.start_epoch)
 
     def write_run_json(self) -> None:
-        best = next((m for m in self.history if m["epoch"] == self.best_epoch), None)
+        best = next((m for m in self.state.history if m["epoch"] == self.state.best_epoch), None)
         info = {
             "run_id": self.run_id,
             "backbone": self.config.backbone,
@@ -237,8 +226,8 @@ class _RunRecording:
             "device": str(getattr(self, "device", "")),
             "precision": getattr(self, "precision", ""),
             "metrics": {
-                "history": self.history,
-                "best_epoch": self.best_epoch,
+                "history": self.state.history,
+                "best_epoch": self.state.best_epoch,
                 "val_accuracy": best.get("val_accuracy") if best else None,
                 "val_loss": best.get("val_loss") if best else None,
                 "test_accuracy": self.test_accuracy,
@@ -267,22 +256,22 @@ class _RunRecording:
                 if hasattr(self, "model"):
                     self.save_model()
                 self.write_run_json()
-                self.flush_steps(force=True)
+                self.recorder.flush(force=True)
             except (OSError, RuntimeError, sqlite3.Error) as error:  # the store record below must still close
                 log.exception("Could not write the run folder %s", self.run_dir)
                 if self.status != "failed":
                     self.status, self.error = "failed", f"Could not write the run folder: {error}"
-        best = next((m for m in self.history if m["epoch"] == self.best_epoch), None)
+        best = next((m for m in self.state.history if m["epoch"] == self.state.best_epoch), None)
         result = TrainEnd(
             run_id=self.run_id,
             run_dir=str(self.run_dir) if self.run_dir is not None else "",
             status=self.status,
-            best_epoch=self.best_epoch,
-            epochs_completed=len(self.history),
+            best_epoch=self.state.best_epoch,
+            epochs_completed=len(self.state.history),
             val_accuracy=best.get("val_accuracy") if best else None,
             val_loss=best.get("val_loss") if best else None,
             test_accuracy=self.test_accuracy,
-            history=list(self.history),
+            history=list(self.state.history),
             cache_mode=getattr(self, "cache_mode", "none"),
             cache_note=getattr(self, "cache_note", ""),
             device=str(getattr(self, "device", "")),

@@ -152,8 +152,12 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(
 
     assert resumed.status == "completed" and resumed.run_id == first.run_id
     assert [e["epoch"] for e in resumed.history] == [1, 2, 3]
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-        assert resumed.history[2][key] == pytest.approx(whole.history[2][key], rel=1e-5, abs=1e-6)
+    for resumed_epoch, whole_epoch in zip(resumed.history, whole.history, strict=True):  # the state read back too
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert resumed_epoch[key] == pytest.approx(whole_epoch[key], rel=1e-5, abs=1e-6)
+        for key in ("best_epoch", "is_best"):
+            assert resumed_epoch[key] == whole_epoch[key]
+    assert resumed.best_epoch == whole.best_epoch
     assert RunStore().get_run(first.run_id)["status"] == "completed"
 
 
