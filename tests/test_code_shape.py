@@ -50,7 +50,7 @@ def test_core_never_imports_streamlit() -> None:
 
 
 #: The issue's "no module over ~600 lines": a module past this has grown a second idea and wants splitting.
-MAX_MODULE_LINES = 620
+MAX_MODULE_LINES = 600
 
 
 def test_no_module_of_core_or_the_pages_is_over_about_600_lines() -> None:
