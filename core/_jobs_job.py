@@ -1,8 +1,8 @@
-"""`TrainingJob`: one training run off the script thread, its supervising thread and the log of its engine's events.
+"""`TrainingJob`: one training run off the script thread, with its supervising thread, stop and cancel flags.
 
 The job either starts a worker process (`core.workers`) and follows its events file, or (a fake engine or an
-in-memory backbone: tests) runs the engine on its own thread; either way the engine's events land in the same
-lock-protected log that `snapshot()` copies.
+in-memory backbone: tests) runs the engine on its own thread; either way the engine's events land in the job's
+lock-protected log (`core._jobs_log.JobLog`), which `snapshot()` copies.
 """
 
 from __future__ import annotations
@@ -14,27 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core._jobs_log import MAX_STEP_POINTS as MAX_STEP_POINTS  # `name as name`: re-exported (core.jobs)
+from core._jobs_log import JobLog
 from core._jobs_queue import _SLOTS, _expected_start, max_running_jobs
 from core._jobs_registry import _prune, _register
-from core._jobs_snapshot import (
-    ACTIVE_STATUSES,
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    FINISHED_STATUSES,
-    QUEUED,
-    RUNNING,
-    STOPPED,
-    JobSnapshot,
-    _as_dict,
-    _is_cache_phase,
-    _is_plain,
-    _number,
-    _whole,
-)
+from core._jobs_snapshot import ACTIVE_STATUSES, CANCELLED, FAILED, FINISHED_STATUSES, RUNNING, STOPPED, JobSnapshot
 from core.contracts import TrainEnd
 from core.dataset import Dataset
-from core.eta import TimeLeft
 from core.paths import workspace_subdir
 from core.store import RunStore, new_run_id
 
@@ -42,8 +28,6 @@ log = logging.getLogger("core.jobs")  # the public module's name: what callers s
 
 #: How often a job looks at its worker's events file and process.
 WORKER_POLL_SECONDS = 0.2
-#: Step metrics kept per job for the live chart; older points are thinned, never the epoch metrics.
-MAX_STEP_POINTS = 5000
 
 FitFunction = Callable[..., Any]
 
@@ -55,16 +39,17 @@ class _JobCallback:
         self._job = job
 
     def on_train_begin(self, info: Any) -> None:
-        self._job._record_begin(_as_dict(info))
+        _record_owner(self._job)  # the engine has created the run's record by now
+        self._job.metrics_log.begin(info)
 
     def on_step_end(self, metrics: Any) -> None:
-        self._job._record_step(_as_dict(metrics))
+        self._job.metrics_log.step(metrics)
 
     def on_epoch_end(self, metrics: Any) -> None:
-        self._job._record_epoch(_as_dict(metrics))
+        self._job.metrics_log.epoch(metrics)
 
     def on_train_end(self, result: Any) -> None:
-        self._job._record_end(result)
+        self._job.metrics_log.end(result)
 
 
 class TrainingJob:
@@ -114,8 +99,6 @@ class TrainingJob:
         self.owner = owner
         self.queued_at: int | None = None
         self.created_at = time.time()
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
         self.result: Any = None
         self._backbone = backbone
         self._fit_fn = fit_fn
@@ -126,17 +109,8 @@ class TrainingJob:
         self._worker: Any = None  # a core.workers.Worker while one trains this job
         self._cancel = threading.Event()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._status = QUEUED
-        self._phase = "queued"
-        self._error: str | None = None
-        self._steps: list[dict[str, Any]] = []
-        self._epochs: list[dict[str, Any]] = []
-        self._info: dict[str, Any] = {}
-        self._progress = 0.0
-        self._time_left = TimeLeft(epochs=_whole(getattr(config, "epochs", None)))
-        self._best_epoch: int | None = None
+        self.metrics_log = JobLog(getattr(config, "epochs", None))  # status and events, behind their own lock
 
     # ----------------------------------------------------------------------------------------------- control
     def start(self) -> TrainingJob:
@@ -148,15 +122,11 @@ class TrainingJob:
             raise RuntimeError(f"Job {self.job_id} was already started; create a new TrainingJob to train again.")
         self.isolation = "process" if self._worker_fit or self._runs_real_engine() else "thread"
         if self.resume:
-            self._epochs = [dict(m) for m in _checkpoint_history(self.run_dir)]
-            kept = [m["best_epoch"] for m in self._epochs if m.get("best_epoch") is not None]
-            self._best_epoch = int(kept[-1]) if kept else None  # every epoch record says which epoch is kept
+            self.metrics_log.resume_from(_checkpoint_history(self.run_dir))
         _register(self)
         self.queued_at = _SLOTS.enqueue(self)
         if self.queued_at is None:
-            with self._lock:
-                self._status, self._phase = RUNNING, "starting"
-                self.started_at = time.time()
+            self.metrics_log.start_running()
         self._thread = threading.Thread(target=self._work, name=f"train-{self.job_id}", daemon=True)
         self._thread.start()
         return self
@@ -209,13 +179,22 @@ class TrainingJob:
 
     @property
     def status(self) -> str:
-        with self._lock:
-            return self._status
+        with self.metrics_log.lock:
+            return self.metrics_log.status
 
     @property
     def error(self) -> str | None:
-        with self._lock:
-            return self._error
+        with self.metrics_log.lock:
+            return self.metrics_log.error
+
+    @property
+    def started_at(self) -> float | None:
+        """When the job left the queue and began to train (time.time()); None while queued."""
+        return self.metrics_log.started_at
+
+    @property
+    def finished_at(self) -> float | None:
+        return self.metrics_log.finished_at
 
     @property
     def is_running(self) -> bool:
@@ -229,44 +208,17 @@ class TrainingJob:
     def snapshot(self) -> JobSnapshot:
         """A copy of everything a page draws; cheap, safe to call from any thread at any rate."""
         position = _SLOTS.position(self)
-        expected_start = _expected_start(position)
-        with self._lock:
-            now = self.finished_at or time.time()
-            elapsed = now - self.started_at if self.started_at else 0.0
-            return JobSnapshot(
-                job_id=self.job_id,
-                status=self._status,
-                phase=self._phase,
-                error=self._error,
-                steps=[dict(m) for m in self._steps],
-                epochs=[dict(m) for m in self._epochs],
-                progress=self._progress,
-                eta_seconds=self._eta(),
-                elapsed_seconds=elapsed,
-                cache_mode=self._info.get("cache_mode"),
-                cache_note=self._info.get("cache_note"),
-                best_epoch=self._best_epoch,
-                run_dir=self.run_dir,
-                queue_position=position,
-                info=dict(self._info),
-                expected_start_seconds=expected_start,
-                isolation=self.isolation,
-            )
+        return self.metrics_log.snapshot(self.job_id, self.run_dir, position, _expected_start(position), self.isolation)
 
     # ----------------------------------------------------------------------------------------------- worker
     def _work(self) -> None:
         if not _SLOTS.wait_turn(self):
-            with self._lock:
-                self._status, self._phase = STOPPED, "done"
-                self.finished_at = time.time()
+            self.metrics_log.end_as(STOPPED, None)
             log.info("Job %s was stopped before it started", self.job_id)
             _prune()
             return
         try:
-            with self._lock:
-                if self._status == QUEUED:
-                    self._status, self._phase = RUNNING, "starting"
-                    self.started_at = time.time()
+            self.metrics_log.start_running()
             log.info("Job %s starts training %s (%s)", self.job_id, self.label, self.isolation)
             if self.isolation == "process":
                 self._train_in_worker()
@@ -367,103 +319,12 @@ class TrainingJob:
         _close_record(self.run_dir, FAILED, message)
 
     def _end_as(self, status: str, error: str | None) -> None:
-        with self._lock:
-            self._status, self._phase, self._error = status, "done", error
-            self.finished_at = time.time()
+        self.metrics_log.end_as(status, error)
 
     def _finish(self, result: Any) -> None:
-        summary = _as_dict(result)
-        engine_status = str(summary.get("status") or "").lower()
-        with self._lock:
-            self.result = result
-            if engine_status == FAILED:
-                self._status = FAILED
-                self._error = str(summary.get("error") or "Training failed; see the server log.")
-            elif engine_status == STOPPED or (self._stop.is_set() and engine_status != COMPLETED):
-                self._status = STOPPED
-            else:
-                self._status = COMPLETED
-                self._progress = 1.0
-            best = summary.get("best_epoch")
-            if best is not None:
-                self._best_epoch = int(best)
-            for key in ("cache_mode", "cache_note"):
-                if summary.get(key) is not None and self._info.get(key) is None:
-                    self._info[key] = summary[key]
-            self._phase = "done"
-            self.finished_at = time.time()
-        log.info("Job %s %s", self.job_id, self.status)
-
-    # -------------------------------------------------------------------------------------- engine events
-    def _record_begin(self, info: dict[str, Any]) -> None:
-        _record_owner(self)  # the engine has created the run's record by now
-        with self._lock:
-            self._info.update({k: v for k, v in info.items() if _is_plain(v)})
-            if self._phase == "starting":
-                self._phase = "features" if info.get("cache_mode") in {"features", "activations"} else "training"
-            self._time_left.begin(
-                _whole(info.get("epochs")) or self._time_left.epochs, num_train=_whole(info.get("num_train")) or 0,
-                num_val=_whole(info.get("num_val")) or 0, gradient=info.get("head", "gradient") != "logistic",
-                now=time.monotonic(),
-            )
-
-    def _record_step(self, metrics: dict[str, Any]) -> None:
-        now = time.time()
-        with self._lock:
-            if _is_cache_phase(metrics):
-                self._phase = "features"
-            else:
-                self._phase = "training"
-                entry = {k: v for k, v in metrics.items() if _is_plain(v)}
-                entry.setdefault("step", len(self._steps) + 1)
-                if "train_loss" not in entry and "loss" in entry:
-                    entry["train_loss"] = entry["loss"]
-                entry["time"] = now - (self.started_at or now)
-                self._steps.append(entry)
-                if len(self._steps) > MAX_STEP_POINTS:
-                    self._steps = self._steps[::2]
-            self._update_progress(metrics)
-            if _is_cache_phase(metrics):
-                self._time_left.cache(float(self._info.get("cache_progress") or 0.0), time.monotonic())
-            else:
-                self._time_left.step(self._progress, time.monotonic())
-
-    def _record_epoch(self, metrics: dict[str, Any]) -> None:
-        with self._lock:
-            entry = {k: v for k, v in metrics.items() if _is_plain(v)}
-            entry.setdefault("epoch", len(self._epochs) + 1)
-            self._epochs.append(entry)
-            if entry.get("best_epoch") is not None:  # the engine sends the epoch it keeps; never recomputed here
-                self._best_epoch = int(entry["best_epoch"])
-            self._phase = "training"
-            epochs = _number(getattr(self.config, "epochs", None))
-            if epochs:
-                self._progress = max(self._progress, min(1.0, float(entry["epoch"]) / epochs))
-            self._update_progress(metrics)
-            self._time_left.epoch_end(time.monotonic(), epochs_done=_whole(entry.get("epoch")))
-
-    def _record_end(self, result: Any) -> None:
-        summary = _as_dict(result)
-        with self._lock:
-            if summary.get("best_epoch") is not None:
-                self._best_epoch = int(summary["best_epoch"])
-
-    def _update_progress(self, metrics: dict[str, Any]) -> None:
-        """Progress as the engine reports it: `progress`, else `step` of `total_steps`; never goes back."""
-        progress = _number(metrics.get("progress"))
-        if progress is None:
-            step, total = _number(metrics.get("step")), _number(metrics.get("total_steps"))
-            if step is not None and total:
-                progress = step / total
-        if progress is not None and not _is_cache_phase(metrics):
-            self._progress = max(self._progress, min(1.0, progress))
-        elif progress is not None:
-            self._info["cache_progress"] = min(1.0, progress)
-
-    def _eta(self) -> float | None:
-        if self._status != RUNNING:
-            return None
-        return self._time_left.seconds_left(time.monotonic())
+        self.result = result
+        status = self.metrics_log.finish(result, stop_requested=self._stop.is_set())
+        log.info("Job %s %s", self.job_id, status)
 
 
 def _close_record(run_dir: str, status: str, message: str | None) -> None:

@@ -147,7 +147,7 @@ def _expected_start(position: int | None) -> float | None:
     running = _SLOTS.running_jobs()
     if position > len(running) or len(running) < max_running_jobs():
         return None
-    left = [job.snapshot().eta_seconds for job in running]
+    left = [job.metrics_log.seconds_left() for job in running]  # not snapshot(): no copy of the step log
     if any(seconds is None for seconds in left):
         return None
     return sorted(left)[position - 1]

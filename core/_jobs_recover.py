@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +109,8 @@ def _adopt(run_dir: str, pid: int) -> bool:
         return False
     job = TrainingJob(job_file.dataset, job_file.train_config(), run_dir=run_dir, label=job_file.label,
                       owner=job_file.owner, worker_fit=job_file.fit)
-    job.isolation, job._status, job._phase = "process", RUNNING, "starting"
-    job.started_at = job_file.started_at or time.time()
+    job.isolation = "process"
+    job.metrics_log.start_running(since=job_file.started_at)
     job._worker = workers.Worker.adopt(pid)
     _register(job)
     _SLOTS.adopt(job)

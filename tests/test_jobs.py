@@ -235,15 +235,15 @@ def test_stopping_the_real_engine_ends_within_one_batch(colour_dataset, tmp_path
     job = _tiny_job(colour_dataset, tmp_path / "tiny", epochs=200, batch_size=2, cache="off")
     seen_at_stop: list[int] = []
 
-    original = job._record_step
+    original = job.metrics_log.step
 
     def stop_after_second_step(metrics: dict[str, Any]) -> None:
         original(metrics)
         if metrics.get("phase") == "train" and metrics.get("step") == 2:
-            seen_at_stop.append(len(job._steps))
+            seen_at_stop.append(len(job.metrics_log.steps))
             job.stop()
 
-    job._record_step = stop_after_second_step  # stop from inside the loop: deterministic, no timing involved
+    job.metrics_log.step = stop_after_second_step  # stop from inside the loop: deterministic, no timing involved
     job.start()
     assert job.join(120)
     assert job.status == jobs.STOPPED and job.error is None
