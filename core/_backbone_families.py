@@ -1,6 +1,10 @@
 """The backbone families: how each kind of pretrained network is cut into ordered layer groups.
 
-A catalogue entry's `family` is a key of `FAMILIES`; adding a kind of network is one class here.
+A catalogue entry's `family` is a key of `FAMILIES`; adding a kind of network is one class here. Each class declares
+its groups once, in `naming` (`Backbone.layer_groups(depth)` reads it), and where its network keeps the stages, blocks
+or layers they are cut along, in `stack`: the catalogue counts the groups from the entry's `depth` without loading
+anything, and the built backbone names them from its network's depth (the same number, unless an operator's
+checkpoint is another size: see `load_backbone`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core._backbone_spec import Backbone, BackboneSpec
+from core._backbone_spec import Backbone, BackboneSpec, GroupNaming
 
 
 class _Steps(nn.Module):
@@ -35,6 +39,7 @@ class TimmCNNBackbone(Backbone):
     """
 
     channels_last = True
+    naming = GroupNaming("stem", "stage", last="head")
 
     def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
         super().__init__()
@@ -42,8 +47,11 @@ class TimmCNNBackbone(Backbone):
         self.spec = spec
         self.network = network
         self.num_features = int(getattr(network, "head_hidden_size", network.num_features))
-        stages = len(network.blocks)
-        self.group_names = ["stem"] + [f"stage {i + 1}" for i in range(stages)] + ["head"]
+        self.group_names = self.layer_groups(self.network_depth(network))
+
+    @staticmethod
+    def stack(network: nn.Module) -> nn.ModuleList:
+        return network.blocks
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         net = self.network
@@ -65,6 +73,7 @@ class ResNetBackbone(Backbone):
     """torchvision or timm ResNet: stem (conv1, bn1, act, maxpool), stages 1-3, then stage 4 with pooling."""
 
     channels_last = True
+    naming = GroupNaming("stem", "stage", with_last="pool")
 
     def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
         super().__init__()
@@ -72,7 +81,11 @@ class ResNetBackbone(Backbone):
         self.num_features = int(network.fc.in_features if isinstance(network.fc, nn.Linear) else network.num_features)
         network.fc = nn.Identity()
         self.network = network
-        self.group_names = ["stem", "stage 1", "stage 2", "stage 3", "stage 4 + pool"]
+        self.group_names = self.layer_groups(self.network_depth(network))
+
+    @staticmethod
+    def stack(network: nn.Module) -> list[nn.Module]:
+        return [network.layer1, network.layer2, network.layer3, network.layer4]
 
     def groups(self) -> list[nn.Module]:
         net = self.network
@@ -86,13 +99,19 @@ class ResNetBackbone(Backbone):
 class ConvNeXtBackbone(Backbone):
     """timm ConvNeXt: stem, stages 1-4, then the head's LayerNorm with pooling."""
 
+    naming = GroupNaming("stem", "stage", last="head norm")
+
     def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
         super().__init__()
         network.reset_classifier(0)
         self.spec = spec
         self.network = network
         self.num_features = int(getattr(network, "head_hidden_size", network.num_features))
-        self.group_names = ["stem"] + [f"stage {i + 1}" for i in range(len(network.stages))] + ["head norm"]
+        self.group_names = self.layer_groups(self.network_depth(network))
+
+    @staticmethod
+    def stack(network: nn.Module) -> nn.ModuleList:
+        return network.stages
 
     def groups(self) -> list[nn.Module]:
         net = self.network
@@ -113,14 +132,19 @@ class _Tokens(nn.Module):
 class ViTBackbone(Backbone):
     """timm VisionTransformer: patch embedding (+ tokens, position embedding), each block, final norm + pooling."""
 
+    naming = GroupNaming("patch embedding", "block", last="final norm")
+
     def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
         super().__init__()
         network.reset_classifier(0)
         self.spec = spec
         self.network = network
         self.num_features = int(getattr(network, "head_hidden_size", network.num_features))
-        self.group_names = ["patch embedding"] + [f"block {i + 1}" for i in range(len(network.blocks))]
-        self.group_names.append("final norm")
+        self.group_names = self.layer_groups(self.network_depth(network))
+
+    @staticmethod
+    def stack(network: nn.Module) -> nn.ModuleList:
+        return network.blocks
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         net = self.network
@@ -147,6 +171,8 @@ class HFEncoderBackbone(Backbone):
     [B, T, H] and `attention_mask` [B, T].
     """
 
+    naming = GroupNaming("embeddings", "layer", with_last="mean pooling")
+
     def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
         super().__init__()
         self.spec = spec
@@ -155,17 +181,18 @@ class HFEncoderBackbone(Backbone):
             network.pooler = None  # we mean-pool; the CLS pooler is not used
         config = network.config
         self.num_features = int(config.hidden_size if hasattr(config, "hidden_size") else config.dim)
-        layers = self._layers()
-        self.group_names = ["embeddings"] + [f"layer {i + 1}" for i in range(len(layers))]
-        self.group_names[-1] += " + mean pooling"
+        self.group_names = self.layer_groups(self.network_depth(network))
+
+    @staticmethod
+    def stack(network: nn.Module) -> nn.ModuleList:
+        if hasattr(network, "encoder"):
+            return network.encoder.layer
+        if hasattr(network, "transformer"):
+            return network.transformer.layer
+        raise TypeError(f"{type(network).__name__} has neither `encoder.layer` nor `transformer.layer`")
 
     def _layers(self) -> nn.ModuleList:
-        net = self.network
-        if hasattr(net, "encoder"):
-            return net.encoder.layer
-        if hasattr(net, "transformer"):
-            return net.transformer.layer
-        raise TypeError(f"{type(net).__name__} has neither `encoder.layer` nor `transformer.layer`")
+        return self.stack(self.network)
 
     def groups(self) -> list[nn.Module]:
         return [self.network.embeddings, *list(self._layers())]
@@ -215,14 +242,19 @@ class HFSpeechBackbone(Backbone):
     the same length, so no mask is needed. Pre-training's SpecAugment masking and LayerDrop are not applied.
     """
 
+    naming = GroupNaming("feature encoder", "layer", with_last="mean over time")
+
     def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
         super().__init__()
         self.spec = spec
         self.network = network
         self.num_features = int(network.config.hidden_size)
         self.stable_norm = bool(getattr(network.config, "do_stable_layer_norm", False))
-        self.group_names = ["feature encoder"] + [f"layer {i + 1}" for i in range(len(network.encoder.layers))]
-        self.group_names[-1] += " + mean over time"
+        self.group_names = self.layer_groups(self.network_depth(network))
+
+    @staticmethod
+    def stack(network: nn.Module) -> nn.ModuleList:
+        return network.encoder.layers
 
     def _encode(self, waveform: torch.Tensor) -> torch.Tensor:
         net = self.network
@@ -272,17 +304,21 @@ class HFASTBackbone(Backbone):
     groups the state is the token sequence [B, tokens, hidden_size].
     """
 
+    naming = GroupNaming("patch embedding", "layer", with_last="mean pooling")
+
     def __init__(self, spec: BackboneSpec, network: nn.Module) -> None:
         super().__init__()
         self.spec = spec
         self.network = network
         self.num_features = int(network.config.hidden_size)
-        self.group_names = ["patch embedding"] + [f"layer {i + 1}" for i in range(len(self._layers()))]
-        self.group_names[-1] += " + mean pooling"
+        self.group_names = self.layer_groups(self.network_depth(network))
+
+    @staticmethod
+    def stack(network: nn.Module) -> nn.ModuleList:
+        return network.layers if hasattr(network, "layers") else network.encoder.layer  # transformers 5 / 4 layout
 
     def _layers(self) -> nn.ModuleList:
-        net = self.network
-        return net.layers if hasattr(net, "layers") else net.encoder.layer  # transformers 5 / 4 layout
+        return self.stack(self.network)
 
     def _pool(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.network.layernorm(hidden).mean(dim=1)

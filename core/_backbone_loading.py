@@ -4,6 +4,7 @@ by `core._backbone_weights` into it, and cut it into layer groups with its famil
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -190,10 +191,21 @@ def _load_network(name: str, pretrained: bool) -> nn.Module:
 
 
 def load_backbone(name: str, pretrained: bool = True) -> Backbone:
-    """The backbone `name`, cut into layer groups, in eval mode, with its original classifier removed."""
+    """The backbone `name`, cut into layer groups, in eval mode, with its original classifier removed.
+
+    Its `spec` is the catalogue entry, unless the network found stacks another number of stages or layers (an
+    operator's checkpoint of another size in the weights folder): then the spec says the network's depth and group
+    count, so the backbone and its spec always count the same groups.
+    """
     spec = get_spec(name)
-    backbone = FAMILIES[spec.family](spec, load_network(name, pretrained=pretrained))
-    return backbone.eval()
+    family = FAMILIES[spec.family]
+    network = load_network(name, pretrained=pretrained)
+    depth = family.network_depth(network)
+    if depth != spec.depth:
+        log.warning("%s: the network found stacks %d stages or layers, the catalogue's %d; its layer groups follow the "
+                    "network", spec.name, depth, spec.depth)
+        spec = dataclasses.replace(spec, depth=depth, num_groups=len(family.layer_groups(depth)))
+    return family(spec, network).eval()
 
 
 def weights_folder(name: str) -> Path | None:

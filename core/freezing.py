@@ -235,14 +235,16 @@ def recommend(num_train_examples: int, dataset_modality: str, spec: BackboneSpec
     let more of the top layers adapt.
 
     Raises:
-        ValueError: the data's modality does not match the backbone's, or the spec does not say its group count.
+        ValueError: the data's modality does not match the backbone's, or the spec is not a catalogue entry (whose
+            group count `register` fills in).
     """
     if dataset_modality != spec.modality:
         raise ValueError(f"{spec.title} is a {spec.modality} backbone but the data set holds {dataset_modality}s; "
                          f"choose a {dataset_modality} backbone.")
     total = spec.num_groups
     if total < 1:
-        raise ValueError(f"{spec.name}: the catalogue entry does not say how many layer groups it has.")
+        raise ValueError(f"{spec.name} is not in the catalogue: `register` it so that its family counts its layer "
+                         "groups.")
     examples = int(num_train_examples)
     if examples < 1000:
         return total, (

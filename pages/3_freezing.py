@@ -42,10 +42,10 @@ except (BackboneUnavailable, WeightsMismatch, OSError) as error:
     st.page_link("pages/2_backbone.py", label="Choose another backbone", icon="🧠")
     st.stop()
 
+spec = backbone.spec  # the catalogue entry, or what a checkpoint of another size holds: it counts the same groups
 total_groups = len(backbone.group_names)
 train_items, _ = dataset.split("train")
 recommended, reason = recommend(len(train_items), dataset.modality, spec)
-recommended = min(recommended, total_groups)
 current = state.frozen_groups if state.frozen_groups is not None and state.frozen_groups <= total_groups else None
 slider_key = f"freezing_frozen_{spec.name}"
 if slider_key not in st.session_state:

@@ -99,8 +99,56 @@ def test_register_refuses_a_duplicate_name_and_unknown_family() -> None:
 def test_spec_numbers_match_the_built_network(name: str) -> None:
     backbone = load_backbone(name, pretrained=False)
     spec = get_spec(name)
-    assert len(backbone.group_names) == spec.num_groups
     assert sum(p.numel() for p in backbone.parameters()) / 1e6 == pytest.approx(spec.params_millions, rel=0.01)
+
+
+#: Hub entries whose configuration is not on this offline machine: transformers' default configuration of the model
+#: type is the published base architecture (12 layers; DistilBERT's 6), so their families are cut from that.
+HUB_ARCHITECTURES = {"distilbert_base_uncased": "DistilBertConfig", "bert_base_uncased": "BertConfig",
+                     "roberta_base": "RobertaConfig", "ast_audioset": "ASTConfig", "wav2vec2_base": "Wav2Vec2Config",
+                     "hubert_base": "HubertConfig"}
+
+
+@pytest.mark.parametrize("name", [spec.name for spec in list_specs()])
+def test_catalogue_counts_the_layer_groups_its_family_builds(name: str) -> None:
+    import transformers
+
+    spec = get_spec(name)
+    family = FAMILIES[spec.family]
+    with torch.device("meta"):  # the architecture without its numbers: every entry in seconds
+        if spec.source != "transformers" or availability(name).available:
+            network = load_network(name, pretrained=False)
+        else:
+            network = transformers.AutoModel.from_config(getattr(transformers, HUB_ARCHITECTURES[name])())
+        backbone = family(spec, network)
+    assert family.network_depth(network) == spec.depth
+    assert backbone.group_names == family.layer_groups(spec.depth)
+    assert len(backbone.groups()) == len(backbone.group_names) == spec.num_groups
+
+
+def test_register_counts_the_groups_and_refuses_a_wrong_count_or_no_depth() -> None:
+    counted = register(BackboneSpec(**{**_image_spec("test_depth_only", "vit").__dict__, "depth": 2}))
+    try:
+        assert counted.num_groups == 4 and get_spec("test_depth_only").num_groups == 4
+    finally:
+        backbones.unregister("test_depth_only")
+    with pytest.raises(ValueError, match="depth"):
+        register(_image_spec("test_no_depth", "vit"))
+    with pytest.raises(ValueError, match="family counts it"):
+        register(BackboneSpec(**{**_image_spec("test_wrong_count", "vit").__dict__, "depth": 2, "num_groups": 3}))
+    assert not {"test_no_depth", "test_wrong_count"} & {spec.name for spec in list_specs()}
+
+
+def test_a_network_of_another_depth_than_its_entry_gets_a_spec_that_counts_its_groups() -> None:
+    """An operator's checkpoint of another size: the backbone and its spec still count the same groups."""
+    register(BackboneSpec(**{**get_spec("vit_small").__dict__, "name": "test_vit_depth", "depth": 3, "num_groups": 0}))
+    try:
+        with torch.device("meta"):
+            backbone = load_backbone("test_vit_depth", pretrained=False)
+    finally:
+        backbones.unregister("test_vit_depth")
+    assert (backbone.spec.depth, backbone.spec.num_groups, len(backbone.group_names)) == (12, 14, 14)
+    assert backbone.spec.title == "ViT-Small/16"
 
 
 @pytest.mark.parametrize("case", sorted(FAMILY_CASES))
@@ -186,7 +234,7 @@ def test_text_backbone_loads_from_the_operator_weights_folder(tmp_path: Path, mo
 
     spec = BackboneSpec(name="tiny_bert_test", modality="text", source="transformers", model_id="nobody/tiny-bert",
                         title="Tiny BERT", input_size=(16,), params_millions=0.01, gmacs=0.0, licence="MIT",
-                        pretrained_on="-", description="-", family="hf_encoder", num_groups=3)
+                        pretrained_on="-", description="-", family="hf_encoder", depth=2)
     monkeypatch.setenv("TRANSFER_STUDIO_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     register(spec)
@@ -347,7 +395,7 @@ def test_hub_entry_loads_from_the_hugging_face_cache(tmp_path: Path) -> None:
         spec = BackboneSpec(name="tiny_bert_cached", modality="text", source="transformers",
                             model_id="nobody/tiny-bert", title="Tiny BERT", input_size=(16,), params_millions=0.01,
                             gmacs=0.0, licence="MIT", pretrained_on="-", description="-", family="hf_encoder",
-                            num_groups=3)
+                            depth=2)
         register(spec)
         status = availability(spec.name)
         print("SOURCE", status.source)

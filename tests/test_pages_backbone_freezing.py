@@ -6,6 +6,7 @@ Page 3 uses the tiny test backbone: the loader is swapped for one that returns `
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -73,9 +74,14 @@ def test_backbone_page_explains_an_unavailable_model(tmp_path: Path, monkeypatch
 @pytest.fixture
 def tiny_catalogue(monkeypatch: pytest.MonkeyPatch):
     """Register the tiny CNN and make the loader build it, so the page runs in a fraction of a second."""
-    spec = backbones.BackboneSpec(**{**TINY_SPEC.__dict__, "family": "timm_cnn", "num_groups": 3})
-    backbones._REGISTRY[spec.name] = spec
-    monkeypatch.setattr(backbones, "load_backbone", lambda name, pretrained=True: TinyCNN())
+    spec = backbones.register(dataclasses.replace(TINY_SPEC, family="timm_cnn", depth=1))  # stem, stage 1, head
+
+    def load_tiny(name: str, pretrained: bool = True) -> TinyCNN:
+        backbone = TinyCNN()
+        backbone.spec = spec  # as load_backbone gives it: the catalogue entry, counting the same three groups
+        return backbone
+
+    monkeypatch.setattr(backbones, "load_backbone", load_tiny)
     yield spec
     backbones.unregister(spec.name)
 
