@@ -135,10 +135,10 @@ CONTRACT = (
     RunFile(CHECKPOINT_STATE, "core._train_record.save_checkpoint", "core._train_record._load_checkpoint, "
             "core.workers.checkpoint_epoch / checkpoint_history",
             "the loop's counters, the history, the optimizer's settings and the generators' states", "epochs"),
-    RunFile(FROZEN_WEIGHTS, "core._train_loop (set-up)", "core._train_record._load_checkpoint",
+    RunFile(FROZEN_WEIGHTS, "core._train_record.open_checkpoints (set-up)", "core._train_record._load_checkpoint",
             "the frozen layer groups' weights", "frozen"),
-    RunFile(BEST_WEIGHTS, "core._train_loop (each better epoch)", "core._train_record._load_checkpoint",
-            "the best epoch's trainable weights", "epochs"),
+    RunFile(BEST_WEIGHTS, "core._train_listeners._Checkpointing.on_evaluate (each better epoch)",
+            "core._train_record._load_checkpoint", "the best epoch's trainable weights", "epochs"),
 )
 NAMES = tuple(run_file.name for run_file in CONTRACT)
 

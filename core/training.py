@@ -21,8 +21,10 @@ stop flag within one batch. Every run is recorded in the run store (`core.store`
 This module is the engine's public face; its parts live in private modules, lowest first: `core.contracts` (the
 typed events), `core._train_config` (the settings and the plan they imply), `core._train_device` (precision,
 loaders), `core._train_cache` (the frozen states), `core._train_optim` (parameter groups, the learning-rate
-schedule), `core._train_record` (store, run.json, checkpoints), `core._train_head` (small data: the logistic head
-and the estimate), `core._train_loop` (the trainer and `fit`) and `core._train_cli` (`python -m core train`).
+schedule), `core._train_state` (the loop's counters, control flags and the listener base), `core._train_record`
+(store, run.json, checkpoints), `core._train_listeners` (early stopping, recording and checkpointing, hearing the
+loop), `core._train_head` (small data: the logistic head and the estimate), `core._train_loop` (the trainer and
+`fit`) and `core._train_cli` (`python -m core train`).
 Every name below is importable from here as before.
 """
 
