@@ -1,4 +1,5 @@
-"""The bundle's files: their names, the manifest that vouches for them, the zip, and the reader (`load_bundle`).
+"""The bundle's manifest that vouches for its files, the zip, and the reader (`load_bundle`); the files' names and
+what each holds are declared in `core._bundle_folder`.
 
 The lowest of the export modules: `core.evaluation.load_model` opens a bundle through `load_bundle`, and
 `core.export` (which builds on `core.evaluation`) writes what this module reads, so neither imports the other
@@ -19,25 +20,15 @@ import torch
 from torch import nn
 
 from core import bundle_predict, ngrams
+from core._bundle_folder import (
+    LABELS_FILE,
+    MANIFEST_FILE,
+    PARITY_FILE,
+    PREPROCESSING_FILE,
+    RUN_FILE,
+    TORCHSCRIPT_FILE,
+)
 from core.paths import file_sha256
-
-MANIFEST_FILE = "manifest.json"
-WEIGHTS_FILE = "model.safetensors"
-TORCHSCRIPT_FILE = "model.torchscript.pt"
-ONNX_FILE = "model.onnx"
-PREDICT_FILE = "predict.py"
-REPORT_FILE = "MODEL_REPORT.md"
-LABELS_FILE = "labels.json"
-PREPROCESSING_FILE = "preprocessing.json"
-ARCHITECTURE_FILE = "architecture.json"
-RUN_FILE = "run.json"
-PARITY_FILE = "parity.json"
-README_FILE = "README.md"
-TOKENIZER_DIR = "tokenizer"
-AUDIO_FEATURES_FILE = "audio_features.py"  # core/audio.py, copied: predict.py makes spectrograms with the same code
-LEXICAL_MODULE_FILE = "lexical_model.py"  # core/ngrams.py, copied: predict.py mixes in the text run's TF-IDF model
-BACKBONE_CONFIG_DIR = "backbone_config"
-FEATURE_EXTRACTOR_DIR = "feature_extractor"  # an audio foundation model's own preprocessing (transformers)
 
 
 class ExportError(RuntimeError):
@@ -185,6 +176,6 @@ def load_bundle(path: str | Path) -> tuple[BundleModel, BundlePreprocessor, dict
     if config.get("lexical"):  # `core.evaluation.predict_proba` mixes it in, as the app and predict.py do
         model.lexical = ngrams.load(folder / config["lexical"]["model"])
     info = {**info, "classes": classes, "modality": config["modality"], "parity": parity, "bundle": str(folder)}
-    info["bundle_format"] = manifest.get("format")
+    info["bundle_format"] = manifest["format"]
     return model, BundlePreprocessor(folder, config), info
 

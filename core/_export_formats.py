@@ -17,13 +17,8 @@ import torch
 from torch import nn
 
 from core import bundle_predict
-from core._export_bundle import (
-    AUDIO_FEATURES_FILE,
-    BACKBONE_CONFIG_DIR,
-    FEATURE_EXTRACTOR_DIR,
-    TOKENIZER_DIR,
-    ExportError,
-)
+from core._bundle_folder import AUDIO_FEATURES_FILE, BACKBONE_CONFIG_DIR, FEATURE_EXTRACTOR_DIR, TOKENIZER_DIR
+from core._export_bundle import ExportError
 from core.preprocess import audio_settings, uses_feature_extractor
 
 ONNX_OPSET = 17

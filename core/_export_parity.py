@@ -23,16 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from core._export_bundle import (
+from core._bundle_folder import (
     ARCHITECTURE_FILE,
     ONNX_FILE,
     PREDICT_FILE,
     PREPROCESSING_FILE,
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
-    as_inputs,
-    jit_load,
 )
+from core._export_bundle import as_inputs, jit_load
 from core.evaluation import predict_proba
 
 log = logging.getLogger(__name__)
@@ -151,17 +150,6 @@ class ParityReport:
             "rows": [asdict(row) for row in self.rows],
             "skipped": dict(self.skipped),
         }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ParityReport:
-        rows = [ParityRow(**{**row, "files": tuple(row.get("files", ()))}) for row in data.get("rows", [])]
-        return cls(
-            rows=rows,
-            examples=int(data.get("examples", 0)),
-            tolerance=float(data.get("tolerance", PARITY_TOLERANCE)),
-            reference=str(data.get("reference", "")),
-            skipped=dict(data.get("skipped", {})),
-        )
 
 
 def compare_probabilities(
@@ -284,13 +272,13 @@ def check_parity(
     run_rows("onnx", "ONNX (onnxruntime)", (ONNX_FILE,), onnx_probabilities)
     run_rows("torchscript", "TorchScript", (TORCHSCRIPT_FILE,), torchscript_probabilities)
     run_rows(
-        "predict.py",
+        PREDICT_FILE,  # the artefact is the bundle's script itself
         "predict.py (fresh process, TorchScript)",
         (PREDICT_FILE,),
         lambda: _run_predict_script(folder, items, "torchscript", script_timeout),
     )
     architecture = json.loads((folder / ARCHITECTURE_FILE).read_text(encoding="utf-8"))
-    if architecture.get("rebuild"):
+    if architecture["rebuild"]:
         run_rows(
             "predict.py:safetensors",
             "predict.py (fresh process, safetensors)",
@@ -298,6 +286,6 @@ def check_parity(
             lambda: _run_predict_script(folder, items, "safetensors", script_timeout),
         )
     else:
-        skipped["predict.py (safetensors)"] = str(architecture.get("rebuild_detail", "no rebuild recipe"))
+        skipped["predict.py (safetensors)"] = str(architecture["rebuild_detail"])
     return ParityReport(rows=rows, examples=len(items), tolerance=tolerance, skipped=skipped)
 

@@ -32,6 +32,16 @@ import torch
 BUNDLE_DIR = Path(__file__).resolve().parent
 ENGINES = ("torchscript", "safetensors", "onnx")
 
+# The bundle's files this script reads. The app declares them in core/_bundle_folder.py; this script ships alone,
+# so it spells them itself (a test checks that they are the same).
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.json"
+PREPROCESSING_FILE = "preprocessing.json"
+ARCHITECTURE_FILE = "architecture.json"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+
 
 class BundleFileError(RuntimeError):
     """A bundle file is missing or does not match the SHA-256 sum its manifest records."""
@@ -40,28 +50,28 @@ class BundleFileError(RuntimeError):
 def verify(bundle_dir: Path) -> dict:
     """Check every file against manifest.json and return the manifest; raise BundleFileError naming the first file
     that is missing or changed since export (the app's `load_bundle` runs this same check)."""
-    manifest_path = bundle_dir / "manifest.json"
+    manifest_path = bundle_dir / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleFileError(
-            f"manifest.json is missing from {bundle_dir}: not a Transfer Studio bundle, or incomplete."
+            f"{MANIFEST_FILE} is missing from {bundle_dir}: not a Transfer Studio bundle, or incomplete."
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
         entries = sorted(files.items())
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise BundleFileError(f"manifest.json in {bundle_dir} is not a valid manifest ({error}).") from error
+        raise BundleFileError(f"{MANIFEST_FILE} in {bundle_dir} is not a valid manifest ({error}).") from error
     for name, expected in entries:
         path = bundle_dir / name
         if not path.is_file():
-            raise BundleFileError(f"{name} is missing from the bundle {bundle_dir} (manifest.json lists it).")
+            raise BundleFileError(f"{name} is missing from the bundle {bundle_dir} ({MANIFEST_FILE} lists it).")
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         if digest.hexdigest() != (expected or {}).get("sha256"):
             raise BundleFileError(f"{name} in {bundle_dir} was changed after export: its SHA-256 does not match "
-                                  "manifest.json. Export the model again, or restore the original file.")
+                                  f"{MANIFEST_FILE}. Export the model again, or restore the original file.")
     return manifest
 
 
@@ -96,7 +106,7 @@ class ImagePreprocessor:
             "bilinear": Image.BILINEAR,
             "bicubic": Image.BICUBIC,
             "lanczos": Image.LANCZOS,
-        }[config.get("interpolation", "bilinear")]
+        }[config["interpolation"]]
         self.mean = torch.tensor(config["mean"], dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(config["std"], dtype=torch.float32).view(-1, 1, 1)
 
@@ -132,15 +142,15 @@ class AudioPreprocessor:
     """
 
     def __init__(self, config: dict, bundle_dir: Path) -> None:
-        self.features = bundle_module(bundle_dir, config.get("features_module", "audio_features.py"),
-                                      "transfer_studio_audio_features")
+        self.features = bundle_module(bundle_dir, config["features_module"], "transfer_studio_audio_features")
         self.settings = self.features.MelSettings.from_dict(config)
         self.extractor = None
-        self.pad_clips = bool(config.get("pad_clips", True))
-        if config.get("feature_extractor_dir"):
+        self.pad_clips = True  # a spectrogram bundle: file_pixels centres a shorter clip in silence
+        if config.get("feature_extractor_dir"):  # only an audio foundation model's bundle has one
             from transformers import AutoFeatureExtractor
 
             self.extractor = AutoFeatureExtractor.from_pretrained(str(bundle_dir / config["feature_extractor_dir"]))
+            self.pad_clips = bool(config["pad_clips"])
 
     def load(self, path: str) -> torch.Tensor:
         if self.extractor is None:
@@ -159,7 +169,7 @@ class TextPreprocessor:
     def __init__(self, config: dict, bundle_dir: Path) -> None:
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(bundle_dir / config.get("tokenizer_dir", "tokenizer")))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(bundle_dir / config["tokenizer_dir"]))
         self.max_tokens = int(config["max_tokens"])
 
     def batch(self, items: list[str]) -> tuple[torch.Tensor, ...]:
@@ -199,14 +209,14 @@ class RebuiltClassifier(torch.nn.Module):
         super().__init__()
         from safetensors.torch import load_file
 
-        rebuild = architecture.get("rebuild")
+        rebuild = architecture["rebuild"]
         if not rebuild:
             raise BundleFileError(
                 "This bundle's architecture cannot be rebuilt from a public library "
-                f"({architecture.get('rebuild_detail', 'custom backbone')}); use --engine torchscript."
+                f"({architecture['rebuild_detail']}); use --engine torchscript."
             )
         self.source = rebuild["source"]
-        self.pooling = rebuild.get("pooling", "model")
+        self.pooling = rebuild["pooling"]
         if self.source == "timm":
             import timm
 
@@ -216,11 +226,11 @@ class RebuiltClassifier(torch.nn.Module):
 
             config = AutoConfig.from_pretrained(str(bundle_dir / rebuild["config_dir"]))
             self.backbone = AutoModel.from_config(config)
-            if rebuild.get("drop_pooler"):
+            if rebuild["drop_pooler"]:
                 self.backbone.pooler = None  # the app mean-pools; the CLS pooler was never trained
         else:
-            raise BundleFileError(f"Unknown backbone source {self.source!r} in architecture.json.")
-        weights = load_file(str(bundle_dir / "model.safetensors"))
+            raise BundleFileError(f"Unknown backbone source {self.source!r} in {ARCHITECTURE_FILE}.")
+        weights = load_file(str(bundle_dir / WEIGHTS_FILE))
         prefix = "backbone."
         backbone_weights = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
         self.backbone.load_state_dict(backbone_weights, strict=True)
@@ -277,8 +287,8 @@ class BundlePredictor:
         if engine not in ENGINES:
             raise ValueError(f"Unknown engine {engine!r}: choose one of {', '.join(ENGINES)}.")
         self.engine = engine
-        self.classes = list(_read_json(self.bundle_dir, "labels.json")["classes"])
-        self.preprocessing = _read_json(self.bundle_dir, "preprocessing.json")
+        self.classes = list(_read_json(self.bundle_dir, LABELS_FILE)["classes"])
+        self.preprocessing = _read_json(self.bundle_dir, PREPROCESSING_FILE)
         self.modality = self.preprocessing["modality"]
         if self.modality == "image":
             self.preprocessor = ImagePreprocessor(self.preprocessing)
@@ -288,11 +298,11 @@ class BundlePredictor:
             self.preprocessor = TextPreprocessor(self.preprocessing, self.bundle_dir)
         self.lexical = load_lexical(self.preprocessing, self.bundle_dir)
         if engine == "torchscript":
-            self.model = torch.jit.load(str(self.bundle_dir / "model.torchscript.pt"), map_location="cpu").eval()
+            self.model = torch.jit.load(str(self.bundle_dir / TORCHSCRIPT_FILE), map_location="cpu").eval()
         elif engine == "safetensors":
-            self.model = RebuiltClassifier(self.bundle_dir, _read_json(self.bundle_dir, "architecture.json"))
+            self.model = RebuiltClassifier(self.bundle_dir, _read_json(self.bundle_dir, ARCHITECTURE_FILE))
         else:
-            self.model = OnnxModel(self.bundle_dir / "model.onnx")
+            self.model = OnnxModel(self.bundle_dir / ONNX_FILE)
 
     @torch.inference_mode()
     def __call__(self, items: list[str], batch_size: int = 32) -> torch.Tensor:

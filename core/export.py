@@ -36,12 +36,13 @@ import numpy as np
 from torch import nn
 
 from core import audio, bundle_predict, data, ngrams
-from core._export_bundle import (
+from core._bundle_folder import (
     ARCHITECTURE_FILE,
     AUDIO_FEATURES_FILE,
     BACKBONE_CONFIG_DIR,
     FEATURE_EXTRACTOR_DIR,
     LABELS_FILE,
+    LEXICAL_FILE,
     LEXICAL_MODULE_FILE,
     MANIFEST_FILE,
     ONNX_FILE,
@@ -54,6 +55,8 @@ from core._export_bundle import (
     TOKENIZER_DIR,
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
+)
+from core._export_bundle import (
     BundleError,
     BundleModel,
     BundlePreprocessor,
@@ -85,7 +88,6 @@ from core._export_parity import (
     compare_probabilities,
     reference_probabilities,
 )
-from core._run_folder import EXAMPLES
 from core.backbones import get_spec
 from core.evaluation import evaluate_probabilities, recorded_estimate
 from core.model_report import model_report
@@ -208,9 +210,9 @@ def export_bundle(
             save_feature_extractor(preprocessor, out / FEATURE_EXTRACTOR_DIR)
     lexical = getattr(model, "lexical", None)
     if lexical is not None:
-        lexical.save(out / ngrams.FILE)
+        lexical.save(out / LEXICAL_FILE)
         shutil.copyfile(ngrams.__file__, out / LEXICAL_MODULE_FILE)
-        config["lexical"] = {"model": ngrams.FILE, "module": LEXICAL_MODULE_FILE, "share": lexical.share,
+        config["lexical"] = {"model": LEXICAL_FILE, "module": LEXICAL_MODULE_FILE, "share": lexical.share,
                              "recipe": lexical.recipe}
         (out / PREPROCESSING_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     recipe = rebuild_recipe(cpu_model, example, out)
@@ -285,26 +287,27 @@ def _readme(spec: Any, classes: list[str], parity: ParityReport) -> str:
     needs = run_requirements(spec.modality, spec)
     inputs = {"pixels": "`pixels` [B, 3, H, W]", "input_values": "`input_values` (the feature extractor's output)"}.get(
         input_names(spec)[0], "`input_ids`, `attention_mask` [B, T]")
+    metadata = f"`{LABELS_FILE}`, `{PREPROCESSING_FILE}`, `{ARCHITECTURE_FILE}`, `{TOKENIZER_DIR}/` (text)"
     return f"""# {spec.title} classifier — Transfer Studio bundle
 
 Classes: {", ".join(classes)}
 
 ## Run it
     pip install torch {needs}
-    python predict.py --top-k 3 {example}
+    python {PREDICT_FILE} --top-k 3 {example}
 
-`predict.py --engine safetensors` rebuilds the architecture instead ({spec.source} `{spec.model_id}` + a linear
-head; needs {"timm" if spec.source == "timm" else "transformers"}); `--engine onnx` runs `model.onnx` with
-onnxruntime. All engines output logits; predict.py applies softmax.
+`{PREDICT_FILE} --engine safetensors` rebuilds the architecture instead ({spec.source} `{spec.model_id}` + a linear
+head; needs {"timm" if spec.source == "timm" else "transformers"}); `--engine onnx` runs `{ONNX_FILE}` with
+onnxruntime. All engines output logits; {PREDICT_FILE} applies softmax.
 
 ## Files
-- `model.safetensors`: weights; keys `backbone.*` (the library model's own keys) and `head.weight`, `head.bias`.
-- `model.torchscript.pt`, `model.onnx`: the same classifier (input {inputs}, output `logits` [B, {len(classes)}]).
-- `labels.json`, `preprocessing.json`, `architecture.json`, `tokenizer/` (text), `audio_features.py` (sound: the
-  spectrogram or clip-cutting code the model was trained with), `feature_extractor/` (an audio foundation model's
-  own preprocessing): what predict.py needs.
-- `run.json` (training config and metrics), `MODEL_REPORT.md`, `parity.json`.
-- `manifest.json`: SHA-256 of every file; predict.py refuses a bundle whose files changed.
+- `{WEIGHTS_FILE}`: weights; keys `backbone.*` (the library model's own keys) and `head.weight`, `head.bias`.
+- `{TORCHSCRIPT_FILE}`, `{ONNX_FILE}`: the same classifier (input {inputs}, output `logits` [B, {len(classes)}]).
+- {metadata}, `{AUDIO_FEATURES_FILE}` (sound: the
+  spectrogram or clip-cutting code the model was trained with), `{FEATURE_EXTRACTOR_DIR}/` (an audio foundation model's
+  own preprocessing): what {PREDICT_FILE} needs.
+- `{RUN_FILE}` (training config and metrics), `{REPORT_FILE}`, `{PARITY_FILE}`.
+- `{MANIFEST_FILE}`: SHA-256 of every file; {PREDICT_FILE} refuses a bundle whose files changed.
 
 ## Parity at export
 {parity.to_markdown()}
@@ -319,23 +322,17 @@ def _load_run(run_dir: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
 
 
 def _load_dataset(spec: str) -> Any:
-    if spec in ("sample-images", "sample-texts"):
-        loaded = data.load_sample(spec.split("-", 1)[1])
-    else:
-        loader = getattr(data, "load_path", None)
-        if loader is None:
-            raise ExportError("core.data.load_path is not available in this installation; cannot read --data.")
-        loaded = loader(spec)
-    return loaded[0] if isinstance(loaded, tuple) else loaded
+    """`--data`: what the command line accepts (a zip, a folder, a table or a built-in sample), as a Dataset."""
+    return data.load_path(spec)[0]
 
 
-def _run_test_items(run_dir: Path, run_info: dict[str, Any]) -> tuple[list[str], list[int] | None]:
-    """The examples the run's estimate rests on, as the trainer records them in `examples.json`."""
-    path = run_dir / EXAMPLES
-    if not path.is_file():
-        return [], None
-    recorded = json.loads(path.read_text(encoding="utf-8"))
-    return [str(item) for item in recorded["items"]], [int(label) for label in recorded["labels"]]
+def _run_test_items(run_dir: Path) -> tuple[list[str], list[int] | None, Any]:
+    """The examples the run's estimate rests on, their labels and the estimate itself, from `examples.json` (read
+    once, by `recorded_estimate`); no examples and no estimate for a run that recorded none."""
+    recorded = recorded_estimate(run_dir)
+    if recorded is None:
+        return [], None, None
+    return [str(item) for item in recorded.items], [int(label) for label in recorded.targets], recorded
 
 
 def export_run(
@@ -350,7 +347,7 @@ def export_run(
     """Export a run folder; the parity examples are `dataset`'s test split, else the run's recorded test items."""
     folder = Path(run_dir).expanduser()
     model, preprocessor, run_info = _load_run(folder)
-    targets: list[int] | None = None
+    recorded_items, recorded_targets, recorded = _run_test_items(folder)
     if dataset is not None:
         items, targets = dataset.split("test")
         counts = dataset.counts()
@@ -360,14 +357,13 @@ def export_run(
                 "give the data set the model was trained on."
             )
     else:
-        items, targets = _run_test_items(folder, run_info)
-        counts = None
+        items, targets, counts = recorded_items, recorded_targets, None
     if not items:
         raise ExportError(
             f"No test examples to check the export on: {folder} records none. Give the data set with --data."
         )
     if evaluation is None:  # the run's own estimate (out of fold under cross-validation), with its confusions
-        evaluation = recorded_estimate(folder)
+        evaluation = recorded
     return export_bundle(
         model,
         preprocessor,
@@ -409,6 +405,7 @@ __all__ = [
     "FEATURE_EXTRACTOR_DIR",
     "DEFAULT_PARITY_EXAMPLES",
     "LABELS_FILE",
+    "LEXICAL_FILE",
     "LEXICAL_MODULE_FILE",
     "MANIFEST_FILE",
     "ONNX_FILE",

@@ -17,8 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Where another name of the same spelling is meant, or the file cannot import the contract: (module, literal) -> why.
 OTHER_FILES_OF_THE_SAME_NAME = {
-    ("core/_export_bundle.py", run_folder.MODEL): "the bundle's own weights file (its contract: MANIFEST_FILE ...)",
-    ("core/_export_bundle.py", run_folder.RUN_INFO): "the bundle's copy of the run record",
+    ("core/_bundle_folder.py", run_folder.MODEL): "the bundle's own weights file, in its documented layout",
     ("core/bundle_predict.py", run_folder.MODEL): "predict.py reads a bundle and ships alone: it imports no core",
     ("core/ngrams.py", run_folder.LEXICAL): "ngrams.py ships alone in bundles; its FILE is checked equal below",
     ("core/_backbone_weights.py", run_folder.MODEL): "a Hugging Face model folder's weights",
