@@ -54,7 +54,7 @@ def project_runs(dataset: Dataset, owner: str | None, known_run_dirs: Iterable[s
             log.warning("Not carried in the project: %s", refused)
             continue
         run_info = read_json_file(Path(run_dir) / RUN_INFO)
-        if run_info.get("dataset_fingerprint") == dataset.fingerprint and run_info.get("status") in FINISHED:
+        if run_info and run_info["dataset_fingerprint"] == dataset.fingerprint and run_info["status"] in FINISHED:
             found.append(str(run_dir))
     return [run_dir for run_dir in dict.fromkeys(found) if (Path(run_dir) / RUN_INFO).is_file()]
 
@@ -186,9 +186,9 @@ def _run_name(run_id: str, taken: set[str]) -> str:
 def _chosen_config(run_entries: dict[str, tuple[Path, dict[str, Any]]], chosen_run: str | None) -> dict[str, Any]:
     for folder, info in run_entries.values():
         if str(folder) == chosen_run:
-            return dict(info.get("config") or {})
-    newest = list(run_entries.values())[-1:] or [(None, {})]
-    return dict(newest[0][1].get("config") or {})
+            return dict(info["config"])
+    newest = list(run_entries.values())[-1:]
+    return dict(newest[0][1]["config"]) if newest else {}
 
 
 def _store_record(info: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -197,10 +197,10 @@ def _store_record(info: dict[str, Any], folder: Path) -> dict[str, Any]:
     try:
         record = next((r for r in store.list_runs() if str(r.get("run_dir")) == str(folder)), None)
         if record is None:
-            metrics = info.get("metrics") or {}
-            return {"status": info.get("status"), "error": info.get("error"), "created_at": info.get("updated_at"),
-                    "summary": {"best_epoch": metrics.get("best_epoch"), "val_accuracy": metrics.get("val_accuracy")},
-                    "epochs": metrics.get("history") or [], "steps": []}
+            metrics = info["metrics"]
+            return {"status": info["status"], "error": info["error"], "created_at": info["updated_at"],
+                    "summary": {"best_epoch": metrics["best_epoch"], "val_accuracy": metrics["val_accuracy"]},
+                    "epochs": metrics["history"], "steps": []}
         return {"status": record["status"], "error": record.get("error"), "created_at": record.get("created_at"),
                 "summary": record.get("summary") or {}, "epochs": store.history(record["run_id"]),
                 "steps": store.steps(record["run_id"])}

@@ -57,7 +57,8 @@ def differing_labels(configs: Sequence[dict[str, Any]], run_ids: Sequence[str] |
     def named(config: dict[str, Any], by: Sequence[str]) -> str:
         return ", ".join(say[key](config[key]) for key in by if config.get(key) is not None)
 
-    # a run that does not record what differs (an older run.json) is named by its basics instead
+    # a run with no value for what differs (a setting left off, or one an older version did not record: an opened
+    # project's run keeps the settings it came with) is named by its basics instead
     labels = [named(config, keys) or named(config, BASICS) or "run" for config in configs]
     if run_ids is not None:
         repeated = {label for label in labels if labels.count(label) > 1}

@@ -200,8 +200,8 @@ def model_report(
     """
     config = dict(run_info.get("config") or {})
     metrics = dict(run_info.get("metrics") or {})
-    classes = [str(name) for name in run_info.get("classes") or []]
-    backbone_name = str(run_info.get("backbone") or config.get("backbone") or "unknown")
+    classes = [str(name) for name in run_info["classes"]]
+    backbone_name = str(run_info["backbone"])
     if spec is None:
         try:
             from core.backbones import get_spec
@@ -210,12 +210,11 @@ def model_report(
         except (ImportError, KeyError, ValueError, LookupError):
             spec = None
     estimate, confusion, confusion_classes = _report_estimate(run_info, evaluation)
-    classes = classes or confusion_classes or [str(row["class"]) for row in estimate.get("per_class") or []]
-    lines = [f"# Model report — {run_info.get('run_id', 'unnamed run')}", ""]
+    lines = [f"# Model report — {run_info['run_id']}", ""]
     lines += [
         "## Data",
         f"- Data set: **{run_info.get('dataset_name', 'unknown')}** "
-        f"(fingerprint `{run_info.get('dataset_fingerprint', '—')}`), modality {run_info.get('modality', '—')}",
+        f"(fingerprint `{run_info.get('dataset_fingerprint', '—')}`), modality {run_info['modality']}",
         f"- Classes ({len(classes)}): {', '.join(classes) or '—'}",
     ]
     if counts is not None:

@@ -45,12 +45,10 @@ scratch: dict[str, Any] = state.scratch.setdefault("test", {})
 
 def _run_label(run_dir: str) -> str:
     info = evaluation.read_run_info(run_dir)
-    if not info:
+    if not info:  # no run.json (yet): a run that ended before its set-up
         return Path(run_dir).name
-    accuracy = (info.get("metrics") or {}).get("val_accuracy")
-    parts = [str(info.get("run_id") or Path(run_dir).name), str(info.get("backbone", "?"))]
-    if info.get("frozen_groups") is not None:
-        parts.append(f"{info['frozen_groups']} group(s) frozen")
+    accuracy = info["metrics"]["val_accuracy"]
+    parts = [str(info["run_id"]), str(info["backbone"]), f"{info['frozen_groups']} group(s) frozen"]
     if isinstance(accuracy, (int, float)):
         parts.append(f"val {accuracy:.0%}")
     return " · ".join(parts)
@@ -86,14 +84,14 @@ except (evaluation.ModelLoadError, OSError, RuntimeError, ValueError, KeyError) 
     st.error(f"This run's model cannot be loaded: {error}")
     st.stop()
 
-classes = list(run_info.get("classes") or dataset.classes)
+classes = list(run_info["classes"])
 if classes != list(dataset.classes):
     st.error(
         f"This run was trained on the classes {', '.join(classes)}, but the loaded data set has "
         f"{', '.join(dataset.classes)}. Load the data set it was trained on, or pick another run."
     )
     st.stop()
-if run_info.get("dataset_fingerprint") and run_info["dataset_fingerprint"] != dataset.fingerprint:
+if run_info["dataset_fingerprint"] != dataset.fingerprint:
     st.warning(
         "This run was trained on a different version or split of the data than the one loaded now: some test "
         "examples below may have been training examples for it, which would make the scores look too good."
@@ -191,7 +189,7 @@ if not 0 < int(run_info.get("num_groups") or 0) <= int(run_info.get("frozen_grou
                "this run fine-tuned layer groups, so it is not drawn for it yet.")
 else:
     curves = scratch.setdefault("learning_curves", {})
-    curve_key = f"{run_info.get('backbone')}|{dataset.fingerprint}"
+    curve_key = f"{run_info['backbone']}|{dataset.fingerprint}"
     if curve_key not in curves:
         st.caption("Refits the head on 10, 25, 50 and 100 % of each fold's labels (cached features: seconds to a "
                    "minute) and fits a trend, to say what more labelled examples of this kind would likely buy.")
@@ -199,7 +197,7 @@ else:
         curve_bar = st.progress(0.0, text="Refitting the head on shares of your labels…")
         try:
             curves[curve_key] = insight.dataset_curve(
-                dataset, str(run_info.get("backbone")),
+                dataset, str(run_info["backbone"]),
                 progress=lambda done, total: curve_bar.progress(done / total, text=f"Fitted {done} of {total} models"),
                 lexical=bool(result.metrics.get("lexical")),  # texts: mixed as this run delivers, or not
             )
@@ -362,7 +360,7 @@ if inputs:
     st.download_button(
         "Download predictions (CSV)",
         table.to_csv(index=False).encode("utf-8"),
-        file_name=f"predictions-{run_info.get('run_id', 'model')}.csv",
+        file_name=f"predictions-{run_info['run_id']}.csv",
         mime="text/csv",
     )
     render_explain(model, preprocessor, classes, inputs, "test_explain_new", names=names)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from core.compare import differing_labels
+from core.training import TrainConfig
 
-BASE = {"backbone": "efficientnet_lite0", "frozen_groups": 9, "head": "logistic", "epochs": 25, "lr": 0.01,
-        "batch_size": 32, "augmentation": "none", "label_smoothing": 0.0, "seed": 0}  # fmt: skip
+#: A run's settings as the engine records them (every `TrainConfig` field).
+BASE = TrainConfig(backbone="efficientnet_lite0", frozen_groups=9, head="logistic", epochs=25, lr=0.01,
+                   batch_size=32, augmentation="none", label_smoothing=0.0, seed=0).to_dict()
 
 
 def test_only_the_settings_that_differ_name_the_runs_most_telling_first():
@@ -24,6 +26,7 @@ def test_a_single_run_or_runs_alike_are_named_by_backbone_and_freezing_and_told_
 
 
 def test_settings_a_run_does_not_record_are_left_out():
+    """An opened project's run keeps the settings its project carried, which an older version recorded fewer of."""
     older = {key: value for key, value in BASE.items() if key != "head"}  # recorded before the head was a choice
     assert differing_labels([older, BASE]) == ["efficientnet_lite0, 9 frozen", "logistic head"]
     plain, light = {"backbone": "a", "augmentation": "none"}, {"backbone": "a", "augmentation": "light"}

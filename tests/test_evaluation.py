@@ -20,6 +20,7 @@ from core.paths import workspace_subdir
 from core.preprocess import make_preprocessor
 from core.store import RunStore
 from core.training import load_trained
+from tests.run_info import full_run_info
 from tests.tiny import TINY_SPEC, TinyCNN
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -65,19 +66,12 @@ def write_run(folder: Path, model: Classifier, dataset: Dataset, run_id: str = "
     """A run folder in the engine's contract format: model.safetensors + run.json."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(folder / "model.safetensors"))
-    info = {
-        "run_id": run_id,
-        "backbone": "tiny_cnn",
-        "modality": dataset.modality,
-        "classes": dataset.classes,
-        "frozen_groups": 0,
-        "feature_taps": [],
-        "config": {"backbone": "tiny_cnn", "frozen_groups": 0, "epochs": 2, "seed": 0},
-        "dataset_name": dataset.name,
-        "dataset_fingerprint": dataset.fingerprint,
-        "status": "completed",
-        "metrics": {"history": [], "best_epoch": 1, "val_accuracy": 1.0, "test_accuracy": None},
-    }
+    info = full_run_info(
+        run_id=run_id, backbone="tiny_cnn", modality=dataset.modality, classes=dataset.classes, frozen_groups=0,
+        num_groups=3, config={"backbone": "tiny_cnn", "frozen_groups": 0, "epochs": 2, "seed": 0},
+        dataset_name=dataset.name, dataset_fingerprint=dataset.fingerprint,
+        metrics={"best_epoch": 1, "val_accuracy": 1.0},
+    )
     (folder / "run.json").write_text(json.dumps(info), encoding="utf-8")
     return folder
 
@@ -474,8 +468,8 @@ def test_cli_baselines_finds_the_runs_own_data_and_prints_the_verdict_as_json(
     digits, estimate = _digits(per_class=5)
     run = tmp_path / "run"
     write_job_file(run, JobFile(dataset=digits, config={"seed": 0}))  # what train writes: the data it trained on
-    (run / "run.json").write_text(json.dumps({"run_id": "digits-cli", "classes": digits.classes, "modality": "image",
-                                              "config": {"seed": 0}, "metrics": {}}))  # fmt: skip
+    (run / "run.json").write_text(json.dumps(full_run_info(run_id="digits-cli", classes=digits.classes,
+                                                           config={"seed": 0})))  # fmt: skip
     (run / "examples.json").write_text(json.dumps({
         "protocol": "cross-validation", "classes": digits.classes, "items": estimate.items,
         "labels": estimate.targets.tolist(), "where": estimate.where, "probabilities": estimate.probabilities.tolist(),

@@ -20,6 +20,7 @@ from core import background, evaluation, no_transfer
 from core.dataset import Dataset
 from core.paths import workspace_subdir
 from core.session import StudioState
+from tests.run_info import full_run_info
 from tests.test_evaluation import load_tiny_run, train_tiny, write_run
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_evaluate.py")
@@ -311,12 +312,8 @@ class _KeywordModel(torch.nn.Module):
 def _text_model_page(rows: list[tuple[str, str, str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AppTest:
     """The Test page with a text data set of (text, label, split) rows and the keyword model as its trained run."""
     texts = Dataset("topics", "text", pd.DataFrame(rows, columns=["item", "label", "split"]), ["sport", "food", "tech"])
-    info = {
-        "run_id": "text-run",
-        "classes": texts.classes,
-        "modality": "text",
-        "dataset_fingerprint": texts.fingerprint,
-    }
+    info = full_run_info(run_id="text-run", backbone="all_minilm_l6_v2", modality="text", classes=texts.classes,
+                         num_groups=7, dataset_name=texts.name, dataset_fingerprint=texts.fingerprint)
     monkeypatch.setattr(evaluation, "load_model", lambda path: (_KeywordModel(), _KeywordPreprocessor(), info))
     state = StudioState(dataset=texts, backbone_name="all_minilm_l6_v2", frozen_groups=0, run_dir=str(tmp_path))
     app = AppTest.from_file(PAGE, default_timeout=60)
