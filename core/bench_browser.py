@@ -71,6 +71,108 @@ class _Student:
         self.clicks.append((what, time.perf_counter() - started, busy))
 
 
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _fields(data: bytes) -> dict[int, Any]:
+    """The top-level fields of a protobuf message (field number -> last value: an int, or the bytes of a string or
+    message). Protobuf's wire format read directly: `core` does not import Streamlit, whose message classes these are.
+    Raises ValueError (or IndexError) on bytes that are not a message."""
+    fields: dict[int, Any] = {}
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            fields[number], at = _varint(data, at)
+        elif kind == 2:
+            size, at = _varint(data, at)
+            fields[number], at = data[at : at + size], at + size
+        elif kind in (1, 5):
+            at += 8 if kind == 1 else 4
+        else:
+            raise ValueError(f"wire type {kind}")
+    return fields
+
+
+class _Wire:
+    """The tab's websocket as Chromium's network stack saw it (DevTools protocol): when each page-run request left
+    the browser and when the server's "script finished" came back.
+
+    The difference is the app's own answer time, queueing for the server's Python included, and leaves out what the
+    tab itself does before sending and after receiving (its JavaScript and drawing). That part runs on the students'
+    own computers in a classroom, but here on the server's 2 cores, where 10-30 tabs wait behind the training
+    worker. The timestamps are the network stack's, taken when a frame passes, not when Python hears of it.
+    """
+
+    #: Received frames longer than this (base64 characters) are page content, never "script finished": not decoded.
+    SMALL_FRAME = 600
+    #: Streamlit's field numbers (streamlit/proto): BackMsg.rerun_script, its ClientState's fragment_id and
+    #: is_auto_rerun (a fragment's own beat), ForwardMsg.script_finished and the statuses that end a full page run
+    #: (FINISHED_SUCCESSFULLY, FINISHED_WITH_COMPILE_ERROR; not FINISHED_EARLY_FOR_RERUN, not a fragment's run).
+    RERUN_SCRIPT, FRAGMENT_ID, IS_AUTO_RERUN, SCRIPT_FINISHED, PAGE_RUN_ENDED = 11, 5, 6, 6, (0, 1)
+
+    def __init__(self, page: Any) -> None:
+        self.wall_offset: float | None = None  # wall clock minus the network stack's monotonic clock
+        self.requests: list[float] = []  # full page runs asked for (a click, a page change; not a fragment's beat)
+        self.finished: list[float] = []  # full page runs that ended (successfully, or on a compile error)
+        session = page.context.new_cdp_session(page)
+        session.on("Network.webSocketWillSendHandshakeRequest", self._handshake)
+        session.on("Network.webSocketFrameSent", self._sent)
+        session.on("Network.webSocketFrameReceived", self._received)
+        session.send("Network.enable")
+
+    def _handshake(self, event: dict[str, Any]) -> None:
+        self.wall_offset = float(event["wallTime"]) - float(event["timestamp"])
+
+    @staticmethod
+    def _message(event: dict[str, Any]) -> dict[int, Any] | None:
+        import base64
+
+        frame = event["response"]
+        if frame.get("opcode") != 2:  # Streamlit's messages are binary protobufs
+            return None
+        try:
+            return _fields(base64.b64decode(frame["payloadData"]))
+        except (ValueError, IndexError):  # a frame that is not a whole message says nothing here
+            return None
+
+    def _sent(self, event: dict[str, Any]) -> None:
+        message = self._message(event)
+        if message is None or not isinstance(message.get(self.RERUN_SCRIPT), bytes):
+            return
+        state = _fields(message[self.RERUN_SCRIPT])
+        if not state.get(self.FRAGMENT_ID) and not state.get(self.IS_AUTO_RERUN):
+            self.requests.append(float(event["timestamp"]))
+
+    def _received(self, event: dict[str, Any]) -> None:
+        if len(event["response"].get("payloadData", "")) > self.SMALL_FRAME:
+            return
+        message = self._message(event)
+        if message is not None and message.get(self.SCRIPT_FINISHED, -1) in self.PAGE_RUN_ENDED:
+            self.finished.append(float(event["timestamp"]))
+
+    def answers(self) -> list[tuple[float, float]]:
+        """(wall-clock time asked, seconds until the page run that answers it ended) for each request; one page run
+        answers every request made before it ended (a click during a run reruns it)."""
+        if self.wall_offset is None:
+            return []
+        timed, ends = [], sorted(self.finished)
+        for asked in sorted(self.requests):
+            end = next((ended for ended in ends if ended >= asked), None)
+            if end is not None:
+                timed.append((asked + self.wall_offset, end - asked))
+        return timed
+
+
 #: How often a student clicks a sidebar link whose page has not come (as a person would click again).
 NAVIGATION_TRIES = 3
 
@@ -148,7 +250,9 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
         _lower_priority(browser_pid(browser))  # the students' browsers stand in for their own computers
         memory = stack.enter_context(bench_classroom.MemorySampler(pid=server.pid))
         class_started = time.perf_counter()
-        people = [_Student(index, new_tab(browser, url)) for index in range(students)]
+        wires: list[_Wire] = []
+        people = [_Student(index, new_tab(browser, url, before_load=lambda tab: wires.append(_Wire(tab))))
+                  for index in range(students)]
         busy_from: float | None = None  # wall clock of the first Train press: from then on, runs train
         for what, action in STEPS:  # round-robin: everyone's first step, then everyone's second, ...
             for person in people:
@@ -190,6 +294,9 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
         chromium = bench_classroom.MemorySampler(pid=browser_pid(browser))
         chromium.sample()
         server_runs = _page_runs(page_runs)
+    answers = [answer for wire in wires for answer in wire.answers()]
+    wire_all = [seconds for _, seconds in answers]
+    wire_busy = [seconds for asked, seconds in answers if busy_from is not None and busy_from <= asked <= busy_until]
     all_runs = [run["seconds"] for run in server_runs]
     busy_runs = [run["seconds"] for run in server_runs
                  if busy_from is not None and busy_from <= run["at"] <= busy_until]
@@ -221,6 +328,13 @@ def run(students: int, home: str | Path | None = None) -> dict[str, Any]:
         "busy_click_to_idle_max": max(busy_clicks, default=None),
         "by_step": {what: {"n": len(values), "p50": statistics.median(values), "p95": _percentile(values, 0.95)}
                     for what, values in by_step.items()},
+        "wire_answers": len(wire_all),
+        "wire_answer_p50": _percentile(wire_all, 0.5),
+        "wire_answer_p95": _percentile(wire_all, 0.95),
+        "wire_busy_answers": len(wire_busy),
+        "wire_busy_answer_p50": _percentile(wire_busy, 0.5),
+        "wire_busy_answer_p95": _percentile(wire_busy, 0.95),
+        "wire_busy_answer_max": max(wire_busy, default=None),
         "server_page_runs": len(all_runs),
         "server_page_run_p50": _percentile(all_runs, 0.5),
         "server_page_run_p95": _percentile(all_runs, 0.95),
@@ -284,6 +398,11 @@ def markdown(results: dict[str, Any], machine: dict[str, Any] | None = None) -> 
         f"| Click to idle while others train (n = {results['busy_clicks']}), p50 / p95 / max | "
         f"{seconds(results['busy_click_to_idle_p50'])} / {seconds(results['busy_click_to_idle_p95'])} / "
         f"{seconds(results['busy_click_to_idle_max'])} |",
+        f"| The app's answer while others train: page-run request sent to page run ended, at the browser's network "
+        f"(n = {results['wire_busy_answers']}), p50 / p95 / max | {seconds(results['wire_busy_answer_p50'])} / "
+        f"{seconds(results['wire_busy_answer_p95'])} / {seconds(results['wire_busy_answer_max'])} |",
+        f"| The app's answer, all requests (n = {results['wire_answers']}), p50 / p95 | "
+        f"{seconds(results['wire_answer_p50'])} / {seconds(results['wire_answer_p95'])} |",
         f"| The server's own time per page run while others train (n = {results['server_busy_page_runs']}), p95 / "
         f"max | {seconds(results['server_busy_page_run_p95'])} / {seconds(results['server_busy_page_run_max'])} |",
         f"| The server's own time per page run, all (n = {results['server_page_runs']}), p50 / p95 | "

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -134,12 +134,17 @@ def chromium_executable() -> Path:
     return executable
 
 
-def new_tab(browser: Any, url: str, **context_options: Any) -> Page:
-    """A fresh browser context (a new person, a new Streamlit session) with the app at `url` loaded and idle."""
+def new_tab(browser: Any, url: str, before_load: Callable[[Page], Any] | None = None, **context_options: Any) -> Page:
+    """A fresh browser context (a new person, a new Streamlit session) with the app at `url` loaded and idle.
+
+    `before_load` is called with the new tab before it opens the app (a benchmark attaches its network listener
+    there, so it sees the app's websocket from its first message)."""
     context = browser.new_context(viewport=VIEWPORT, **context_options)
     context.set_default_timeout(30_000)
     context.add_init_script(RUN_COUNTER_SCRIPT)
     tab = context.new_page()
+    if before_load is not None:
+        before_load(tab)
     tab.goto(url)
     wait_app_loaded(tab)
     return tab

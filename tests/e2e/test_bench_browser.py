@@ -26,7 +26,12 @@ def test_two_students_click_through_in_browsers_and_each_sees_only_their_own_run
     assert results["server_page_runs"] >= 2 * len(bench_browser.STEPS)
     assert results["server_busy_page_runs"] >= 1
     assert 0 < results["server_page_run_p50"] <= results["server_page_run_p95"]
+    # the app's answer at the browser's network: a page-run request for every click (at least), each ended by a page
+    # run, some while the other student's run trained
+    assert results["wire_answers"] >= 2 * len(bench_browser.STEPS) and results["wire_busy_answers"] >= 1
+    assert 0 < results["wire_answer_p50"] <= results["wire_answer_p95"]
     table = bench_browser.markdown(results)
+    assert "| The app's answer while others train: page-run request sent to page run ended" in table
     assert "| The server's own time per page run, all (n = " in table
     assert "| Runs finished | 2 of 2; failures: 0 |" in table
     assert "| Each browser names only its own runs | yes |" in table
