@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from core import devices
-from core._export_bundle import MANIFEST_FILE, load_bundle  # the bundle reader sits below core.export (built on this)
+from core._bundle_folder import MANIFEST_FILE
+from core._export_bundle import load_bundle  # the bundle reader sits below core.export (built on this)
 from core._prediction_inputs import PredictionInputError, file_inputs, texts_from_inputs
 from core._prediction_inputs import check_audio_files as check_audio_files
 from core._prediction_inputs import check_image_files as check_image_files

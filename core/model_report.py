@@ -53,7 +53,7 @@ def _report_estimate(run_info: dict[str, Any], evaluation: Any) -> tuple[dict[st
     metrics, confusion, classes = _evaluation_parts(evaluation)
     if metrics.get("protocol"):
         return metrics, confusion, classes
-    recorded = (run_info.get("metrics") or {}).get("estimate")
+    recorded = run_info["metrics"]["estimate"]
     if recorded:
         return dict(recorded), None, []
     if "accuracy_interval95" in metrics:
@@ -198,8 +198,7 @@ def model_report(
         spec: the backbone's `BackboneSpec` (looked up in the catalogue when not given).
         counts: examples per class and split (`Dataset.counts()`), for the data summary.
     """
-    config = dict(run_info.get("config") or {})
-    metrics = dict(run_info.get("metrics") or {})
+    config, metrics = dict(run_info["config"]), dict(run_info["metrics"])
     classes = [str(name) for name in run_info["classes"]]
     backbone_name = str(run_info["backbone"])
     if spec is None:
@@ -213,8 +212,8 @@ def model_report(
     lines = [f"# Model report — {run_info['run_id']}", ""]
     lines += [
         "## Data",
-        f"- Data set: **{run_info.get('dataset_name', 'unknown')}** "
-        f"(fingerprint `{run_info.get('dataset_fingerprint', '—')}`), modality {run_info['modality']}",
+        f"- Data set: **{run_info['dataset_name']}** "
+        f"(fingerprint `{run_info['dataset_fingerprint']}`), modality {run_info['modality']}",
         f"- Classes ({len(classes)}): {', '.join(classes) or '—'}",
     ]
     if counts is not None:
@@ -232,7 +231,7 @@ def model_report(
         ]
     else:
         lines.append(f"- `{backbone_name}` (not in this installation's catalogue; licence unknown here)")
-    frozen = run_info.get("frozen_groups", config.get("frozen_groups", "—"))
+    frozen = run_info["frozen_groups"]
     lines += ["", "## Freezing and hyperparameters", f"- Frozen layer groups: **{frozen}**", ""]
     if config:
         lines += ["| Setting | Value |", "|---|---|"] + [f"| {key} | {_fmt(value)} |" for key, value in config.items()]

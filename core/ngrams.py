@@ -11,7 +11,7 @@ stays honest.
 The model is fitted with scikit-learn (`core.tfidf.fit_tfidf` chooses words or characters by inner
 cross-validation) and then kept in our own plain form: the vocabulary, IDF weights and the logistic regression's
 weights, saved as safetensors. Predicting needs only numpy and this file, which is why an exported bundle ships a
-copy of it (`ngrams.py`) beside `predict.py`: the same code predicts in the app, the CLI and the bundle.
+copy of it (`lexical_model.py`) beside `predict.py`: the same code predicts in the app, the CLI and the bundle.
 
 This file must stay standalone (standard library, numpy and safetensors only).
 """

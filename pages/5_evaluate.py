@@ -184,7 +184,7 @@ render_transfer_section(run_dir, dataset, run_info, result)  # pages/_evaluate_b
 # ---------------------------------------------------------------------------------------------------- more data
 
 st.subheader("Would more data help?")
-if not 0 < int(run_info.get("num_groups") or 0) <= int(run_info.get("frozen_groups") or 0):
+if run_info["frozen_groups"] < run_info["num_groups"]:
     st.caption("The learning curve reruns feature extraction (every layer group frozen) on shares of your labels; "
                "this run fine-tuned layer groups, so it is not drawn for it yet.")
 else:

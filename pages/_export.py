@@ -73,7 +73,7 @@ def _show_result(result: export.ExportResult, run_id: str) -> None:
     with columns[0]:
         if parity.ok and result.zip_path is not None and result.zip_path.is_file():
             _download("Download bundle (zip)", result.zip_path, key=f"export-zip-{run_id}")
-            st.caption("Weights, ONNX, TorchScript, predict.py, labels, preprocessing, report, manifest.")
+            st.caption(f"Weights, ONNX, TorchScript, {export.PREDICT_FILE}, labels, preprocessing, report, manifest.")
         else:
             st.caption("The bundle zip is offered once every artefact passes parity.")
     for column, (artefact, path) in zip(columns[1:], result.artefacts().items(), strict=False):
@@ -91,7 +91,7 @@ def _how_to_run(result: export.ExportResult | None, run_id: str, modality: str, 
     folder = result.bundle_dir.name if result is not None else run_id
     example, packages = export.example_input(modality), f"torch {export.run_requirements(modality, backbone)}"
     st.markdown(f"**On your own computer**: build the bundle, download `{zip_name}`, then")
-    st.code(f"unzip {zip_name}\npip install {packages}\npython {folder}/predict.py --top-k 3 {example}",
+    st.code(f"unzip {zip_name}\npip install {packages}\npython {folder}/{export.PREDICT_FILE} --top-k 3 {example}",
             language="bash")  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from core.backbones import Classifier, get_spec
 from core.data import DataError, load_path, load_sample, load_zip
 from core.dataset import Dataset
 from core.preprocess import audio_settings, make_preprocessor
+from tests.run_info import full_run_info
 from tests.test_data import make_zip as zip_of
 from tests.tiny import TINY_SPEC, TinyCNN
 
@@ -265,7 +266,7 @@ def test_export_of_a_tiny_audio_model_passes_parity_and_predicts_clips(tmp_path:
     dataset = tones_dataset(tmp_path / "tones", per_class=6)
     model, preprocessor = train_tiny_audio(dataset)
     test_items, test_targets = dataset.split("test")
-    info = {"run_id": "tiny-audio", "backbone": "tiny_audio", "modality": "audio", "classes": dataset.classes}
+    info = full_run_info(run_id="tiny-audio", backbone="tiny_audio", modality="audio", classes=dataset.classes)
     result = export.export_bundle(model, preprocessor, info, tmp_path / "bundle", test_items, targets=test_targets,
                                   make_zip=False)
     assert result.parity.ok, str(result.parity)
@@ -385,8 +386,8 @@ def test_test_page_plays_clips_and_classifies_an_upload_and_a_recording(
 
     dataset = tones_dataset(tmp_path / "tones", per_class=6)
     model, preprocessor = train_tiny_audio(dataset, steps=30)
-    info = {"run_id": "audio-run", "classes": dataset.classes, "modality": "audio",
-            "dataset_fingerprint": dataset.fingerprint, "backbone": backbone}
+    info = full_run_info(run_id="audio-run", classes=dataset.classes, modality="audio",
+                         dataset_fingerprint=dataset.fingerprint, backbone=backbone)
     monkeypatch.setattr(evaluation, "load_model", lambda path: (model, preprocessor, info))
     state = StudioState(dataset=dataset, backbone_name="tiny_audio", frozen_groups=0, run_dir=str(tmp_path))
     at = AppTest.from_file(str(Path(APP).parent / "pages" / "5_evaluate.py"), default_timeout=60)

@@ -19,6 +19,7 @@ from core import audio, bundle_predict, export, ngrams
 from core._run_folder import LEXICAL, RUN_INFO
 from core.backbones import Classifier
 from core.preprocess import make_preprocessor
+from tests.run_info import full_run_info
 from tests.test_run_folder import _literals
 from tests.tiny import TINY_SPEC, TinyCNN, make_colour_dataset
 
@@ -38,8 +39,8 @@ MANIFEST_FOR_PEOPLE = {"created", "parity_ok"}
 def _export(model: torch.nn.Module, preprocessor: Any, modality: str, classes: list[str], out: Path,
             items: list[str]) -> Path:
     torch.manual_seed(0)
-    info = {"run_id": f"tiny-{modality}", "backbone": model.backbone.spec.name, "modality": modality,
-            "classes": classes}
+    info = full_run_info(run_id=f"tiny-{modality}", backbone=model.backbone.spec.name, modality=modality,
+                         classes=classes)
     result = export.export_bundle(model.eval(), preprocessor, info, out, items, make_zip=False)
     assert result.parity.ok, str(result.parity)
     return result.bundle_dir

