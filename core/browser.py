@@ -161,6 +161,12 @@ def wait_idle(page: Page, timeout_ms: float = 60_000) -> None:
     expect(page.locator("[data-stale='true']")).to_have_count(0, timeout=timeout_ms)
 
 
+def wait_images_loaded(page: Page, timeout_ms: float = 60_000) -> None:
+    """Wait until every image on the page has loaded (or failed to): until then a gallery grows as its pictures
+    arrive and moves whatever is below it, so a click aimed at a button there can land on a picture instead."""
+    page.wait_for_function("() => Array.from(document.images).every((image) => image.complete)", timeout=timeout_ms)
+
+
 def wait_app_loaded(page: Page, timeout_ms: float = 60_000) -> None:
     """After `goto`/`reload`: the app view is there, a first script run has finished and the app is idle."""
     page.wait_for_selector("[data-testid='stAppViewContainer']", state="attached", timeout=timeout_ms)

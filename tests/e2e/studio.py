@@ -24,6 +24,7 @@ from core.browser import (  # noqa: F401  (the e2e tests import these from here)
     sidebar_link,
     wait_app_loaded,
     wait_idle,
+    wait_images_loaded,
 )
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"

@@ -22,6 +22,7 @@ from tests.e2e.studio import (
     rerun,
     shot,
     upload,
+    wait_images_loaded,
 )
 from tests.e2e.test_data import load_sample
 from tests.e2e.test_sessions import _person
@@ -61,8 +62,11 @@ def test_a_saved_project_opens_on_another_machine_with_the_same_run_and_accuracy
     run_id, accuracy = _tested_run(page)
 
     go_to(page, "1 · Data")
+    save = main(page).get_by_role("button", name=re.compile("Save project"))
+    wait_images_loaded(page)  # the sample's gallery sits above the button and grows as its pictures arrive
+    save.scroll_into_view_if_needed()
     with page.expect_download(timeout=120_000) as download:
-        main(page).get_by_role("button", name=re.compile("Save project")).click()
+        save.click()
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
     assert saved.name.endswith(".tsproject.zip") and saved.stat().st_size > 0
