@@ -1,7 +1,7 @@
 """The backbone families: how each kind of pretrained network is cut into ordered layer groups.
 
 A catalogue entry's `family` is a key of `FAMILIES`; adding a kind of network is one class here. Each class declares
-its groups once, in `naming` (`Backbone.layer_groups(depth)` reads it), and where its network keeps the stages, blocks
+its groups once, in `naming` (`Family.layer_groups(depth)` reads it), and where its network keeps the stages, blocks
 or layers they are cut along, in `stack`: the catalogue counts the groups from the entry's `depth` without loading
 anything, and the built backbone names them from its network's depth (the same number, unless an operator's
 checkpoint is another size: see `load_backbone`).
@@ -9,12 +9,37 @@ checkpoint is another size: see `load_backbone`).
 
 from __future__ import annotations
 
-from typing import Any
+import abc
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from core._backbone_spec import Backbone, BackboneSpec, GroupNaming
+
+
+class Family(Backbone):
+    """A backbone family of the catalogue: it declares how it names its layer groups (`naming`) and where its network
+    keeps the stages, blocks or layers they are cut along (`stack`), so the catalogue counts the groups of an entry
+    from its `depth` without building anything, and the built backbone names them from its network."""
+
+    naming: ClassVar[GroupNaming]
+
+    @classmethod
+    def layer_groups(cls, depth: int) -> list[str]:
+        """The names of the layer groups a network of `depth` stages, blocks or layers is cut into, in order."""
+        return cls.naming.names(depth)
+
+    @staticmethod
+    @abc.abstractmethod
+    def stack(network: nn.Module) -> Sequence[nn.Module]:
+        """The stages, blocks or layers `network` stacks, one layer group each (with the family's first and last)."""
+
+    @classmethod
+    def network_depth(cls, network: nn.Module) -> int:
+        """How many stages, blocks or layers `network` stacks: the `depth` its `layer_groups` are named from."""
+        return len(cls.stack(network))
 
 
 class _Steps(nn.Module):
@@ -31,7 +56,7 @@ class _Steps(nn.Module):
         return x
 
 
-class TimmCNNBackbone(Backbone):
+class TimmCNNBackbone(Family):
     """timm EfficientNet / MobileNetV3: `conv_stem, bn1`, one group per `blocks[i]` stage, then the head.
 
     The head group is everything after the stages (EfficientNet: `conv_head, bn2`, pooling; MobileNetV3: pooling,
@@ -69,7 +94,7 @@ class TimmCNNBackbone(Backbone):
         return [stem, *list(net.blocks), head]
 
 
-class ResNetBackbone(Backbone):
+class ResNetBackbone(Family):
     """torchvision or timm ResNet: stem (conv1, bn1, act, maxpool), stages 1-3, then stage 4 with pooling."""
 
     channels_last = True
@@ -96,7 +121,7 @@ class ResNetBackbone(Backbone):
         return [stem, net.layer1, net.layer2, net.layer3, last]
 
 
-class ConvNeXtBackbone(Backbone):
+class ConvNeXtBackbone(Family):
     """timm ConvNeXt: stem, stages 1-4, then the head's LayerNorm with pooling."""
 
     naming = GroupNaming("stem", "stage", last="head norm")
@@ -129,7 +154,7 @@ class _Tokens(nn.Module):
         self.params = nn.ParameterList([p for n in names if isinstance(p := getattr(network, n, None), nn.Parameter)])
 
 
-class ViTBackbone(Backbone):
+class ViTBackbone(Family):
     """timm VisionTransformer: patch embedding (+ tokens, position embedding), each block, final norm + pooling."""
 
     naming = GroupNaming("patch embedding", "block", last="final norm")
@@ -163,7 +188,7 @@ class ViTBackbone(Backbone):
         return [embed, *list(net.blocks), final]
 
 
-class HFEncoderBackbone(Backbone):
+class HFEncoderBackbone(Family):
     """A Hugging Face BERT-like encoder (BERT, RoBERTa, DistilBERT, MiniLM) with mean pooling over tokens.
 
     Groups: embeddings, each encoder layer; the last group also mean-pools the tokens (mask-aware), as
@@ -232,7 +257,7 @@ def _hidden(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-class HFSpeechBackbone(Backbone):
+class HFSpeechBackbone(Family):
     """A Hugging Face wav2vec 2.0 or HuBERT model on the raw waveform [B, samples], mean-pooled over time.
 
     Groups: the feature encoder (the convolutions, the projection and the convolutional position embedding with
@@ -295,7 +320,7 @@ class HFSpeechBackbone(Backbone):
         return [embed, *layers]
 
 
-class HFASTBackbone(Backbone):
+class HFASTBackbone(Family):
     """A Hugging Face Audio Spectrogram Transformer on its fbank features [B, frames, mel bins], mean-pooled.
 
     Groups: the patch embedding (with the class and distillation tokens and the position embedding), then each
@@ -335,7 +360,7 @@ class HFASTBackbone(Backbone):
         return [self.network.embeddings, *layers]
 
 
-FAMILIES: dict[str, type[Backbone]] = {
+FAMILIES: dict[str, type[Family]] = {
     "timm_cnn": TimmCNNBackbone,
     "resnet": ResNetBackbone,
     "convnext": ConvNeXtBackbone,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ class BackboneSpec:
         crop_pct: centre-crop fraction used at evaluation time for images.
         family: which `Backbone` class cuts this model into layer groups (a key of `FAMILIES`).
         depth: how many stages, blocks or layers the architecture stacks (timm's `depth`), the one number the
-            family's `Backbone.layer_groups` needs to name its groups without building the network.
+            family's `Family.layer_groups` needs to name its groups without building the network.
         num_groups: how many layer groups the family makes of it (what the freezing slider ranges over). Not typed
             in: `register` fills it from the family, so the catalogue and the built backbone count the same groups
             (a loaded backbone's own `spec` says its network's depth, should a checkpoint be of another size).
@@ -111,9 +111,9 @@ class GroupNaming:
 class Backbone(nn.Module, abc.ABC):
     """A pretrained feature extractor cut into ordered layer groups.
 
-    Subclasses (the families) declare their groups in `naming` and where the network keeps them in `stack`, set
-    `spec`, `num_features` and `group_names` (from `layer_groups`), and implement `groups` (and `forward_groups`
-    where a group needs more than the previous output).
+    Subclasses set `spec`, `num_features` and `group_names`, and implement `groups` (and `forward_groups` where a
+    group needs more than the previous output). The catalogue's families (`core._backbone_families.Family`) also
+    declare how they name their groups, so the catalogue can count them without building the network.
     The input of group 0 is a batch as the preprocessing makes it (an image tensor [B, 3, H, W], or for text a dict
     with `input_ids` and `attention_mask`); the output of the last group is pooled features [B, num_features].
     Between groups the state is whatever the family needs (a tensor for CNNs; for text a dict holding
@@ -128,30 +128,6 @@ class Backbone(nn.Module, abc.ABC):
     #: and the layout GPUs prefer under mixed precision. Only the activations change; weights, caches and
     #: checkpoints keep the default layout.
     channels_last: bool = False
-    #: How the family names its groups (see `layer_groups`); a test's hand-made backbone sets `group_names` instead.
-    naming: ClassVar[GroupNaming | None] = None
-
-    @classmethod
-    def layer_groups(cls, depth: int) -> list[str]:
-        """The names of the layer groups a network of `depth` stages, blocks or layers is cut into, in order.
-
-        The family's `naming` is the one place its groups are declared: the catalogue counts them from the spec's
-        `depth` without loading anything, and the built backbone names its groups with it.
-        """
-        if cls.naming is None:
-            raise NotImplementedError(f"{cls.__name__} does not declare its layer groups (`naming`)")
-        return cls.naming.names(depth)
-
-    @staticmethod
-    def stack(network: nn.Module) -> Sequence[nn.Module]:
-        """The stages, blocks or layers `network` stacks, one layer group each (with the family's first and last)."""
-        raise NotImplementedError("This backbone family does not say where its network keeps its stack (`stack`)")
-
-    @classmethod
-    def network_depth(cls, network: nn.Module) -> int:
-        """How many stages, blocks or layers `network` stacks: the `depth` its `layer_groups` are named from."""
-        return len(cls.stack(network))
-
     @abc.abstractmethod
     def groups(self) -> list[nn.Module]:
         """The modules of each layer group, in order (same length as `group_names`).
