@@ -20,6 +20,8 @@ by the app.
 
 from __future__ import annotations
 
+import base64
+import bisect
 import contextlib
 import json
 import re
@@ -135,8 +137,6 @@ class _Wire:
 
     @staticmethod
     def _message(event: dict[str, Any]) -> dict[int, Any] | None:
-        import base64
-
         frame = event["response"]
         if frame.get("opcode") != 2:  # Streamlit's messages are binary protobufs
             return None
@@ -167,9 +167,9 @@ class _Wire:
             return []
         timed, ends = [], sorted(self.finished)
         for asked in sorted(self.requests):
-            end = next((ended for ended in ends if ended >= asked), None)
-            if end is not None:
-                timed.append((asked + self.wall_offset, end - asked))
+            at = bisect.bisect_left(ends, asked)  # the first page run to end at or after the request
+            if at < len(ends):
+                timed.append((asked + self.wall_offset, ends[at] - asked))
         return timed
 
 
