@@ -216,7 +216,7 @@ def preprocessing_config(spec: Any, preprocessor: Any = None) -> dict[str, Any]:
         }
     if uses_feature_extractor(spec):
         settings = audio_settings(spec)
-        pad = bool(spec.extra["feature_extractor"].get("pad_clips", True))
+        pad = bool(spec.extra["feature_extractor"]["pad_clips"])  # every hub sound entry says (catalogue)
         return {
             "modality": "audio",
             "sample_rate": settings.sample_rate,
