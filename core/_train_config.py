@@ -192,7 +192,7 @@ def default_views(config: TrainConfig, settings: dict[str, Any], num_groups: int
     """The suggested views for `config` (`suggested_settings`), where its head can use them: the logistic head on
     cached features; 0 for a gradient-descent head or an augmented run."""
     cache_mode, _ = _cache_plan(config, min(config.frozen_groups, num_groups), num_groups)
-    return int(settings.get("views", 0)) if uses_logistic_head(config, cache_mode) else 0
+    return int(settings["views"]) if uses_logistic_head(config, cache_mode) else 0
 
 
 def feature_taps(spec: Any, config: TrainConfig, frozen: int, num_groups: int) -> tuple[int, ...]:

@@ -345,7 +345,7 @@ with st.form("train-settings"):
         ))
     elif logistic and dataset.modality == "audio":
         views = int(c3.number_input(
-            "Augmented views per clip", 0, MAX_VIEWS, int(defaults.get("views", 0)), key="train_views",
+            "Augmented views per clip", 0, MAX_VIEWS, int(defaults["views"]), key="train_views",
             help="Sound clips: the head also learns from this many copies of each labelled clip, each with the "
             f"light augmentation ({audio_augment.describe('light')}), each run once through the frozen backbone "
             "and cached (one more feature pass per view). The estimate stays honest: a copy only ever joins its own "
